@@ -1,0 +1,53 @@
+//! Atomic file writes and directory syncs: the only way kiln puts files on disk.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use fs_err as fs;
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A name for a temporary file that no other process or thread will pick.
+pub fn temp_name(prefix: &str) -> String {
+    let count = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!(".{prefix}-{}-{count}-{nanos}.tmp", std::process::id())
+}
+
+/// Flushes a directory's entries to disk (after a rename or unlink in it).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to `path` atomically: temp file in the same directory,
+/// fsync, optional read-only mode, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], read_only: bool) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let temp = dir.join(temp_name("write"));
+    let result = (|| {
+        let mut file = fs::File::create(&temp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        if read_only {
+            set_read_only(&temp)?;
+        }
+        fs::rename(&temp, path)?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Makes a file read-only (0444), as committed blobs are.
+pub fn set_read_only(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}

@@ -1,0 +1,190 @@
+//! Garbage collection: mark from roots, sweep the rest.
+//!
+//! Roots are the blobs of every image that stays, the index blobs that tags
+//! resolved through, and the blobs of every live lease. Collection runs under
+//! the exclusive `locks/gc.lock` and inside one `BEGIN IMMEDIATE` catalog
+//! transaction, and unlinks files *before* that transaction commits: a pull
+//! leases a blob (a catalog write, which waits for the collector) before it
+//! checks whether the blob exists, so it either sees the blob gone and fetches
+//! it, or leased it first and the collector keeps it.
+
+use std::collections::{HashMap, HashSet};
+
+use kiln_types::Digest;
+use rusqlite::{TransactionBehavior, params};
+
+use crate::Store;
+use crate::error::Result;
+use crate::fsutil::now;
+use crate::lock::{LockFile, LockMode};
+
+/// What to collect.
+#[derive(Debug, Clone)]
+pub struct GcOptions {
+    /// Report without removing anything.
+    pub dry_run: bool,
+    /// Remove every image no holder uses, not only untagged ones.
+    pub all_unused: bool,
+    /// Remove ingests untouched for this many seconds.
+    pub ingest_max_age: i64,
+}
+
+impl Default for GcOptions {
+    fn default() -> GcOptions {
+        GcOptions { dry_run: false, all_unused: false, ingest_max_age: 24 * 3600 }
+    }
+}
+
+/// What a collection removed (or, dry, would remove).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct GcReport {
+    /// Manifest digests of the images removed.
+    pub images_removed: Vec<Digest>,
+    /// Blobs removed.
+    pub blobs_removed: u64,
+    /// Bytes of those blobs.
+    pub blob_bytes: u64,
+    /// Abandoned ingests removed.
+    pub ingests_removed: u64,
+    /// Bytes of those ingests.
+    pub ingest_bytes: u64,
+    /// Leases whose process had died.
+    pub leases_expired: u64,
+}
+
+impl GcReport {
+    /// Everything reclaimed.
+    pub fn bytes_reclaimed(&self) -> u64 {
+        self.blob_bytes + self.ingest_bytes
+    }
+}
+
+impl Store {
+    /// Removes unreferenced images, blobs, dead leases and abandoned ingests.
+    pub fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport> {
+        let _gc = LockFile::acquire(&self.gc_lock_path(), LockMode::Exclusive)?;
+        let mut report = GcReport::default();
+        let files: HashMap<String, u64> =
+            self.content.list_blobs()?.into_iter().map(|file| (file.digest.to_string(), file.size)).collect();
+        {
+            let mut connection = self.catalog.lock();
+            let wrap = self.catalog.wrap();
+            let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&wrap)?;
+
+            let leases: Vec<(String, i64, Option<i64>, i64)> = transaction
+                .prepare("SELECT id, pid, process_start, expires_at FROM leases")
+                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect())
+                .map_err(&wrap)?;
+            let time = now();
+            for (id, pid, start, expires_at) in leases {
+                if expires_at < time || !crate::process::is_alive(pid as u32, start) {
+                    transaction.execute("DELETE FROM leases WHERE id = ?1", params![id]).map_err(&wrap)?;
+                    report.leases_expired += 1;
+                }
+            }
+
+            let condition = if options.all_unused {
+                "NOT EXISTS (SELECT 1 FROM holders h WHERE h.image_id = images.id)"
+            } else {
+                "NOT EXISTS (SELECT 1 FROM holders h WHERE h.image_id = images.id)
+                 AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.image_id = images.id)"
+            };
+            let doomed: Vec<(i64, String)> = transaction
+                .prepare(&format!("SELECT id, manifest_digest FROM images WHERE {condition}"))
+                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(&wrap)?;
+            for (id, digest) in doomed {
+                transaction.execute("DELETE FROM images WHERE id = ?1", params![id]).map_err(&wrap)?;
+                report.images_removed.push(self.catalog.digest("images.manifest_digest", digest)?);
+            }
+            transaction
+                .execute("DELETE FROM indexes WHERE digest NOT IN (SELECT index_digest FROM tags WHERE index_digest IS NOT NULL)", [])
+                .map_err(&wrap)?;
+
+            let live: HashSet<String> = transaction
+                .prepare(
+                    "SELECT digest FROM image_blobs UNION SELECT digest FROM indexes UNION SELECT digest FROM lease_blobs",
+                )
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
+                .map_err(&wrap)?;
+            let rows: Vec<(String, i64)> = transaction
+                .prepare("SELECT digest, size FROM blobs")
+                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+                .map_err(&wrap)?;
+            let mut dead: Vec<(String, u64)> =
+                rows.into_iter().filter(|(d, _)| !live.contains(d)).map(|(d, s)| (d, s as u64)).collect();
+            let recorded: HashSet<String> = dead.iter().map(|(d, _)| d.clone()).collect();
+            for (name, size) in &files {
+                if !live.contains(name) && !recorded.contains(name) {
+                    dead.push((name.clone(), *size));
+                }
+            }
+            for (digest, size) in &dead {
+                report.blobs_removed += 1;
+                if files.contains_key(digest) {
+                    report.blob_bytes += size;
+                }
+                if !options.dry_run {
+                    transaction.execute("DELETE FROM blobs WHERE digest = ?1", params![digest]).map_err(&wrap)?;
+                    self.content.remove_blob(&self.catalog.digest("blobs.digest", digest.clone())?)?;
+                }
+            }
+            if options.dry_run {
+                transaction.rollback().map_err(&wrap)?;
+            } else {
+                transaction.commit().map_err(&wrap)?;
+            }
+        }
+
+        let cutoff = now() - options.ingest_max_age;
+        for ingest in self.content.list_ingests()? {
+            if ingest.modified >= cutoff {
+                continue;
+            }
+            if options.dry_run {
+                report.ingests_removed += 1;
+                report.ingest_bytes += ingest.size;
+            } else if let Some(size) = self.content.remove_ingest_if_idle(&ingest.digest)? {
+                report.ingests_removed += 1;
+                report.ingest_bytes += size;
+            }
+        }
+        if !options.dry_run {
+            report.ingest_bytes += self.content.remove_stale_temp_files(cutoff)?;
+        }
+        Ok(report)
+    }
+
+    /// Removes those of `candidates` that nothing references any more (after
+    /// `rmi`). Returns the number of blobs and bytes removed.
+    pub fn remove_unreferenced(&self, candidates: &[Digest]) -> Result<(u64, u64)> {
+        let mut connection = self.catalog.lock();
+        let wrap = self.catalog.wrap();
+        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&wrap)?;
+        let (mut count, mut bytes) = (0, 0);
+        for digest in candidates {
+            let text = digest.to_string();
+            let referenced: bool = transaction
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM image_blobs WHERE digest = ?1)
+                         OR EXISTS (SELECT 1 FROM lease_blobs WHERE digest = ?1)
+                         OR EXISTS (SELECT 1 FROM tags WHERE index_digest = ?1)",
+                    params![text],
+                    |r| r.get(0),
+                )
+                .map_err(&wrap)?;
+            if referenced {
+                continue;
+            }
+            transaction.execute("DELETE FROM indexes WHERE digest = ?1", params![text]).map_err(&wrap)?;
+            transaction.execute("DELETE FROM blobs WHERE digest = ?1", params![text]).map_err(&wrap)?;
+            if let Some(size) = self.content.blob_size(digest)? {
+                self.content.remove_blob(digest)?;
+                count += 1;
+                bytes += size;
+            }
+        }
+        transaction.commit().map_err(&wrap)?;
+        Ok((count, bytes))
+    }
+}

@@ -1,0 +1,108 @@
+//! The catalog schema and its migrations.
+//!
+//! The schema version is SQLite's `PRAGMA user_version`: the number of
+//! migrations applied. Opening a catalog applies the missing migrations in one
+//! transaction each; a catalog whose version is above [`CURRENT_VERSION`] was
+//! written by a newer kiln and is refused rather than guessed at.
+//!
+//! # Version 1
+//!
+//! | table | one row per | notes |
+//! |---|---|---|
+//! | `blobs` | committed blob file | `digest`, `size`, `created_at`; the file is `content-v1/blobs/<alg>/<hex>` |
+//! | `layers` | layer blob | `media_type`, `diff_id` (digest of the uncompressed tar), `uncompressed_size` |
+//! | `images` | image (an OCI manifest today; a release bundle, catalog or imgapi image later) | `manifest_digest` unique; `kind` says which; `complete = 0` after `fsck --repair` lost one of its blobs |
+//! | `image_blobs` | blob an image is made of | `role` = `manifest`, `config`, `layer` (later `kernel`, `rootfs`, …), `position` orders layers |
+//! | `indexes` | image index / manifest list blob that a tag resolved through | kept so `save`/`push` can reproduce the index |
+//! | `tags` | (reference, platform) | `name` is the canonical reference (`registry/repo:tag` or `registry/repo@digest`); several platforms of one index sit side by side |
+//! | `holders` | user of an image (a sandbox disk) | `rmi` refuses while one exists; `prune` keeps held images |
+//! | `leases` / `lease_blobs` | running operation / blob it needs | garbage collection never removes a leased blob; a lease dies with its process |
+//!
+//! All timestamps are seconds since the Unix epoch.
+
+/// The schema version this kiln writes.
+pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Migration `i` takes the schema from version `i` to `i + 1`.
+pub const MIGRATIONS: &[&str] = &[V1];
+
+const V1: &str = r#"
+CREATE TABLE blobs (
+    digest      TEXT PRIMARY KEY,
+    size        INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE layers (
+    digest            TEXT PRIMARY KEY,
+    media_type        TEXT NOT NULL,
+    diff_id           TEXT,
+    uncompressed_size INTEGER
+) STRICT;
+
+CREATE TABLE images (
+    id              INTEGER PRIMARY KEY,
+    manifest_digest TEXT NOT NULL UNIQUE,
+    media_type      TEXT NOT NULL,
+    kind            TEXT NOT NULL DEFAULT 'oci',
+    config_digest   TEXT,
+    platform        TEXT,
+    size            INTEGER NOT NULL,
+    complete        INTEGER NOT NULL DEFAULT 1,
+    image_created   TEXT,
+    created_at      INTEGER NOT NULL,
+    last_used_at    INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE image_blobs (
+    image_id   INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    role       TEXT NOT NULL,
+    position   INTEGER NOT NULL,
+    digest     TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    PRIMARY KEY (image_id, role, position)
+) STRICT;
+CREATE INDEX image_blobs_by_digest ON image_blobs(digest);
+
+CREATE TABLE indexes (
+    digest     TEXT PRIMARY KEY,
+    media_type TEXT NOT NULL,
+    size       INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE tags (
+    name         TEXT NOT NULL,
+    platform     TEXT NOT NULL,
+    image_id     INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    index_digest TEXT,
+    updated_at   INTEGER NOT NULL,
+    PRIMARY KEY (name, platform)
+) STRICT;
+CREATE INDEX tags_by_image ON tags(image_id);
+
+CREATE TABLE holders (
+    id         INTEGER PRIMARY KEY,
+    image_id   INTEGER NOT NULL REFERENCES images(id),
+    kind       TEXT NOT NULL,
+    name       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (kind, name)
+) STRICT;
+CREATE INDEX holders_by_image ON holders(image_id);
+
+CREATE TABLE leases (
+    id            TEXT PRIMARY KEY,
+    pid           INTEGER NOT NULL,
+    process_start INTEGER,
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL
+) STRICT;
+
+CREATE TABLE lease_blobs (
+    lease_id TEXT NOT NULL REFERENCES leases(id) ON DELETE CASCADE,
+    digest   TEXT NOT NULL,
+    PRIMARY KEY (lease_id, digest)
+) STRICT;
+CREATE INDEX lease_blobs_by_digest ON lease_blobs(digest);
+"#;
