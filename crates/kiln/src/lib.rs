@@ -1,1 +1,64 @@
+//! kiln: get a VM image from anywhere, check it is exactly what was
+//! published, keep it once on disk. This crate is the facade every frontend
+//! calls (the `kiln` CLI today; the registry server and the Python SDK
+//! later): frontends never touch the store or the registry client directly.
+//!
+//! ```no_run
+//! # async fn example() -> kiln::Result<()> {
+//! use std::sync::Arc;
+//! use kiln::{Manager, NoProgress, PullOptions};
+//!
+//! let manager = Manager::open("/var/lib/kiln".as_ref())?;
+//! let pulled = manager.pull("alpine:3.20", &PullOptions::default(), Arc::new(NoProgress)).await?;
+//! println!("{} {}", pulled.reference, pulled.manifest_digest);
+//! for image in manager.images()? {
+//!     println!("{:?} {}", image.reference, image.size);
+//! }
+//! # Ok(()) }
+//! ```
 
+mod error;
+mod progress;
+mod pull;
+mod query;
+mod remove;
+mod root;
+
+use std::path::Path;
+
+pub use error::{Error, Result};
+pub use kiln_oci::{Credential, CredentialProvider, StaticCredentials};
+pub use kiln_store::{FsckReport, GcReport, Problem, Store};
+pub use kiln_types::{Digest, ErrorKind, Platform, Reference};
+pub use progress::{Event, NoProgress, Progress};
+pub use pull::{DEFAULT_CONCURRENCY, PullOptions, PullPolicy, PulledImage};
+pub use query::{Found, ImageDetails, ImageSummary, LayerDetails};
+pub use remove::RemoveReport;
+pub use root::resolve_root;
+
+/// The entry point: one store, every operation.
+#[derive(Debug)]
+pub struct Manager {
+    store: Store,
+}
+
+impl Manager {
+    /// Opens (creating) the store at `root`.
+    pub fn open(root: &Path) -> Result<Manager> {
+        Ok(Manager { store: Store::open(root)? })
+    }
+
+    /// The underlying store (for frontends that serve blobs, and tests).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+/// The catalog name of a reference: `registry/repo@digest` when it pins a
+/// digest (the tag then only documents), else `registry/repo:tag`.
+pub(crate) fn tag_name(reference: &Reference) -> String {
+    match reference.digest() {
+        Some(digest) => format!("{}@{digest}", reference.name()),
+        None => reference.to_string(),
+    }
+}

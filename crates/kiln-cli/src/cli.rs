@@ -1,0 +1,173 @@
+//! Command-line arguments: parsed here, acted on in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// kiln: VM images for microVM sandboxes, pulled, verified and kept once.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, propagate_version = true, disable_help_subcommand = true)]
+pub struct Cli {
+    /// Store directory [default: $KILN_ROOT, else $XDG_DATA_HOME/kiln, else ~/.local/share/kiln]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pull an image from a registry into the store
+    Pull(PullArgs),
+    /// List images in the store
+    #[command(visible_alias = "ls")]
+    Images(ImagesArgs),
+    /// Show an image's manifest, config and layers
+    Inspect(InspectArgs),
+    /// Remove images
+    Rmi(RmiArgs),
+    /// Remove unused images, dangling blobs and abandoned downloads
+    Prune(PruneArgs),
+    /// Verify every blob and the catalog
+    Fsck(FsckArgs),
+    /// Image commands, docker style (`kiln image ls|rm|inspect|prune|pull`)
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image
+    Pull(PullArgs),
+    /// List images
+    #[command(alias = "list")]
+    Ls(ImagesArgs),
+    /// Show an image
+    Inspect(InspectArgs),
+    /// Remove images
+    #[command(alias = "remove")]
+    Rm(RmiArgs),
+    /// Remove unused images and blobs
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Human-readable
+    Table,
+    /// JSON
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Policy {
+    /// Ask the registry whether the tag moved
+    Always,
+    /// Use the cached image when there is one (no network)
+    Missing,
+    /// Fail unless cached
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Image reference (docker syntax: alpine, host:port/repo:tag, repo@sha256:...)
+    pub reference: String,
+    /// Platform to pull from a multi-platform image, os/arch[/variant] [default: the host's]
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Download again even what the store has
+    #[arg(long)]
+    pub force: bool,
+    /// When to contact the registry
+    #[arg(long, value_enum, default_value_t = Policy::Missing)]
+    pub policy: Policy,
+    /// No progress output
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Allow plain HTTP or unverified TLS for this registry
+    #[arg(long)]
+    pub insecure: bool,
+    /// Trust the CA certificates in this PEM file (repeatable)
+    #[arg(long = "ca-certs", value_name = "PEM")]
+    pub ca_certs: Vec<PathBuf>,
+    /// Layers downloaded at once
+    #[arg(long, default_value_t = kiln::DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+    /// Output format of the result
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Only print manifest digests
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Show full digests
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Image name, digest or digest prefix
+    pub reference: String,
+    /// Only the image for this platform
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct RmiArgs {
+    /// Image names, digests or digest prefixes
+    #[arg(required = true)]
+    pub references: Vec<String>,
+    /// Remove names of images in use too (the images stay for their users), and every name of an image given by digest
+    #[arg(short, long)]
+    pub force: bool,
+    /// Only the image for this platform
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Show what would be removed, remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Do not ask for confirmation
+    #[arg(short = 'y', long, alias = "force")]
+    pub yes: bool,
+    /// Remove every image no sandbox uses, not only unnamed ones
+    #[arg(short, long)]
+    pub all: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    /// Quarantine corrupt blobs and mark their images for a new pull
+    #[arg(long)]
+    pub repair: bool,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// No progress output
+    #[arg(short, long)]
+    pub quiet: bool,
+}

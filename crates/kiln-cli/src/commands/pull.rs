@@ -1,0 +1,43 @@
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use kiln::{Manager, PullOptions, PullPolicy};
+
+use crate::cli::{Format, Policy, PullArgs};
+use crate::printer::{self, size};
+use crate::progress::Reporter;
+
+pub fn run(manager: &Manager, args: PullArgs) -> anyhow::Result<ExitCode> {
+    let options = PullOptions {
+        platform: super::parse_platform(args.platform.as_deref())?,
+        policy: match args.policy {
+            Policy::Always => PullPolicy::Always,
+            Policy::Missing => PullPolicy::Missing,
+            Policy::Never => PullPolicy::Never,
+        },
+        force: args.force,
+        insecure: args.insecure,
+        ca_certs: args.ca_certs,
+        concurrency: args.concurrency.into(),
+        credentials: None,
+    };
+    let reporter = Arc::new(Reporter::new(args.quiet || args.format == Format::Json));
+    let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let pulled = runtime.block_on(manager.pull(&args.reference, &options, reporter))?;
+    if args.format == Format::Json {
+        printer::json(&pulled)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if !args.quiet {
+        let how = if pulled.cached {
+            "already in the store".to_string()
+        } else {
+            format!("downloaded {} in {:.1}s", size(pulled.bytes_downloaded), started.elapsed().as_secs_f64())
+        };
+        printer::status(format!("pulled {} ({}): {how}", pulled.reference, pulled.platform));
+    }
+    printer::out(&pulled.manifest_digest)?;
+    Ok(ExitCode::SUCCESS)
+}

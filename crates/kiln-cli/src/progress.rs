@@ -1,0 +1,104 @@
+//! The CLI's [`kiln::Progress`]: per-blob bars on a terminal, plain lines
+//! otherwise, nothing with `-q`.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln::{Digest, Event, Progress};
+
+use crate::printer::{size, status};
+
+/// How progress is shown.
+pub enum Reporter {
+    /// Nothing at all.
+    Quiet,
+    /// One line per milestone.
+    Lines,
+    /// Bars on a terminal.
+    Bars { multi: MultiProgress, bars: Mutex<HashMap<Digest, ProgressBar>> },
+}
+
+impl Reporter {
+    /// Chooses by `-q` and whether stderr is a terminal.
+    pub fn new(quiet: bool) -> Reporter {
+        if quiet {
+            Reporter::Quiet
+        } else if crate::printer::stderr_is_terminal() {
+            Reporter::Bars { multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()), bars: Mutex::new(HashMap::new()) }
+        } else {
+            Reporter::Lines
+        }
+    }
+
+    fn line(&self, text: String) {
+        match self {
+            Reporter::Quiet => {}
+            Reporter::Lines => status(text),
+            Reporter::Bars { multi, .. } => {
+                let _ = multi.println(text);
+            }
+        }
+    }
+
+    fn bar(&self, digest: &Digest, size: u64, offset: u64) {
+        if let Reporter::Bars { multi, bars } = self {
+            let bar = multi.add(ProgressBar::new(size));
+            let style = ProgressStyle::with_template("{prefix} {bar:30} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+            bar.set_style(style);
+            bar.set_prefix(digest.short().to_string());
+            bar.set_position(offset);
+            bars.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.clone(), bar);
+        }
+    }
+}
+
+impl Progress for Reporter {
+    fn event(&self, event: Event) {
+        match event {
+            Event::Resolving { reference } => self.line(format!("resolving {reference}")),
+            Event::Cached { manifest } => self.line(format!("{} is up to date in the store", manifest)),
+            Event::Resolved { manifest, platform, layers } => {
+                let platform = if platform.is_empty() { String::new() } else { format!(" for {platform}") };
+                self.line(format!("manifest {manifest}{platform}: {layers} layers"))
+            }
+            Event::BlobStarted { digest, size: total, offset } => {
+                if let Reporter::Bars { .. } = self {
+                    self.bar(&digest, total, offset);
+                } else if offset > 0 {
+                    self.line(format!("{}: resuming at {} of {}", digest.short(), size(offset), size(total)));
+                } else {
+                    self.line(format!("{}: downloading {}", digest.short(), size(total)));
+                }
+            }
+            Event::BlobProgress { digest, position } => {
+                if let Reporter::Bars { bars, .. } = self
+                    && let Some(bar) = bars.lock().unwrap_or_else(|p| p.into_inner()).get(&digest)
+                {
+                    bar.set_position(position);
+                }
+            }
+            Event::BlobExists { digest, size: total } => self.line(format!("{}: already in the store ({})", digest.short(), size(total))),
+            Event::BlobDone { digest, size: total } => {
+                if let Reporter::Bars { bars, .. } = self {
+                    if let Some(bar) = bars.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
+                        bar.finish_with_message("done");
+                    }
+                } else {
+                    self.line(format!("{}: done ({})", digest.short(), size(total)));
+                }
+            }
+            Event::Retrying { what, attempt, delay, reason } => {
+                self.line(format!("retrying {what} (attempt {attempt} in {}): {reason}", human_delay(delay)))
+            }
+            Event::Stored { manifest } => self.line(format!("stored {manifest}")),
+        }
+    }
+}
+
+fn human_delay(delay: Duration) -> String {
+    if delay < Duration::from_secs(1) { format!("{}ms", delay.as_millis()) } else { format!("{:.1}s", delay.as_secs_f64()) }
+}

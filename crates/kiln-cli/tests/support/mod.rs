@@ -1,0 +1,187 @@
+//! Test harness: the environment `.ci/testenv.sh` set up (real registries
+//! with fixture images), a runner for the real `kiln` binary, and the
+//! fault-injecting proxy.
+
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// What `.ci/testenv.sh up` exported.
+pub struct Env {
+    /// Plain HTTP registry.
+    pub registry: String,
+    /// Basic-auth registry (plain HTTP).
+    pub auth_registry: String,
+    pub auth_user: String,
+    pub auth_password: String,
+    /// TLS registry with a private CA.
+    pub tls_registry: String,
+    pub ca: PathBuf,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: these tests need the registries and fixtures of `.ci/testenv.sh up DIR` \
+             (run ./.ci/run, or `bash .ci/testenv.sh up /tmp/kiln-testenv && . /tmp/kiln-testenv/env` before cargo test)"
+        )
+    })
+}
+
+pub fn env() -> Env {
+    Env {
+        registry: var("KILN_TEST_REGISTRY"),
+        auth_registry: var("KILN_TEST_AUTH_REGISTRY"),
+        auth_user: var("KILN_TEST_AUTH_USER"),
+        auth_password: var("KILN_TEST_AUTH_PASSWORD"),
+        tls_registry: var("KILN_TEST_TLS_REGISTRY"),
+        ca: PathBuf::from(var("KILN_TEST_CA")),
+    }
+}
+
+/// A fresh store plus an empty docker config dir (so the developer's own
+/// credentials never leak into a test).
+pub struct Kiln {
+    pub dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(self) -> Run {
+        assert_eq!(self.status, 0, "kiln failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+
+    pub fn fails(self, code: i32) -> Run {
+        assert_eq!(self.status, code, "expected exit {code}:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        self
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+    }
+}
+
+impl Kiln {
+    pub fn new() -> Kiln {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("docker")).unwrap();
+        Kiln { dir }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    pub fn docker_config(&self) -> PathBuf {
+        self.dir.path().join("docker")
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        command.arg("--root").arg(self.root()).args(args);
+        command.env("DOCKER_CONFIG", self.docker_config()).env_remove("KILN_ROOT").env("NO_COLOR", "1");
+        command.stdin(Stdio::null());
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output: Output = self.command(args).output().unwrap();
+        Run {
+            status: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).to_string(),
+            stderr: String::from_utf8_lossy(&output.stderr).to_string(),
+        }
+    }
+
+    /// Writes docker's config.json with basic credentials for `host`.
+    pub fn docker_login(&self, host: &str, user: &str, password: &str) {
+        use base64::Engine as _;
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let config = serde_json::json!({ "auths": { host: { "auth": auth } } });
+        std::fs::write(self.docker_config().join("config.json"), config.to_string()).unwrap();
+    }
+
+    /// Committed blob files in the store.
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        let dir = self.root().join("content-v1/blobs/sha256");
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+        files.sort();
+        files
+    }
+
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root().join("content-v1/blobs/sha256").join(digest.trim_start_matches("sha256:"))
+    }
+
+    pub fn partial_files(&self) -> Vec<(PathBuf, u64)> {
+        let dir = self.root().join("content-v1/ingest");
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+                    .map(|e| (e.path(), e.metadata().map(|m| m.len()).unwrap_or(0)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// `skopeo inspect` of an image on a plain-HTTP registry: the peer's view.
+pub fn skopeo_inspect(reference: &str, raw: bool) -> serde_json::Value {
+    let mut command = Command::new("skopeo");
+    command.args(["inspect", "--tls-verify=false"]);
+    if raw {
+        command.arg("--raw");
+    }
+    let output = command.arg(format!("docker://{reference}")).output().expect("skopeo is installed (.ci/run installs it)");
+    assert!(output.status.success(), "skopeo inspect {reference}: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The manifest digest the registry serves for a reference (sha256 of the raw bytes).
+pub fn registry_digest(reference: &str) -> String {
+    let output = Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--raw", &format!("docker://{reference}")])
+        .output()
+        .expect("skopeo is installed");
+    assert!(output.status.success());
+    let digest = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().and_then(|mut child| {
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&output.stdout)?;
+        child.wait_with_output()
+    });
+    let text = String::from_utf8(digest.unwrap().stdout).unwrap();
+    format!("sha256:{}", text.split_whitespace().next().unwrap())
+}
+
+/// `skopeo copy` between two plain-HTTP registry references.
+pub fn skopeo_copy(from: &str, to: &str) {
+    let status = Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", &format!("docker://{from}"), &format!("docker://{to}")])
+        .status()
+        .expect("skopeo is installed");
+    assert!(status.success(), "skopeo copy {from} {to}");
+}
+
+pub fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
+    for _ in 0..600 {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}

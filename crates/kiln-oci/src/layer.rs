@@ -1,0 +1,168 @@
+//! Layer blobs: the diff_id (digest of the uncompressed tar), computed while
+//! the compressed bytes stream past.
+
+use std::io::Write;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use kiln_types::media_type::Compression;
+use kiln_types::{Algorithm, Digest, Hasher};
+
+/// Hashes and counts what is written to it.
+struct Counting {
+    hasher: Hasher,
+    size: u64,
+}
+
+impl Write for Counting {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+enum Decoder {
+    Plain(Counting),
+    Gzip(Box<flate2::write::MultiGzDecoder<Counting>>),
+    Zstd(Box<zstd::stream::write::Decoder<'static, Counting>>),
+}
+
+/// Computes a layer's diff_id from its compressed bytes, fed in order.
+pub struct DiffIdHasher {
+    decoder: Decoder,
+}
+
+impl DiffIdHasher {
+    /// A hasher for a layer compressed with `compression`.
+    pub fn new(compression: Compression) -> std::io::Result<DiffIdHasher> {
+        let sink = Counting { hasher: Hasher::new(Algorithm::Sha256), size: 0 };
+        let decoder = match compression {
+            Compression::None => Decoder::Plain(sink),
+            Compression::Gzip => Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(sink))),
+            Compression::Zstd => Decoder::Zstd(Box::new(zstd::stream::write::Decoder::new(sink)?)),
+        };
+        Ok(DiffIdHasher { decoder })
+    }
+
+    /// Feeds compressed bytes.
+    pub fn update(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.decoder {
+            Decoder::Plain(sink) => sink.write_all(bytes),
+            Decoder::Gzip(decoder) => decoder.write_all(bytes),
+            Decoder::Zstd(decoder) => decoder.write_all(bytes),
+        }
+    }
+
+    /// The diff_id and the uncompressed size.
+    pub fn finish(self) -> std::io::Result<(Digest, u64)> {
+        let sink = match self.decoder {
+            Decoder::Plain(sink) => sink,
+            Decoder::Gzip(decoder) => decoder.finish()?,
+            Decoder::Zstd(mut decoder) => {
+                decoder.flush()?;
+                decoder.into_inner()
+            }
+        };
+        Ok((sink.hasher.finish(), sink.size))
+    }
+}
+
+/// A [`DiffIdHasher`] on its own thread, so decompression overlaps the
+/// download and the compressed-digest hashing (the pipelined variant).
+pub struct DiffIdWorker {
+    sender: Option<SyncSender<Bytes>>,
+    thread: Option<JoinHandle<std::io::Result<(Digest, u64)>>>,
+}
+
+impl DiffIdWorker {
+    /// Starts the worker thread.
+    pub fn spawn(compression: Compression) -> std::io::Result<DiffIdWorker> {
+        let mut hasher = DiffIdHasher::new(compression)?;
+        let (sender, receiver): (SyncSender<Bytes>, Receiver<Bytes>) = sync_channel(64);
+        let thread = std::thread::Builder::new().name("kiln-diff-id".into()).spawn(move || {
+            let mut failure = None;
+            for chunk in receiver {
+                if failure.is_none()
+                    && let Err(error) = hasher.update(&chunk)
+                {
+                    failure = Some(error);
+                }
+            }
+            match failure {
+                Some(error) => Err(error),
+                None => hasher.finish(),
+            }
+        })?;
+        Ok(DiffIdWorker { sender: Some(sender), thread: Some(thread) })
+    }
+
+    /// Queues compressed bytes (blocks when the worker is behind).
+    pub fn update(&self, bytes: Bytes) -> std::io::Result<()> {
+        match &self.sender {
+            Some(sender) => sender.send(bytes).map_err(|_| std::io::Error::other("diff_id worker stopped")),
+            None => Err(std::io::Error::other("diff_id worker finished")),
+        }
+    }
+
+    /// Waits for the worker: diff_id and uncompressed size.
+    pub fn finish(mut self) -> std::io::Result<(Digest, u64)> {
+        drop(self.sender.take());
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(result)) => result,
+            _ => Err(std::io::Error::other("diff_id worker panicked")),
+        }
+    }
+}
+
+impl Drop for DiffIdWorker {
+    fn drop(&mut self) {
+        drop(self.sender.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_like() -> Vec<u8> {
+        (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn diff_id_is_the_same_whatever_the_compression() {
+        let plain = tar_like();
+        let expected = Digest::sha256_of(&plain);
+        let mut gzip = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gzip.write_all(&plain).unwrap();
+        let gzip = gzip.finish().unwrap();
+        let zstd = zstd::encode_all(&plain[..], 1).unwrap();
+        for (compression, bytes) in [(Compression::None, &plain), (Compression::Gzip, &gzip), (Compression::Zstd, &zstd)] {
+            let mut hasher = DiffIdHasher::new(compression).unwrap();
+            for chunk in bytes.chunks(7777) {
+                hasher.update(chunk).unwrap();
+            }
+            assert_eq!(hasher.finish().unwrap(), (expected.clone(), plain.len() as u64), "{compression:?}");
+            let worker = DiffIdWorker::spawn(compression).unwrap();
+            for chunk in bytes.chunks(10_000) {
+                worker.update(Bytes::copy_from_slice(chunk)).unwrap();
+            }
+            assert_eq!(worker.finish().unwrap().0, expected, "{compression:?} on a worker");
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut hasher = DiffIdHasher::new(Compression::Gzip).unwrap();
+        let result = hasher.update(b"this is not gzip at all").and_then(|_| hasher.finish().map(|_| ()));
+        assert!(result.is_err());
+    }
+}

@@ -1,0 +1,110 @@
+use kiln_oci::OciError;
+use kiln_store::StoreError;
+use kiln_types::{Digest, ErrorKind, ManifestError, PlatformError, ReferenceError};
+
+/// A failure of a kiln operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A malformed image reference.
+    #[error(transparent)]
+    Reference(#[from] ReferenceError),
+    /// A malformed platform.
+    #[error(transparent)]
+    Platform(#[from] PlatformError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] OciError),
+    /// A manifest or config kiln cannot read.
+    #[error("{reference}: {source}")]
+    Manifest {
+        reference: String,
+        #[source]
+        source: ManifestError,
+    },
+    /// `--policy never` and the image is not cached.
+    #[error("{reference} is not in the store and the pull policy is `never`")]
+    NotCached { reference: String },
+    /// No image matches what the user named.
+    #[error("no image {query:?} in the store")]
+    ImageNotFound { query: String },
+    /// A short digest matches several images.
+    #[error("{query:?} matches {} images: {}", candidates.len(), candidates.join(", "))]
+    Ambiguous { query: String, candidates: Vec<String> },
+    /// The index has no manifest for the platform.
+    #[error("{reference} has no image for platform {platform} (available: {})", if available.is_empty() { "none".to_string() } else { available.join(", ") })]
+    PlatformNotFound { reference: String, platform: String, available: Vec<String> },
+    /// The image is for another platform than the one asked for.
+    #[error("{reference} is an image for {actual}, not {requested}")]
+    PlatformMismatch { reference: String, requested: String, actual: String },
+    /// A media type kiln cannot handle.
+    #[error("{reference}: unsupported media type {media_type:?} for {what}")]
+    UnsupportedMediaType { reference: String, what: String, media_type: String },
+    /// The manifest and config disagree on the number of layers.
+    #[error("{reference}: manifest lists {layers} layers but the config has {diff_ids} diff_ids")]
+    LayerCount { reference: String, layers: usize, diff_ids: usize },
+    /// A layer decompressed to something other than the config promised.
+    #[error("layer {layer} decompresses to diff_id {actual}, but the image config says {expected}")]
+    DiffIdMismatch { layer: Digest, expected: Digest, actual: Digest },
+    /// A layer could not be decompressed.
+    #[error("layer {layer} ({compression}) cannot be decompressed: {source}")]
+    Decompress {
+        layer: Digest,
+        compression: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The image is used by a holder (a sandbox disk).
+    #[error("image {image} is in use by {}", holders.join(", "))]
+    InUse { image: String, holders: Vec<String> },
+    /// Removing by digest would remove several names.
+    #[error("image {image} has {} names: {}", names.len(), names.join(", "))]
+    MultipleNames { image: String, names: Vec<String> },
+    /// A background task died.
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+impl Error {
+    /// The category of this failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Reference(_) | Error::Platform(_) => ErrorKind::InvalidArgument,
+            Error::Store(error) => error.kind(),
+            Error::Registry(error) => error.kind(),
+            Error::Manifest { .. } | Error::UnsupportedMediaType { .. } | Error::Ambiguous { .. } => ErrorKind::InvalidArgument,
+            Error::NotCached { .. } | Error::ImageNotFound { .. } | Error::PlatformNotFound { .. } => ErrorKind::NotFound,
+            Error::PlatformMismatch { .. } => ErrorKind::InvalidArgument,
+            Error::LayerCount { .. } | Error::DiffIdMismatch { .. } | Error::Decompress { .. } => ErrorKind::DataLoss,
+            Error::InUse { .. } | Error::MultipleNames { .. } => ErrorKind::FailedPrecondition,
+            Error::Task(_) => ErrorKind::Internal,
+        }
+    }
+
+    /// A suggestion for the user.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Store(error) => error.hint(),
+            Error::Registry(error) => error.hint(),
+            Error::NotCached { reference } => Some(format!("run `kiln pull {reference}` while the registry is reachable")),
+            Error::ImageNotFound { .. } => Some("`kiln images` lists what the store holds".into()),
+            Error::Ambiguous { .. } => Some("give more digest characters".into()),
+            Error::PlatformNotFound { .. } => Some("choose one of the available platforms with --platform".into()),
+            Error::PlatformMismatch { .. } => Some("drop --platform to accept the image as published".into()),
+            Error::InUse { .. } => Some("remove what uses it first, or pass --force to remove only the name (the image stays for its users)".into()),
+            Error::MultipleNames { .. } => Some("remove it by name, or pass --force to remove every name".into()),
+            Error::DiffIdMismatch { .. } | Error::LayerCount { .. } | Error::Decompress { .. } => {
+                Some("the published image is inconsistent; nothing was recorded for it".into())
+            }
+            Error::UnsupportedMediaType { .. } | Error::Manifest { .. } => {
+                Some("kiln pulls OCI and Docker schema 2 container images (gzip, zstd or uncompressed layers)".into())
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Result alias.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,90 @@
+//! Progress reporting: the library never prints; frontends implement
+//! [`Progress`] (the CLI draws bars, a server could log, Python could call back).
+
+use std::time::Duration;
+
+use kiln_types::Digest;
+
+/// Something that happened during an operation.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Looking up a reference.
+    Resolving {
+        /// The canonical reference.
+        reference: String,
+    },
+    /// The image was found in the store; nothing to download.
+    Cached {
+        /// Its manifest digest.
+        manifest: Digest,
+    },
+    /// The manifest to pull is known.
+    Resolved {
+        /// Its digest.
+        manifest: Digest,
+        /// Its platform.
+        platform: String,
+        /// Number of layers.
+        layers: usize,
+    },
+    /// A blob starts downloading (at `offset` when resuming).
+    BlobStarted {
+        /// The blob.
+        digest: Digest,
+        /// Its published size.
+        size: u64,
+        /// Bytes already in the store from an interrupted pull.
+        offset: u64,
+    },
+    /// Bytes of a blob so far (offset included).
+    BlobProgress {
+        /// The blob.
+        digest: Digest,
+        /// Bytes so far.
+        position: u64,
+    },
+    /// A blob was already in the store.
+    BlobExists {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// A blob is downloaded and committed.
+    BlobDone {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// A request failed and is retried.
+    Retrying {
+        /// What is retried.
+        what: String,
+        /// The attempt that follows.
+        attempt: u32,
+        /// Delay before it.
+        delay: Duration,
+        /// Why.
+        reason: String,
+    },
+    /// The image is recorded in the catalog.
+    Stored {
+        /// Its manifest digest.
+        manifest: Digest,
+    },
+}
+
+/// Receives [`Event`]s. Must be cheap: it is called for every chunk.
+pub trait Progress: Send + Sync {
+    /// Handles one event.
+    fn event(&self, event: Event);
+}
+
+/// Ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn event(&self, _event: Event) {}
+}

@@ -1,0 +1,562 @@
+//! Pulling images from OCI registries into the store.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use kiln_oci::{ChainedCredentials, ClientOptions, CredentialProvider, DiffIdHasher, DiffIdWorker, DockerConfig, RegistryClient, RetryObserver};
+use kiln_store::{ImageBlob, IndexRecord, IngestStart, LayerRecord, Lease, NewImage, NewTag, StoreError};
+use kiln_types::manifest::Manifest;
+use kiln_types::media_type::{self, Compression, ManifestKind};
+use kiln_types::{Descriptor, Digest, ImageConfig, ImageManifest, Platform, Reference};
+
+use crate::error::{Error, Result};
+use crate::progress::{Event, Progress};
+use crate::{Manager, tag_name};
+
+/// Largest image config kiln reads.
+const MAX_CONFIG_SIZE: u64 = 16 << 20;
+/// Layers downloaded at once by default.
+pub const DEFAULT_CONCURRENCY: usize = 4;
+
+/// When to contact the registry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Ask the registry whether the tag moved (docker's behaviour); download
+    /// only what changed.
+    Always,
+    /// Use the cached image when there is one, with no network at all.
+    #[default]
+    Missing,
+    /// Fail unless the image is cached.
+    Never,
+}
+
+/// How to pull.
+#[derive(Clone)]
+pub struct PullOptions {
+    /// Platform to select from an index (default: the host's).
+    pub platform: Option<Platform>,
+    /// When to contact the registry.
+    pub policy: PullPolicy,
+    /// Download everything again, even blobs the store has.
+    pub force: bool,
+    /// Reach the reference's registry over plain HTTP or unverified TLS.
+    pub insecure: bool,
+    /// Extra CA certificates (PEM) for TLS.
+    pub ca_certs: Vec<PathBuf>,
+    /// Layers downloaded at once.
+    pub concurrency: usize,
+    /// Credentials to try before docker's config.json.
+    pub credentials: Option<Arc<dyn CredentialProvider>>,
+}
+
+impl Default for PullOptions {
+    fn default() -> PullOptions {
+        PullOptions {
+            platform: None,
+            policy: PullPolicy::Missing,
+            force: false,
+            insecure: false,
+            ca_certs: Vec::new(),
+            concurrency: DEFAULT_CONCURRENCY,
+            credentials: None,
+        }
+    }
+}
+
+/// The outcome of a pull.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PulledImage {
+    /// The canonical reference pulled.
+    pub reference: String,
+    /// Digest of the image manifest.
+    pub manifest_digest: Digest,
+    /// Digest of the index the reference named, if any.
+    pub index_digest: Option<Digest>,
+    /// Platform of the image.
+    pub platform: String,
+    /// True when nothing was downloaded (served from the store).
+    pub cached: bool,
+    /// Bytes fetched from the network for blobs.
+    pub bytes_downloaded: u64,
+    /// Number of layers.
+    pub layers: usize,
+}
+
+struct Observer(Arc<dyn Progress>);
+
+impl RetryObserver for Observer {
+    fn retrying(&self, what: &str, attempt: u32, delay: Duration, reason: &str) {
+        self.0.event(Event::Retrying { what: what.to_string(), attempt, delay, reason: reason.to_string() });
+    }
+}
+
+/// Releases a lease on every exit path that did not hand it to the catalog.
+struct LeaseGuard<'m> {
+    manager: &'m Manager,
+    lease: Option<Lease>,
+}
+
+impl LeaseGuard<'_> {
+    fn lease(&self) -> &Lease {
+        self.lease.as_ref().expect("lease is held until taken")
+    }
+}
+
+impl Drop for LeaseGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            let _ = self.manager.store.catalog().release_lease(lease);
+        }
+    }
+}
+
+struct LayerOutcome {
+    diff_id: Digest,
+    uncompressed_size: u64,
+    downloaded: u64,
+}
+
+impl Manager {
+    /// Pulls `reference` (docker syntax) into the store.
+    pub async fn pull(&self, reference: &str, options: &PullOptions, progress: Arc<dyn Progress>) -> Result<PulledImage> {
+        let reference: Reference = reference.parse()?;
+        let platform = options.platform.clone().unwrap_or_else(Platform::host);
+        progress.event(Event::Resolving { reference: reference.to_string() });
+        if !options.force && options.policy != PullPolicy::Always {
+            if let Some(hit) = self.find_cached(&reference, &platform)? {
+                progress.event(Event::Cached { manifest: hit.manifest_digest.clone() });
+                return Ok(hit);
+            }
+            if options.policy == PullPolicy::Never {
+                return Err(Error::NotCached { reference: reference.to_string() });
+            }
+        }
+        let client = self.registry_client(&reference, options);
+        client.check_ca_certs()?;
+        let observer = Arc::new(Observer(progress.clone()));
+        if options.policy == PullPolicy::Always
+            && !options.force
+            && let Some(remote) = client.head_manifest(&reference, observer.as_ref()).await?
+            && let Some(hit) = self.find_cached_remote(&reference, &platform, &remote)?
+        {
+            progress.event(Event::Cached { manifest: hit.manifest_digest.clone() });
+            return Ok(hit);
+        }
+        let guard = LeaseGuard { manager: self, lease: Some(self.store.catalog().create_lease()?) };
+        let what = reference.to_string();
+        let top = client.fetch_manifest(&reference, &reference.manifest_selector(), observer.as_ref()).await?;
+        let (parsed, top_media_type) =
+            Manifest::parse(&top.bytes, &top.content_type).map_err(|source| Error::Manifest { reference: what.clone(), source })?;
+        let (index, manifest_bytes, manifest_digest, manifest_media_type, manifest, descriptor_platform) = match parsed {
+            Manifest::Image(manifest) => (None, top.bytes, top.digest, top_media_type, manifest, None),
+            Manifest::Index(index) => {
+                self.keep_blob(guard.lease(), &top.digest, &top.bytes)?;
+                let chosen = choose_platform(&what, &index.manifests, &platform, options.platform.is_some())?;
+                let child = client.fetch_manifest(&reference, &chosen.digest.to_string(), observer.as_ref()).await?;
+                let (parsed, media_type) = Manifest::parse(&child.bytes, &child.content_type)
+                    .map_err(|source| Error::Manifest { reference: format!("{what} ({})", chosen.digest), source })?;
+                let Manifest::Image(manifest) = parsed else {
+                    return Err(Error::UnsupportedMediaType { reference: what, what: "platform manifest".into(), media_type });
+                };
+                let index = IndexRecord { digest: top.digest.clone(), media_type: top_media_type, size: top.bytes.len() as u64 };
+                (Some(index), child.bytes, child.digest, media_type, manifest, chosen.platform.clone())
+            }
+        };
+        self.keep_blob(guard.lease(), &manifest_digest, &manifest_bytes)?;
+        progress.event(Event::Resolved {
+            manifest: manifest_digest.clone(),
+            platform: descriptor_platform.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+            layers: manifest.layers.len(),
+        });
+
+        let (config, config_bytes_len) = self.fetch_config(&client, &reference, &manifest, guard.lease(), options.force, &observer).await?;
+        let image_platform = descriptor_platform.unwrap_or_else(|| config.platform());
+        if index.is_none() && options.platform.is_some() && !platform.accepts(&image_platform) {
+            return Err(Error::PlatformMismatch { reference: what, requested: platform.to_string(), actual: image_platform.to_string() });
+        }
+        if manifest.layers.len() != config.rootfs.diff_ids.len() {
+            return Err(Error::LayerCount { reference: what, layers: manifest.layers.len(), diff_ids: config.rootfs.diff_ids.len() });
+        }
+        let mut compressions = Vec::with_capacity(manifest.layers.len());
+        for (position, layer) in manifest.layers.iter().enumerate() {
+            let Some(compression) = media_type::layer_compression(&layer.media_type) else {
+                return Err(Error::UnsupportedMediaType { reference: what, what: format!("layer {position} ({})", layer.digest), media_type: layer.media_type.clone() });
+            };
+            compressions.push(compression);
+        }
+
+        let outcomes: Vec<LayerOutcome> = stream::iter(manifest.layers.iter().zip(compressions).map(|(layer, compression)| {
+            self.pull_layer(&client, &reference, layer, compression, guard.lease(), options.force, progress.clone(), observer.clone())
+        }))
+        .buffered(options.concurrency.max(1))
+        .try_collect()
+        .await?;
+
+        let mut layers = Vec::with_capacity(outcomes.len());
+        let mut blobs = vec![ImageBlob {
+            role: "config".into(),
+            position: 0,
+            digest: manifest.config.digest.clone(),
+            media_type: manifest.config.media_type.clone(),
+            size: config_bytes_len,
+        }];
+        let mut downloaded = 0;
+        for (position, ((layer, outcome), expected)) in manifest.layers.iter().zip(&outcomes).zip(&config.rootfs.diff_ids).enumerate() {
+            if outcome.diff_id != *expected {
+                return Err(Error::DiffIdMismatch { layer: layer.digest.clone(), expected: expected.clone(), actual: outcome.diff_id.clone() });
+            }
+            downloaded += outcome.downloaded;
+            blobs.push(ImageBlob { role: "layer".into(), position: position as u32, digest: layer.digest.clone(), media_type: layer.media_type.clone(), size: layer.size });
+            layers.push(LayerRecord {
+                digest: layer.digest.clone(),
+                media_type: layer.media_type.clone(),
+                diff_id: Some(outcome.diff_id.clone()),
+                uncompressed_size: Some(outcome.uncompressed_size),
+            });
+        }
+        let image = NewImage {
+            manifest: ImageBlob { role: "manifest".into(), position: 0, digest: manifest_digest.clone(), media_type: manifest_media_type, size: manifest_bytes.len() as u64 },
+            kind: "oci".into(),
+            platform: Some(image_platform.to_string()),
+            image_created: config.created.clone(),
+            blobs,
+            layers,
+        };
+        let tag = NewTag { name: tag_name(&reference), platform: image_platform.to_string(), index: index.clone() };
+        let mut guard = guard;
+        self.store.catalog().commit_image(&image, Some(&tag), guard.lease.take())?;
+        progress.event(Event::Stored { manifest: manifest_digest.clone() });
+        Ok(PulledImage {
+            reference: reference.to_string(),
+            manifest_digest,
+            index_digest: index.map(|i| i.digest),
+            platform: image_platform.to_string(),
+            cached: false,
+            bytes_downloaded: downloaded,
+            layers: manifest.layers.len(),
+        })
+    }
+
+    /// `pull` with the `missing` policy and default options: the cached image
+    /// when there is one, else a download.
+    pub async fn ensure(&self, reference: &str, progress: Arc<dyn Progress>) -> Result<PulledImage> {
+        self.pull(reference, &PullOptions::default(), progress).await
+    }
+
+    fn registry_client(&self, reference: &Reference, options: &PullOptions) -> RegistryClient {
+        let mut providers: Vec<Arc<dyn CredentialProvider>> = Vec::new();
+        if let Some(credentials) = &options.credentials {
+            providers.push(credentials.clone());
+        }
+        providers.push(Arc::new(DockerConfig));
+        RegistryClient::new(ClientOptions {
+            insecure_registries: if options.insecure { vec![reference.api_host().to_string()] } else { Vec::new() },
+            ca_certs: options.ca_certs.clone(),
+            credentials: Arc::new(ChainedCredentials(providers)),
+            ..ClientOptions::default()
+        })
+    }
+
+    /// Leases, stores and records a small blob held in memory.
+    fn keep_blob(&self, lease: &Lease, digest: &Digest, bytes: &[u8]) -> Result<()> {
+        let catalog = self.store.catalog();
+        catalog.lease_blob(lease, digest)?;
+        self.store.content().put_blob(digest, bytes)?;
+        catalog.record_blob(digest, bytes.len() as u64)?;
+        Ok(())
+    }
+
+    async fn fetch_config(
+        &self,
+        client: &RegistryClient,
+        reference: &Reference,
+        manifest: &ImageManifest,
+        lease: &Lease,
+        force: bool,
+        observer: &Arc<Observer>,
+    ) -> Result<(ImageConfig, u64)> {
+        let descriptor = &manifest.config;
+        if !media_type::is_config(&descriptor.media_type) {
+            return Err(Error::UnsupportedMediaType {
+                reference: reference.to_string(),
+                what: "config (not a container image)".into(),
+                media_type: descriptor.media_type.clone(),
+            });
+        }
+        if descriptor.size > MAX_CONFIG_SIZE {
+            return Err(kiln_oci::OciError::TooLarge { host: reference.api_host().to_string(), what: format!("config {}", descriptor.digest), limit: MAX_CONFIG_SIZE }.into());
+        }
+        self.store.catalog().lease_blob(lease, &descriptor.digest)?;
+        let cached = if force { None } else { self.store.content().read_blob(&descriptor.digest).ok() };
+        let bytes = match cached {
+            Some(bytes) => Bytes::from(bytes),
+            None => {
+                let bytes = client.fetch_small_blob(reference, &descriptor.digest, descriptor.size, observer.clone()).await?;
+                self.store.content().put_blob(&descriptor.digest, &bytes)?;
+                bytes
+            }
+        };
+        self.store.catalog().record_blob(&descriptor.digest, bytes.len() as u64)?;
+        let config = ImageConfig::from_slice(&bytes).map_err(|source| Error::Manifest { reference: reference.to_string(), source })?;
+        Ok((config, bytes.len() as u64))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pull_layer(
+        &self,
+        client: &RegistryClient,
+        reference: &Reference,
+        layer: &Descriptor,
+        compression: Compression,
+        lease: &Lease,
+        force: bool,
+        progress: Arc<dyn Progress>,
+        observer: Arc<Observer>,
+    ) -> Result<LayerOutcome> {
+        let digest = layer.digest.clone();
+        // Lease first, then look: garbage collection keeps what is leased.
+        self.store.catalog().lease_blob(lease, &digest)?;
+        let mut fresh_start = force;
+        for attempt in 0..2 {
+            let content = self.store.content().clone();
+            let (ingest_digest, size, rewrite) = (digest.clone(), layer.size, fresh_start);
+            let start = tokio::task::spawn_blocking(move || content.ingest(&ingest_digest, Some(size), rewrite))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))??;
+            let mut ingest = match start {
+                IngestStart::Committed { size } => {
+                    progress.event(Event::BlobExists { digest: digest.clone(), size });
+                    let (diff_id, uncompressed_size) = self.known_diff_id(&digest, compression).await?;
+                    self.store.catalog().record_blob(&digest, size)?;
+                    return Ok(LayerOutcome { diff_id, uncompressed_size, downloaded: 0 });
+                }
+                IngestStart::Writing(ingest) => ingest,
+            };
+            let worker = DiffIdWorker::spawn(compression).map_err(|source| Error::Decompress { layer: digest.clone(), compression: compression.as_str(), source })?;
+            let offset = ingest.offset();
+            let (ingest, worker) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                if ingest.offset() > 0 {
+                    ingest.replay(|chunk| worker.update(Bytes::copy_from_slice(chunk)))?;
+                }
+                Ok((ingest, worker))
+            })
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
+            progress.event(Event::BlobStarted { digest: digest.clone(), size: layer.size, offset });
+
+            let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(16);
+            let writer = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                let mut ingest = ingest;
+                let mut worker_failed = None;
+                while let Some(chunk) = receiver.blocking_recv() {
+                    ingest.write(&chunk)?;
+                    if worker_failed.is_none()
+                        && let Err(error) = worker.update(chunk)
+                    {
+                        worker_failed = Some(error);
+                    }
+                }
+                Ok((ingest, worker, worker_failed))
+            });
+            let mut download = client.blob(reference, digest.clone(), Some(layer.size), offset, observer.clone());
+            let mut network_error = None;
+            loop {
+                match download.next_chunk().await {
+                    Ok(Some(chunk)) => {
+                        if sender.send(chunk).await.is_err() {
+                            break; // the writer failed; its error follows
+                        }
+                        progress.event(Event::BlobProgress { digest: digest.clone(), position: download.position() });
+                    }
+                    Ok(None) => break,
+                    Err(error) => {
+                        network_error = Some(error);
+                        break;
+                    }
+                }
+            }
+            drop(sender);
+            let (ingest, worker, worker_failed) = writer.await.map_err(|e| Error::Task(e.to_string()))??;
+            if let Some(error) = network_error {
+                // The partial data stays for the next pull to resume.
+                drop(ingest);
+                return Err(error.into());
+            }
+            let committed = tokio::task::spawn_blocking(move || ingest.commit()).await.map_err(|e| Error::Task(e.to_string()))?;
+            match committed {
+                Ok(size) => {
+                    self.store.catalog().record_blob(&digest, size)?;
+                    progress.event(Event::BlobDone { digest: digest.clone(), size });
+                    let (diff_id, uncompressed_size) = match worker_failed {
+                        Some(source) => return Err(Error::Decompress { layer: digest, compression: compression.as_str(), source }),
+                        None => tokio::task::spawn_blocking(move || worker.finish())
+                            .await
+                            .map_err(|e| Error::Task(e.to_string()))?
+                            .map_err(|source| Error::Decompress { layer: digest.clone(), compression: compression.as_str(), source })?,
+                    };
+                    return Ok(LayerOutcome { diff_id, uncompressed_size, downloaded: layer.size - offset });
+                }
+                Err(StoreError::DigestMismatch { .. }) if attempt == 0 => {
+                    // Bad bytes (from the network or an old partial file) were
+                    // discarded; try once more from scratch.
+                    progress.event(Event::Retrying {
+                        what: format!("blob {digest}"),
+                        attempt: 2,
+                        delay: Duration::ZERO,
+                        reason: "content did not match its digest; downloading again from the start".into(),
+                    });
+                    fresh_start = true;
+                    continue;
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(Error::Task(format!("download of layer {digest} gave up")))
+    }
+
+    /// The diff_id of a committed layer: from the catalog, else by reading it.
+    async fn known_diff_id(&self, digest: &Digest, compression: Compression) -> Result<(Digest, u64)> {
+        if let Some(record) = self.store.catalog().layer(digest)?
+            && let (Some(diff_id), Some(size)) = (record.diff_id, record.uncompressed_size)
+        {
+            return Ok((diff_id, size));
+        }
+        let file = self.store.content().open_blob(digest)?;
+        let layer = digest.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
+            use std::io::Read;
+            let mut hasher = DiffIdHasher::new(compression)?;
+            let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+            let mut buffer = vec![0u8; 1 << 20];
+            loop {
+                let n = reader.read(&mut buffer)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buffer[..n])?;
+            }
+            hasher.finish()
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?
+        .map_err(|source| Error::Decompress { layer, compression: compression.as_str(), source })
+    }
+
+    /// A complete cached image for `reference` on `platform`.
+    pub(crate) fn find_cached(&self, reference: &Reference, platform: &Platform) -> Result<Option<PulledImage>> {
+        let catalog = self.store.catalog();
+        let mut candidates = catalog.tags_named(&tag_name(reference))?;
+        if candidates.is_empty()
+            && let Some(digest) = reference.digest()
+        {
+            candidates = catalog.tags_with_index(digest)?;
+            if let Some(image) = catalog.image_by_digest(digest)? {
+                candidates.extend(catalog.tags_of(image.id)?);
+            }
+        }
+        for tag in candidates {
+            let Ok(tag_platform) = tag.platform.parse::<Platform>() else { continue };
+            if !platform.accepts(&tag_platform) {
+                continue;
+            }
+            if let Some(hit) = self.complete_image(reference, tag.image_id, tag.index_digest.clone())? {
+                return Ok(Some(hit));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A cached image whose manifest or index has the digest the registry
+    /// now reports for the reference.
+    fn find_cached_remote(&self, reference: &Reference, platform: &Platform, remote: &Digest) -> Result<Option<PulledImage>> {
+        for tag in self.store.catalog().tags_named(&tag_name(reference))? {
+            let Ok(tag_platform) = tag.platform.parse::<Platform>() else { continue };
+            if !platform.accepts(&tag_platform) {
+                continue;
+            }
+            let Some(image) = self.store.catalog().image(tag.image_id)? else { continue };
+            if (image.manifest_digest == *remote || tag.index_digest.as_ref() == Some(remote))
+                && let Some(hit) = self.complete_image(reference, tag.image_id, tag.index_digest.clone())?
+            {
+                return Ok(Some(hit));
+            }
+        }
+        Ok(None)
+    }
+
+    fn complete_image(&self, reference: &Reference, image_id: i64, index_digest: Option<Digest>) -> Result<Option<PulledImage>> {
+        let catalog = self.store.catalog();
+        let Some(image) = catalog.image(image_id)? else { return Ok(None) };
+        if !image.complete {
+            return Ok(None);
+        }
+        let blobs = catalog.image_blobs(image_id)?;
+        for blob in &blobs {
+            if self.store.content().blob_size(&blob.digest)? != Some(blob.size) {
+                return Ok(None);
+            }
+        }
+        catalog.touch_image(image_id)?;
+        Ok(Some(PulledImage {
+            reference: reference.to_string(),
+            manifest_digest: image.manifest_digest,
+            index_digest,
+            platform: image.platform.unwrap_or_default(),
+            cached: true,
+            bytes_downloaded: 0,
+            layers: blobs.iter().filter(|b| b.role == "layer").count(),
+        }))
+    }
+}
+
+/// Picks the index entry for `platform`.
+fn choose_platform<'a>(reference: &str, manifests: &'a [Descriptor], platform: &Platform, explicit: bool) -> Result<&'a Descriptor> {
+    let images: Vec<&Descriptor> = manifests
+        .iter()
+        .filter(|d| media_type::manifest_kind(&d.media_type) == Some(ManifestKind::Image))
+        .filter(|d| d.platform.as_ref().is_some_and(|p| p.os != "unknown"))
+        .collect();
+    // An exact variant match beats a variant-less one.
+    let exact = images.iter().find(|d| d.platform.as_ref() == Some(platform));
+    let accepted = exact.or_else(|| images.iter().find(|d| d.platform.as_ref().is_some_and(|p| platform.accepts(p))));
+    if let Some(descriptor) = accepted {
+        return Ok(descriptor);
+    }
+    let _ = explicit;
+    Err(Error::PlatformNotFound {
+        reference: reference.to_string(),
+        platform: platform.to_string(),
+        available: images.iter().filter_map(|d| d.platform.as_ref().map(|p| p.to_string())).collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn descriptor(platform: &str, n: u8) -> Descriptor {
+        Descriptor {
+            media_type: media_type::OCI_MANIFEST.into(),
+            digest: Digest::sha256_of(&[n]),
+            size: 1,
+            platform: Some(platform.parse().unwrap()),
+            urls: vec![],
+            annotations: Default::default(),
+            artifact_type: None,
+        }
+    }
+
+    #[test]
+    fn chooses_the_platform_and_lists_alternatives() {
+        let manifests = vec![descriptor("linux/amd64", 1), descriptor("linux/arm64/v8", 2), descriptor("unknown/unknown", 3)];
+        let p = |s: &str| s.parse::<Platform>().unwrap();
+        assert_eq!(choose_platform("x", &manifests, &p("linux/arm64"), false).unwrap().digest, Digest::sha256_of(&[2]));
+        assert_eq!(choose_platform("x", &manifests, &p("linux/amd64"), false).unwrap().digest, Digest::sha256_of(&[1]));
+        let error = choose_platform("x", &manifests, &p("linux/s390x"), true).unwrap_err().to_string();
+        assert!(error.contains("available: linux/amd64, linux/arm64/v8"), "{error}");
+    }
+}
