@@ -443,7 +443,8 @@ impl RegistryClient {
     /// digest, the bytes are verified against it.
     pub async fn fetch_manifest(&self, reference: &Reference, selector: &str, observer: &dyn RetryObserver) -> Result<FetchedManifest> {
         let repository = Repository::of(reference);
-        let what = format!("manifest {}@{selector}", reference.name());
+        let separator = if selector.contains(':') { '@' } else { ':' };
+        let what = format!("manifest {}{separator}{selector}", reference.name());
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
         let path = format!("/v2/{}/manifests/{selector}", repository.name);

@@ -93,3 +93,104 @@ impl Manager {
         Ok(self.store.fsck(repair, observe)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use kiln_store::{ImageBlob, LayerRecord, NewImage, NewTag};
+
+    use super::*;
+
+    /// Stores an image made of real (tiny) blobs under `name`.
+    fn add_image(manager: &Manager, name: &str, layers: &[&[u8]]) -> Digest {
+        let store = manager.store();
+        let put = |bytes: &[u8]| {
+            let digest = Digest::sha256_of(bytes);
+            store.content().put_blob(&digest, bytes).unwrap();
+            store.catalog().record_blob(&digest, bytes.len() as u64).unwrap();
+            digest
+        };
+        let manifest_bytes = format!("manifest of {name}");
+        let manifest = put(manifest_bytes.as_bytes());
+        let config = put(format!("config of {name}").as_bytes());
+        let mut blobs = vec![ImageBlob { role: "config".into(), position: 0, digest: config, media_type: "c".into(), size: 1 }];
+        let mut records = Vec::new();
+        for (i, layer) in layers.iter().enumerate() {
+            let digest = put(layer);
+            blobs.push(ImageBlob { role: "layer".into(), position: i as u32, digest: digest.clone(), media_type: "l".into(), size: layer.len() as u64 });
+            records.push(LayerRecord { digest, media_type: "l".into(), diff_id: None, uncompressed_size: None });
+        }
+        let image = NewImage {
+            manifest: ImageBlob { role: "manifest".into(), position: 0, digest: manifest.clone(), media_type: "m".into(), size: manifest_bytes.len() as u64 },
+            kind: "oci".into(),
+            platform: Some("linux/amd64".into()),
+            image_created: None,
+            blobs,
+            layers: records,
+        };
+        let tag = NewTag { name: format!("example.com/{name}:1"), platform: "linux/amd64".into(), index: None };
+        store.catalog().commit_image(&image, Some(&tag), None).unwrap();
+        manifest
+    }
+
+    #[test]
+    fn held_images_are_refused_kept_by_force_and_kept_by_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = Manager::open(dir.path()).unwrap();
+        let digest = add_image(&manager, "app", &[b"base layer", b"app layer"]);
+        let id = manager.store().catalog().image_by_digest(&digest).unwrap().unwrap().id;
+        manager.store().catalog().add_holder(id, "disk", "sandbox-1").unwrap();
+
+        let error = manager.remove(&["example.com/app:1".into()], None, false).unwrap_err();
+        assert!(matches!(error, Error::InUse { .. }), "{error}");
+        assert!(error.to_string().contains("disk sandbox-1"), "{error}");
+        assert_eq!(error.kind(), kiln_types::ErrorKind::FailedPrecondition);
+
+        // --force removes the name; the image and its blobs stay for the disk.
+        let report = manager.remove(&["example.com/app:1".into()], None, true).unwrap();
+        assert_eq!(report.untagged, ["example.com/app:1"]);
+        assert_eq!(report.kept_for_holders, [digest.clone()]);
+        assert_eq!(report.blobs_removed, 0);
+        let report = manager.prune(true, false).unwrap();
+        assert!(report.images_removed.is_empty(), "prune keeps what a disk needs");
+        assert_eq!(report.blobs_removed, 0);
+        assert!(manager.store().content().blob_size(&digest).unwrap().is_some());
+
+        // Once the disk goes, prune collects it.
+        manager.store().catalog().remove_holder("disk", "sandbox-1").unwrap();
+        let report = manager.prune(false, false).unwrap();
+        assert_eq!(report.images_removed, [digest]);
+        assert_eq!(report.blobs_removed, 4);
+        assert!(manager.store().content().list_blobs().unwrap().is_empty());
+    }
+
+    #[test]
+    fn leased_blobs_survive_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = Manager::open(dir.path()).unwrap();
+        let store = manager.store();
+        let orphan = Digest::sha256_of(b"in flight");
+        let lease = store.catalog().create_lease().unwrap();
+        store.catalog().lease_blob(&lease, &orphan).unwrap();
+        store.content().put_blob(&orphan, b"in flight").unwrap();
+        store.catalog().record_blob(&orphan, 9).unwrap();
+        let report = manager.prune(true, false).unwrap();
+        assert_eq!(report.blobs_removed, 0, "a live lease protects its blobs");
+        store.catalog().release_lease(lease).unwrap();
+        let report = manager.prune(true, false).unwrap();
+        assert_eq!(report.blobs_removed, 1);
+        assert_eq!(report.blob_bytes, 9);
+    }
+
+    #[test]
+    fn rmi_of_one_image_keeps_layers_another_uses() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = Manager::open(dir.path()).unwrap();
+        add_image(&manager, "one", &[b"shared", b"only one"]);
+        add_image(&manager, "two", &[b"shared", b"only two"]);
+        let report = manager.remove(&["example.com/one:1".into()], None, false).unwrap();
+        assert_eq!(report.deleted.len(), 1);
+        assert_eq!(report.blobs_removed, 3, "manifest, config, own layer");
+        assert!(manager.store().content().blob_size(&Digest::sha256_of(b"shared")).unwrap().is_some());
+        assert!(manager.store().content().blob_size(&Digest::sha256_of(b"only one")).unwrap().is_none());
+    }
+}

@@ -147,6 +147,11 @@ impl Proxy {
             if stream.read(&mut byte).await? == 0 {
                 return Ok(());
             }
+            if head.is_empty() && byte[0] == 0x16 {
+                // A TLS handshake on this plain-HTTP port: answer as HTTP
+                // servers do, so an --insecure client falls back to HTTP.
+                return respond(&mut stream, 400, &[], b"Client sent an HTTPS request to an HTTP server").await;
+            }
             head.push(byte[0]);
         }
         let text = String::from_utf8_lossy(&head).to_string();
