@@ -64,7 +64,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Bytes in SI units, as docker shows them (`12.3MB`).
+/// Bytes in SI units with 4 significant digits, as docker shows them (`12.35MB`).
 pub fn size(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "kB", "MB", "GB", "TB", "PB"];
     let mut value = bytes as f64;
@@ -73,7 +73,13 @@ pub fn size(bytes: u64) -> String {
         value /= 1000.0;
         unit += 1;
     }
-    if unit == 0 { format!("{bytes}B") } else { format!("{value:.3}").chars().take(4).collect::<String>().trim_end_matches('.').to_string() + UNITS[unit] }
+    if unit == 0 {
+        return format!("{bytes}B");
+    }
+    let integer_digits = if value >= 100.0 { 3 } else if value >= 10.0 { 2 } else { 1 };
+    let text = format!("{value:.prec$}", prec = 4 - integer_digits);
+    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
+    format!("{text}{}", UNITS[unit])
 }
 
 /// Seconds since the epoch now.
@@ -136,8 +142,8 @@ mod tests {
     fn sizes_like_docker() {
         assert_eq!(size(0), "0B");
         assert_eq!(size(999), "999B");
-        assert_eq!(size(1_234), "1.23kB");
-        assert_eq!(size(12_345_678), "12.3MB");
+        assert_eq!(size(1_234), "1.234kB");
+        assert_eq!(size(12_345_678), "12.35MB");
         assert_eq!(size(523_000_000), "523MB");
         assert_eq!(size(1_000_000_000), "1GB");
     }

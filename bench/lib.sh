@@ -1,0 +1,95 @@
+# Shared benchmark helpers: a loopback registry, timing, medians, peak RSS,
+# and writing a section of docs/benchmarks.md. Sourced by bench/*.sh.
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+. "$repo_root/.ci/lib/oci.sh"
+
+BENCH_DIR=${BENCH_DIR:-/var/tmp/kiln-bench}
+KILN=${KILN:-$repo_root/target/release/kiln}
+mkdir -p "$BENCH_DIR"
+dir=$BENCH_DIR
+
+bench_pids=()
+bench_cleanup() {
+  for pid in "${bench_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+}
+trap bench_cleanup EXIT
+
+need() { # command package
+  command -v "$1" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+ensure_kiln() {
+  if [ ! -x "$KILN" ]; then
+    (cd "$repo_root" && cargo build --release -p kiln-cli)
+  fi
+}
+
+# start_registry -> sets REGISTRY=127.0.0.1:PORT (storage kept in $BENCH_DIR/registry)
+start_bench_registry() {
+  local port
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  mkdir -p "$BENCH_DIR/registry"
+  cat >"$BENCH_DIR/registry.yml" <<YAML
+version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: $BENCH_DIR/registry
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$port
+YAML
+  docker-registry serve "$BENCH_DIR/registry.yml" >"$BENCH_DIR/registry.log" 2>&1 &
+  bench_pids+=($!)
+  REGISTRY=127.0.0.1:$port
+  for _ in $(seq 1 100); do
+    curl -sf "http://$REGISTRY/v2/" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "registry did not start" >&2; cat "$BENCH_DIR/registry.log" >&2; return 1
+}
+
+# seconds COMMAND... : wall time of one run, in seconds
+seconds() {
+  local start end
+  start=$(date +%s.%N)
+  "$@" >/dev/null 2>&1 || { echo "benchmark command failed: $*" >&2; return 1; }
+  end=$(date +%s.%N)
+  echo "$end - $start" | bc -l
+}
+
+median() { # numbers on stdin
+  sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'
+}
+
+# peak_rss_mb COMMAND... : peak resident set of one run, in MB
+peak_rss_mb() {
+  local file; file=$(mktemp)
+  /usr/bin/time -f %M -o "$file" "$@" >/dev/null 2>&1 || { echo "benchmark command failed: $*" >&2; return 1; }
+  echo "scale=1; $(cat "$file") / 1024" | bc -l
+  rm -f "$file"
+}
+
+ratio() { echo "scale=2; $1 / $2" | bc -l | sed 's/^\./0./'; }
+
+machine() { echo "$(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r)"; }
+
+# write_section HEADING FILE: replaces the section "## HEADING" in docs/benchmarks.md
+write_section() {
+  local heading=$1 body=$2 doc=$repo_root/docs/benchmarks.md
+  mkdir -p "$repo_root/docs"
+  [ -f "$doc" ] || printf '# Benchmarks\n\nEach section is written by the script it names, in one run, with the peers measured in the same run.\n' >"$doc"
+  python3 - "$doc" "$heading" "$body" <<'PY'
+import sys, re
+path, heading, body_file = sys.argv[1], sys.argv[2], sys.argv[3]
+doc = open(path).read()
+body = open(body_file).read().rstrip() + "\n"
+section = f"## {heading}\n\n{body}"
+pattern = re.compile(rf"^## {re.escape(heading)}\n.*?(?=^## |\Z)", re.S | re.M)
+doc = pattern.sub(lambda m: section + "\n", doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + section
+open(path, "w").write(doc)
+PY
+}

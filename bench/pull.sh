@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Benchmark of `kiln pull` (issue 2): an ~8-layer, ~500 MB image on a loopback
+# registry; cold kiln pull vs skopeo copy (and podman pull when installed),
+# cached kiln pull, peak RSS. Results replace the "Pull" section of
+# docs/benchmarks.md.
+#   bash bench/pull.sh            (RUNS=5 CACHED_RUNS=20 by default)
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+RUNS=${RUNS:-5}
+CACHED_RUNS=${CACHED_RUNS:-20}
+need bc bc
+need /usr/bin/time time
+ensure_kiln
+
+# The image: 8 layers, each 45 MB of random bytes plus 20 MB of base64 text.
+layout=$BENCH_DIR/layout
+if [ ! -f "$layout/index.json" ]; then
+  echo "building the benchmark image (once)..." >&2
+  rm -rf "$layout" "$BENCH_DIR/src"
+  layers=()
+  for n in 1 2 3 4 5 6 7 8; do
+    d=$BENCH_DIR/src/layer$n; mkdir -p "$d"
+    head -c 47185920 /dev/urandom >"$d/random.bin"
+    head -c 15728640 /dev/urandom | base64 >"$d/text.txt"
+    layers+=("$d")
+  done
+  build_image "$layout" bench amd64 gzip "${layers[@]}" >/dev/null
+  rm -rf "$BENCH_DIR/src"
+fi
+compressed=$(jq -r '.manifests[0].digest' "$layout/index.json" | sed 's/sha256://' | xargs -I{} jq '[.layers[].size] | add' "$layout/blobs/sha256/{}")
+
+start_bench_registry
+skopeo copy --quiet --dest-tls-verify=false "oci:$layout:bench" "docker://$REGISTRY/bench:1" >/dev/null
+ref=$REGISTRY/bench:1
+work=$BENCH_DIR/work
+
+kiln_cold() { rm -rf "$work/kiln"; "$KILN" --root "$work/kiln" pull --insecure -q "$ref"; }
+skopeo_cold() { rm -rf "$work/skopeo"; skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/skopeo:bench"; }
+podman_cold() { podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs rmi -af >/dev/null 2>&1 || true;
+                podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs pull -q --tls-verify=false "$ref"; }
+
+kiln_times=(); skopeo_times=(); podman_times=()
+have_podman=false
+command -v podman >/dev/null 2>&1 && podman --version >/dev/null 2>&1 && have_podman=true
+for _ in $(seq 1 "$RUNS"); do
+  kiln_times+=("$(seconds kiln_cold)")
+  skopeo_times+=("$(seconds skopeo_cold)")
+  if $have_podman; then podman_times+=("$(seconds podman_cold)"); fi
+done
+kiln_median=$(printf '%s\n' "${kiln_times[@]}" | median)
+skopeo_median=$(printf '%s\n' "${skopeo_times[@]}" | median)
+
+# Cached: the root is populated by the last cold run.
+cached=()
+for _ in $(seq 1 "$CACHED_RUNS"); do
+  cached+=("$(seconds "$KILN" --root "$work/kiln" pull --insecure -q "$ref")")
+done
+cached_ms=$(printf '%s\n' "${cached[@]}" | median | awk '{printf "%.1f", $1 * 1000}')
+
+kiln_rss=$(peak_rss_mb bash -c "rm -rf '$work/kiln'; exec '$KILN' --root '$work/kiln' pull --insecure -q '$ref'")
+skopeo_rss=$(peak_rss_mb bash -c "rm -rf '$work/skopeo'; exec skopeo copy --quiet --src-tls-verify=false 'docker://$ref' 'oci:$work/skopeo:bench'")
+
+verdict() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo pass; else echo FAIL; fi; }
+kiln_ratio=$(ratio "$kiln_median" "$skopeo_median")
+body=$(mktemp)
+{
+  echo "Command: \`bash bench/pull.sh\` (RUNS=$RUNS, CACHED_RUNS=$CACHED_RUNS), $(date -u +%Y-%m-%d), $(machine)."
+  echo
+  echo "Image: 8 gzip layers, $((compressed / 1000000)) MB compressed, on Debian's docker-registry at 127.0.0.1. Cold runs start from an empty store; kiln verifies every blob digest and every layer's diff_id against the config."
+  echo
+  echo "| tool | median (s) | ratio to skopeo | peak RSS (MB) |"
+  echo "|---|---|---|---|"
+  echo "| kiln pull (cold) | $kiln_median | $kiln_ratio | $kiln_rss |"
+  echo "| skopeo copy docker:// → oci: | $skopeo_median | 1.00 | $skopeo_rss |"
+  if $have_podman; then
+    podman_median=$(printf '%s\n' "${podman_times[@]}" | median)
+    echo "| podman pull (vfs) | $podman_median | $(ratio "$podman_median" "$skopeo_median") | - |"
+  else
+    echo "| podman pull | not installed in this run | | |"
+  fi
+  echo
+  echo "Cached \`kiln pull\` (policy missing, no network): median ${cached_ms} ms over $CACHED_RUNS runs."
+  echo
+  echo "| target | measured | verdict |"
+  echo "|---|---|---|"
+  echo "| cold pull ≤ 0.6× skopeo | ${kiln_ratio}× | $(verdict "$kiln_ratio <= 0.6") |"
+  echo "| cached pull ≤ 20 ms | ${cached_ms} ms | $(verdict "$cached_ms <= 20") |"
+  echo "| peak RSS ≤ 100 MB | ${kiln_rss} MB | $(verdict "$kiln_rss <= 100") |"
+  echo
+  echo "Raw runs (s): kiln ${kiln_times[*]}; skopeo ${skopeo_times[*]}${podman_times:+; podman ${podman_times[*]}}."
+} >"$body"
+cat "$body"
+write_section "Pull (issue 2)" "$body"
+rm -f "$body"
