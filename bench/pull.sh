@@ -36,20 +36,23 @@ ref=$REGISTRY/bench:1
 work=$BENCH_DIR/work
 
 kiln_cold() { rm -rf "$work/kiln"; "$KILN" --root "$work/kiln" pull --insecure -q "$ref"; }
+kiln_inline_cold() { rm -rf "$work/kiln"; "$KILN" --root "$work/kiln" pull --insecure -q --inline-diff-id "$ref"; }
 skopeo_cold() { rm -rf "$work/skopeo"; skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/skopeo:bench"; }
 podman_cold() { podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs rmi -af >/dev/null 2>&1 || true;
                 podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs pull -q --tls-verify=false "$ref"; }
 
-kiln_times=(); skopeo_times=(); podman_times=()
+kiln_times=(); inline_times=(); skopeo_times=(); podman_times=()
 have_podman=false
 command -v podman >/dev/null 2>&1 && podman --version >/dev/null 2>&1 && have_podman=true
 for _ in $(seq 1 "$RUNS"); do
   kiln_times+=("$(seconds kiln_cold)")
+  inline_times+=("$(seconds kiln_inline_cold)")
   skopeo_times+=("$(seconds skopeo_cold)")
   if $have_podman; then podman_times+=("$(seconds podman_cold)"); fi
 done
 kiln_median=$(printf '%s\n' "${kiln_times[@]}" | median)
 skopeo_median=$(printf '%s\n' "${skopeo_times[@]}" | median)
+inline_median=$(printf '%s\n' "${inline_times[@]}" | median)
 
 # Cached: the root is populated by the last cold run.
 cached=()
@@ -71,7 +74,8 @@ body=$(mktemp)
   echo
   echo "| tool | median (s) | ratio to skopeo | peak RSS (MB) |"
   echo "|---|---|---|---|"
-  echo "| kiln pull (cold) | $kiln_median | $kiln_ratio | $kiln_rss |"
+  echo "| kiln pull (cold, diff_id on its own thread: the default) | $kiln_median | $kiln_ratio | $kiln_rss |"
+  echo "| kiln pull (cold, diff_id on the writing thread) | $inline_median | $(ratio "$inline_median" "$skopeo_median") | - |"
   echo "| skopeo copy docker:// → oci: | $skopeo_median | 1.00 | $skopeo_rss |"
   if $have_podman; then
     podman_median=$(printf '%s\n' "${podman_times[@]}" | median)
@@ -88,7 +92,7 @@ body=$(mktemp)
   echo "| cached pull ≤ 20 ms | ${cached_ms} ms | $(verdict "$cached_ms <= 20") |"
   echo "| peak RSS ≤ 100 MB | ${kiln_rss} MB | $(verdict "$kiln_rss <= 100") |"
   echo
-  echo "Raw runs (s): kiln ${kiln_times[*]}; skopeo ${skopeo_times[*]}${podman_times:+; podman ${podman_times[*]}}."
+  echo "Raw runs (s): kiln ${kiln_times[*]}; kiln inline ${inline_times[*]}; skopeo ${skopeo_times[*]}${podman_times:+; podman ${podman_times[*]}}."
 } >"$body"
 cat "$body"
 write_section "Pull (issue 2)" "$body"

@@ -100,6 +100,9 @@ pub struct PullArgs {
     /// Output format of the result
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+    /// Benchmarking: decompress layers on the writing thread instead of a thread of their own
+    #[arg(long, hide = true)]
+    pub inline_diff_id: bool,
 }
 
 #[derive(Debug, Args)]

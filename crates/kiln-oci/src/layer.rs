@@ -129,6 +129,42 @@ impl Drop for DiffIdWorker {
     }
 }
 
+/// Where a layer's compressed bytes go to get its diff_id: decompressed on
+/// the writing thread (`Inline`) or on a thread of its own (`Worker`).
+pub enum DiffIdSink {
+    /// Same thread as the caller.
+    Inline(Box<DiffIdHasher>),
+    /// A dedicated thread.
+    Worker(DiffIdWorker),
+}
+
+impl DiffIdSink {
+    /// A sink for `compression`; `pipelined` picks the worker thread.
+    pub fn new(compression: Compression, pipelined: bool) -> std::io::Result<DiffIdSink> {
+        Ok(if pipelined {
+            DiffIdSink::Worker(DiffIdWorker::spawn(compression)?)
+        } else {
+            DiffIdSink::Inline(Box::new(DiffIdHasher::new(compression)?))
+        })
+    }
+
+    /// Feeds compressed bytes.
+    pub fn update(&mut self, bytes: Bytes) -> std::io::Result<()> {
+        match self {
+            DiffIdSink::Inline(hasher) => hasher.update(&bytes),
+            DiffIdSink::Worker(worker) => worker.update(bytes),
+        }
+    }
+
+    /// The diff_id and the uncompressed size.
+    pub fn finish(self) -> std::io::Result<(Digest, u64)> {
+        match self {
+            DiffIdSink::Inline(hasher) => hasher.finish(),
+            DiffIdSink::Worker(worker) => worker.finish(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,4 +25,4 @@ pub mod layer;
 pub use auth::{Anonymous, ChainedCredentials, Credential, CredentialProvider, DockerConfig, StaticCredentials};
 pub use client::{BlobDownload, ClientOptions, FetchedManifest, MAX_MANIFEST_SIZE, NoObserver, RegistryClient, Repository, RetryObserver, RetryPolicy};
 pub use error::{OciError, Result};
-pub use layer::{DiffIdHasher, DiffIdWorker};
+pub use layer::{DiffIdHasher, DiffIdSink, DiffIdWorker};

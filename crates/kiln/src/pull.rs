@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use kiln_oci::{ChainedCredentials, ClientOptions, CredentialProvider, DiffIdHasher, DiffIdWorker, DockerConfig, RegistryClient, RetryObserver};
+use kiln_oci::{ChainedCredentials, ClientOptions, CredentialProvider, DiffIdHasher, DiffIdSink, DockerConfig, RegistryClient, RetryObserver};
 use kiln_store::{ImageBlob, IndexRecord, IngestStart, LayerRecord, Lease, NewImage, NewTag, StoreError};
 use kiln_types::manifest::Manifest;
 use kiln_types::media_type::{self, Compression, ManifestKind};
@@ -19,7 +19,7 @@ use crate::{Manager, tag_name};
 /// Largest image config kiln reads.
 const MAX_CONFIG_SIZE: u64 = 16 << 20;
 /// Layers downloaded at once by default.
-pub const DEFAULT_CONCURRENCY: usize = 4;
+pub const DEFAULT_CONCURRENCY: usize = 6;
 
 /// When to contact the registry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -51,6 +51,10 @@ pub struct PullOptions {
     pub concurrency: usize,
     /// Credentials to try before docker's config.json.
     pub credentials: Option<Arc<dyn CredentialProvider>>,
+    /// Decompress layers (for their diff_id) on a thread of their own
+    /// rather than on the thread that writes the blob. On by default: it
+    /// benchmarks faster (docs/benchmarks.md).
+    pub pipelined_diff_id: bool,
 }
 
 impl Default for PullOptions {
@@ -63,6 +67,7 @@ impl Default for PullOptions {
             ca_certs: Vec::new(),
             concurrency: DEFAULT_CONCURRENCY,
             credentials: None,
+            pipelined_diff_id: true,
         }
     }
 }
@@ -190,7 +195,7 @@ impl Manager {
         }
 
         let outcomes: Vec<LayerOutcome> = stream::iter(manifest.layers.iter().zip(compressions).map(|(layer, compression)| {
-            self.pull_layer(&client, &reference, layer, compression, guard.lease(), options.force, progress.clone(), observer.clone())
+            self.pull_layer(&client, &reference, layer, compression, guard.lease(), options, progress.clone(), observer.clone())
         }))
         .buffered(options.concurrency.max(1))
         .try_collect()
@@ -313,11 +318,12 @@ impl Manager {
         layer: &Descriptor,
         compression: Compression,
         lease: &Lease,
-        force: bool,
+        options: &PullOptions,
         progress: Arc<dyn Progress>,
         observer: Arc<Observer>,
     ) -> Result<LayerOutcome> {
         let digest = layer.digest.clone();
+        let force = options.force;
         // Lease first, then look: garbage collection keeps what is leased.
         self.store.catalog().lease_blob(lease, &digest)?;
         let mut fresh_start = force;
@@ -336,7 +342,7 @@ impl Manager {
                 }
                 IngestStart::Writing(ingest) => ingest,
             };
-            let worker = DiffIdWorker::spawn(compression).map_err(|source| Error::Decompress { layer: digest.clone(), compression: compression.as_str(), source })?;
+            let mut worker = DiffIdSink::new(compression, options.pipelined_diff_id).map_err(|source| Error::Decompress { layer: digest.clone(), compression: compression.as_str(), source })?;
             let offset = ingest.offset();
             let (ingest, worker) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 if ingest.offset() > 0 {
@@ -351,6 +357,7 @@ impl Manager {
             let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(16);
             let writer = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 let mut ingest = ingest;
+                let mut worker = worker;
                 let mut worker_failed = None;
                 while let Some(chunk) = receiver.blocking_recv() {
                     ingest.write(&chunk)?;

@@ -21,6 +21,7 @@ pub fn run(manager: &Manager, args: PullArgs) -> anyhow::Result<ExitCode> {
         ca_certs: args.ca_certs,
         concurrency: args.concurrency.into(),
         credentials: None,
+        pipelined_diff_id: !args.inline_diff_id,
     };
     let reporter = Arc::new(Reporter::new(args.quiet || args.format == Format::Json));
     let started = Instant::now();
