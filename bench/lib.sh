@@ -58,11 +58,27 @@ seconds() {
   start=$(date +%s.%N)
   "$@" >/dev/null 2>&1 || { echo "benchmark command failed: $*" >&2; return 1; }
   end=$(date +%s.%N)
-  echo "$end - $start" | bc -l
+  printf '%.3f\n' "$(echo "$end - $start" | bc -l)"
+}
+
+# millis RUNS COMMAND... : median wall time in milliseconds of RUNS runs,
+# timed in-process (python) so shell overhead does not count
+millis() {
+  local runs=$1; shift
+  python3 - "$runs" "$@" <<'PY'
+import statistics, subprocess, sys, time
+runs, command = int(sys.argv[1]), sys.argv[2:]
+times = []
+for _ in range(runs):
+    start = time.perf_counter()
+    subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    times.append((time.perf_counter() - start) * 1000)
+print(f"{statistics.median(times):.1f}")
+PY
 }
 
 median() { # numbers on stdin
-  sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'
+  sort -g | awk '{a[NR]=$1} END {if (NR%2) m=a[(NR+1)/2]; else m=(a[NR/2]+a[NR/2+1])/2; printf "%.2f\n", m}'
 }
 
 # peak_rss_mb COMMAND... : peak resident set of one run, in MB

@@ -55,11 +55,7 @@ skopeo_median=$(printf '%s\n' "${skopeo_times[@]}" | median)
 inline_median=$(printf '%s\n' "${inline_times[@]}" | median)
 
 # Cached: the root is populated by the last cold run.
-cached=()
-for _ in $(seq 1 "$CACHED_RUNS"); do
-  cached+=("$(seconds "$KILN" --root "$work/kiln" pull --insecure -q "$ref")")
-done
-cached_ms=$(printf '%s\n' "${cached[@]}" | median | awk '{printf "%.1f", $1 * 1000}')
+cached_ms=$(millis "$CACHED_RUNS" "$KILN" --root "$work/kiln" pull --insecure -q "$ref")
 
 kiln_rss=$(peak_rss_mb bash -c "rm -rf '$work/kiln'; exec '$KILN' --root '$work/kiln' pull --insecure -q '$ref'")
 skopeo_rss=$(peak_rss_mb bash -c "rm -rf '$work/skopeo'; exec skopeo copy --quiet --src-tls-verify=false 'docker://$ref' 'oci:$work/skopeo:bench'")

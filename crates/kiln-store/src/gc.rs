@@ -188,3 +188,67 @@ impl Store {
         Ok((count, bytes))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+    use crate::content::IngestStart;
+
+    fn partial(store: &Store, bytes: &[u8]) -> Digest {
+        let digest = Digest::sha256_of(bytes);
+        let IngestStart::Writing(mut ingest) = store.content().ingest(&digest, Some(bytes.len() as u64), false).unwrap() else {
+            panic!("fresh ingest expected");
+        };
+        ingest.write(&bytes[..bytes.len() / 2]).unwrap();
+        drop(ingest);
+        digest
+    }
+
+    fn age(store: &Store, digest: &Digest, days: u64) {
+        let path = store.root().join("content-v1/ingest").join(format!("sha256-{}.partial", digest.hex()));
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.set_modified(SystemTime::now() - Duration::from_secs(days * 86400)).unwrap();
+    }
+
+    #[test]
+    fn abandoned_ingests_go_after_a_day_unless_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old = partial(&store, b"abandoned two days ago");
+        let fresh = partial(&store, b"interrupted a minute ago");
+        let busy = partial(&store, b"old but still being written");
+        age(&store, &old, 2);
+        age(&store, &busy, 2);
+        let IngestStart::Writing(held) = store.content().ingest(&busy, None, false).unwrap() else { panic!() };
+
+        let dry = store.collect_garbage(&GcOptions { dry_run: true, ..GcOptions::default() }).unwrap();
+        assert_eq!(dry.ingests_removed, 2, "a dry run counts both old ones");
+        assert_eq!(store.content().list_ingests().unwrap().len(), 3, "and removes nothing");
+
+        let report = store.collect_garbage(&GcOptions::default()).unwrap();
+        assert_eq!(report.ingests_removed, 1);
+        assert_eq!(report.ingest_bytes, 11);
+        let left: Vec<Digest> = store.content().list_ingests().unwrap().into_iter().map(|i| i.digest).collect();
+        assert!(left.contains(&fresh) && left.contains(&busy) && !left.contains(&old));
+        drop(held);
+    }
+
+    #[test]
+    fn leases_of_dead_processes_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let blob = Digest::sha256_of(b"leased");
+        let lease = store.catalog().create_lease().unwrap();
+        store.catalog().lease_blob(&lease, &blob).unwrap();
+        store.content().put_blob(&blob, b"leased").unwrap();
+        let live = store.collect_garbage(&GcOptions::default()).unwrap();
+        assert_eq!((live.leases_expired, live.blobs_removed), (0, 0));
+        // The owner dies (simulated: the lease names a process that does not exist).
+        store.catalog().lock().execute("UPDATE leases SET pid = 2147483646", []).unwrap();
+        let dead = store.collect_garbage(&GcOptions::default()).unwrap();
+        assert_eq!((dead.leases_expired, dead.blobs_removed), (1, 1));
+        assert_eq!(store.content().blob_size(&blob).unwrap(), None);
+    }
+}

@@ -145,7 +145,7 @@ impl Manager {
         let observer = Arc::new(Observer(progress.clone()));
         if options.policy == PullPolicy::Always
             && !options.force
-            && let Some(remote) = client.head_manifest(&reference, observer.as_ref()).await?
+            && let Some(remote) = self.remote_digest(&client, &reference, observer.as_ref()).await?
             && let Some(hit) = self.find_cached_remote(&reference, &platform, &remote)?
         {
             progress.event(Event::Cached { manifest: hit.manifest_digest.clone() });
@@ -244,6 +244,17 @@ impl Manager {
             bytes_downloaded: downloaded,
             layers: manifest.layers.len(),
         })
+    }
+
+    /// What the tag names now, by a HEAD request. A registry that cannot
+    /// answer HEAD (some answer 405) gets a full GET instead; a missing tag
+    /// or refused credentials fail at once.
+    async fn remote_digest(&self, client: &RegistryClient, reference: &Reference, observer: &dyn RetryObserver) -> Result<Option<Digest>> {
+        match client.head_manifest(reference, observer).await {
+            Ok(digest) => Ok(digest),
+            Err(kiln_oci::OciError::Status { .. }) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// `pull` with the `missing` policy and default options: the cached image
