@@ -45,7 +45,7 @@ impl Reporter {
     fn bar(&self, digest: &Digest, size: u64, offset: u64) {
         if let Reporter::Bars { multi, bars } = self {
             let bar = multi.add(ProgressBar::new(size));
-            let style = ProgressStyle::with_template("{prefix} {bar:30} {bytes:>10}/{total_bytes:<10} {bytes_per_sec:>12} {msg}")
+            let style = ProgressStyle::with_template("{prefix} {bar:30} {decimal_bytes:>10}/{decimal_total_bytes:<10} {decimal_bytes_per_sec:>12} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");
             bar.set_style(style);
