@@ -1,0 +1,216 @@
+//! Applying an image layer (an uncompressed tar) to a [`Tree`], as the OCI
+//! image spec describes: entries add or replace paths, `.wh.NAME` removes
+//! NAME from lower layers, `.wh..wh..opq` hides everything lower layers put
+//! in its directory.
+//!
+//! Hostile input never escapes: the tree is in memory, so nothing is ever
+//! written through a symlink. `..` components, paths through a symlink or a
+//! non-directory, hardlinks to missing entries or to directories, whiteouts
+//! of the root, and truncated entries are refused with an error naming the
+//! layer and the entry. Leading `/` and `./` are stripped, as docker does.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use crate::error::{Result, RootfsError};
+use crate::objects::ObjectDir;
+use crate::tree::{DirEntry, Inode, InodeId, Kind, ROOT, Tree};
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE: &[u8] = b".wh..wh..opq";
+const XATTR_PREFIX: &str = "SCHILY.xattr.";
+
+/// Applies layer number `layer` (base = 0), read as an uncompressed tar from
+/// `reader`, to `tree`, storing file contents in `objects`.
+pub fn apply_layer(tree: &mut Tree, layer: usize, reader: impl Read, objects: &mut ObjectDir) -> Result<()> {
+    let mut archive = tar::Archive::new(reader);
+    let entries = archive.entries().map_err(|source| RootfsError::Tar { layer, source })?;
+    for entry in entries {
+        let mut entry = entry.map_err(|source| RootfsError::Tar { layer, source })?;
+        let raw_path = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let refuse = |reason: &str| RootfsError::Entry { layer, entry: shown.clone(), reason: reason.to_string() };
+        let components = split_path(&raw_path).map_err(|reason| refuse(reason))?;
+
+        let header = entry.header().clone();
+        let entry_type = header.entry_type();
+        if entry_type.is_pax_global_extensions() || entry_type.is_pax_local_extensions() || entry_type.is_gnu_longname() || entry_type.is_gnu_longlink() {
+            continue;
+        }
+        let Some((name, parents)) = components.split_last() else {
+            // The root itself: take its metadata.
+            if entry_type.is_dir() {
+                let metadata = metadata(&mut entry, &header).map_err(|reason| refuse(&reason))?;
+                let root = &mut tree.inodes[ROOT];
+                (root.mode, root.uid, root.gid, root.mtime, root.xattrs) = (metadata.mode, metadata.uid, metadata.gid, metadata.mtime, metadata.xattrs);
+                continue;
+            }
+            return Err(refuse("only a directory can be the root"));
+        };
+
+        // Whiteouts.
+        if name.as_slice() == OPAQUE {
+            let directory = resolve_directory(tree, parents, layer, true).map_err(|reason| refuse(&reason))?;
+            if let Some(entries) = tree.entries_mut(directory) {
+                entries.retain(|_, e| e.layer >= layer);
+            }
+            continue;
+        }
+        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
+            if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
+                return Err(refuse("whiteout of an invalid name"));
+            }
+            let directory = match resolve_directory(tree, parents, layer, false) {
+                Ok(directory) => directory,
+                Err(_) => continue, // whiting out inside a directory that does not exist: nothing to do
+            };
+            if let Some(entries) = tree.entries_mut(directory)
+                && entries.get(target).is_some_and(|e| e.layer < layer)
+            {
+                entries.remove(target);
+            }
+            continue;
+        }
+
+        let directory = resolve_directory(tree, parents, layer, true).map_err(|reason| refuse(&reason))?;
+        if entry_type.is_hard_link() {
+            let link = entry.link_name_bytes().ok_or_else(|| refuse("hardlink without a target"))?.into_owned();
+            let target_components = split_path(&link).map_err(|reason| refuse(&format!("hardlink target: {reason}")))?;
+            let target = lookup(tree, &target_components).ok_or_else(|| {
+                refuse(&format!("hardlink to {:?}, which does not exist", String::from_utf8_lossy(&link)))
+            })?;
+            if matches!(tree.inodes[target].kind, Kind::Directory(_)) {
+                return Err(refuse("hardlink to a directory"));
+            }
+            insert(tree, directory, name.clone(), target, layer);
+            continue;
+        }
+
+        let metadata = metadata(&mut entry, &header).map_err(|reason| refuse(&reason))?;
+        let kind = if entry_type.is_dir() {
+            // An existing directory keeps its children and takes the new metadata.
+            if let Some(existing) = tree.entries(directory).and_then(|e| e.get(name)).map(|e| e.inode)
+                && matches!(tree.inodes[existing].kind, Kind::Directory(_))
+            {
+                let inode = &mut tree.inodes[existing];
+                (inode.mode, inode.uid, inode.gid, inode.mtime, inode.xattrs) = (metadata.mode, metadata.uid, metadata.gid, metadata.mtime, metadata.xattrs);
+                if let Some(entries) = tree.entries_mut(directory)
+                    && let Some(e) = entries.get_mut(name)
+                {
+                    e.layer = e.layer.max(layer);
+                }
+                continue;
+            }
+            Kind::Directory(BTreeMap::new())
+        } else if entry_type.is_file() || entry_type == tar::EntryType::Continuous {
+            let size = entry.size();
+            let content = objects.put(&mut entry, size).map_err(|e| {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof { refuse(&format!("truncated: {e}")) } else { RootfsError::Io(e) }
+            })?;
+            Kind::File(content)
+        } else if entry_type.is_symlink() {
+            Kind::Symlink(entry.link_name_bytes().ok_or_else(|| refuse("symlink without a target"))?.into_owned())
+        } else if entry_type.is_character_special() || entry_type.is_block_special() {
+            let major = header.device_major().ok().flatten().ok_or_else(|| refuse("device without a major number"))?;
+            let minor = header.device_minor().ok().flatten().ok_or_else(|| refuse("device without a minor number"))?;
+            if entry_type.is_character_special() { Kind::CharDevice { major, minor } } else { Kind::BlockDevice { major, minor } }
+        } else if entry_type.is_fifo() {
+            Kind::Fifo
+        } else {
+            return Err(refuse(&format!("unsupported entry type {:?}", entry_type)));
+        };
+        let inode = tree.add(Inode { kind, mode: metadata.mode, uid: metadata.uid, gid: metadata.gid, mtime: metadata.mtime, xattrs: metadata.xattrs });
+        insert(tree, directory, name.clone(), inode, layer);
+    }
+    Ok(())
+}
+
+struct Metadata {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+fn metadata<R: Read>(entry: &mut tar::Entry<'_, R>, header: &tar::Header) -> std::result::Result<Metadata, String> {
+    let mode = header.mode().map_err(|e| format!("bad mode: {e}"))? & 0o7777;
+    let uid = u32::try_from(header.uid().map_err(|e| format!("bad uid: {e}"))?).map_err(|_| "uid out of range".to_string())?;
+    let gid = u32::try_from(header.gid().map_err(|e| format!("bad gid: {e}"))?).map_err(|_| "gid out of range".to_string())?;
+    let mtime = header.mtime().map_err(|e| format!("bad mtime: {e}"))? as i64;
+    let mut xattrs = BTreeMap::new();
+    let mut uid = uid;
+    let mut gid = gid;
+    let mut mtime = mtime;
+    if let Some(extensions) = entry.pax_extensions().map_err(|e| format!("bad PAX header: {e}"))? {
+        for extension in extensions {
+            let extension = extension.map_err(|e| format!("bad PAX record: {e}"))?;
+            let key = extension.key().map_err(|_| "PAX key is not UTF-8".to_string())?;
+            if let Some(name) = key.strip_prefix(XATTR_PREFIX) {
+                xattrs.insert(name.as_bytes().to_vec(), extension.value_bytes().to_vec());
+            } else if key == "uid" {
+                uid = parse_pax_number(extension.value_bytes()).ok_or("bad PAX uid")?;
+            } else if key == "gid" {
+                gid = parse_pax_number(extension.value_bytes()).ok_or("bad PAX gid")?;
+            } else if key == "mtime" {
+                let text = std::str::from_utf8(extension.value_bytes()).map_err(|_| "bad PAX mtime")?;
+                mtime = text.split('.').next().and_then(|s| s.parse().ok()).ok_or("bad PAX mtime")?;
+            }
+        }
+    }
+    Ok(Metadata { mode, uid, gid, mtime, xattrs })
+}
+
+fn parse_pax_number(value: &[u8]) -> Option<u32> {
+    std::str::from_utf8(value).ok()?.trim().parse().ok()
+}
+
+/// Splits a tar path into components, refusing `..` and empty names.
+fn split_path(path: &[u8]) -> std::result::Result<Vec<Vec<u8>>, &'static str> {
+    let mut components = Vec::new();
+    for component in path.split(|b| *b == b'/') {
+        match component {
+            b"" | b"." => continue,
+            b".." => return Err("path contains '..'"),
+            name if name.contains(&0) => return Err("path contains a NUL byte"),
+            name => components.push(name.to_vec()),
+        }
+    }
+    Ok(components)
+}
+
+/// The directory at `path`, creating missing ones (0755, root) when `create`.
+fn resolve_directory(tree: &mut Tree, path: &[Vec<u8>], layer: usize, create: bool) -> std::result::Result<InodeId, String> {
+    let mut current = ROOT;
+    for component in path {
+        let existing = tree.entries(current).and_then(|e| e.get(component)).map(|e| e.inode);
+        current = match existing {
+            Some(inode) => match tree.inodes[inode].kind {
+                Kind::Directory(_) => inode,
+                Kind::Symlink(_) => return Err(format!("path goes through the symlink {:?}", String::from_utf8_lossy(component))),
+                _ => return Err(format!("path goes through {:?}, which is not a directory", String::from_utf8_lossy(component))),
+            },
+            None if create => {
+                let inode = tree.add(Inode { kind: Kind::Directory(BTreeMap::new()), mode: 0o755, uid: 0, gid: 0, mtime: 0, xattrs: BTreeMap::new() });
+                insert(tree, current, component.clone(), inode, layer);
+                inode
+            }
+            None => return Err("no such directory".into()),
+        };
+    }
+    Ok(current)
+}
+
+fn lookup(tree: &Tree, path: &[Vec<u8>]) -> Option<InodeId> {
+    let mut current = ROOT;
+    for component in path {
+        current = tree.entries(current)?.get(component)?.inode;
+    }
+    Some(current)
+}
+
+fn insert(tree: &mut Tree, directory: InodeId, name: Vec<u8>, inode: InodeId, layer: usize) {
+    if let Some(entries) = tree.entries_mut(directory) {
+        entries.insert(name, DirEntry { inode, layer });
+    }
+}

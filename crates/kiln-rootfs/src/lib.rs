@@ -1,0 +1,31 @@
+//! kiln's root filesystem builder: the layers of an image applied in order
+//! into an in-memory [`Tree`] (whiteouts, hardlinks across layers, symlinks,
+//! devices, fifos, setuid/setgid/sticky, ownership, mtimes, xattrs), then
+//! written as what a microVM boots. Writers are pure functions of the tree:
+//! ownership and device nodes come from the tar headers, never from what the
+//! host filesystem allows, so the output is the same for root and for an
+//! ordinary user.
+//!
+//! Today: initramfs (gzip newc cpio). ext4 and EROFS writers follow.
+//!
+//! ```no_run
+//! use kiln_rootfs::{ObjectDir, Tree, apply_layer, write_initramfs};
+//!
+//! let mut objects = ObjectDir::open("/tmp/objects".as_ref()).unwrap();
+//! let mut tree = Tree::new();
+//! let layer = std::fs::File::open("layer.tar").unwrap();
+//! apply_layer(&mut tree, 0, layer, &mut objects).unwrap();
+//! write_initramfs(&tree, &objects, std::fs::File::create("initramfs.img").unwrap()).unwrap();
+//! ```
+
+mod apply;
+mod error;
+mod initramfs;
+pub mod objects;
+pub mod tree;
+
+pub use apply::apply_layer;
+pub use error::{Result, RootfsError};
+pub use initramfs::{write_cpio, write_initramfs};
+pub use objects::{ContentRef, ObjectDir};
+pub use tree::{Inode, Kind, Tree};

@@ -1,0 +1,214 @@
+//! Layer application: OCI semantics and a corpus of hostile layers.
+
+use kiln_rootfs::{Kind, ObjectDir, RootfsError, Tree, apply_layer, write_cpio};
+
+/// A layer tar built entry by entry; raw names bypass the tar crate's own
+/// path checks, so hostile names reach kiln exactly as an attacker wrote them.
+struct Layer(tar::Builder<Vec<u8>>);
+
+impl Layer {
+    fn new() -> Layer {
+        Layer(tar::Builder::new(Vec::new()))
+    }
+
+    fn header(name: &[u8], kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+        let mut header = tar::Header::new_ustar();
+        header.as_ustar_mut().unwrap().name[..name.len()].copy_from_slice(name);
+        header.set_entry_type(kind);
+        header.set_size(size);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_700_000_000);
+        header.set_cksum();
+        header
+    }
+
+    fn file(mut self, name: &str, content: &[u8], mode: u32, owner: (u64, u64)) -> Layer {
+        let mut header = Layer::header(name.as_bytes(), tar::EntryType::Regular, content.len() as u64, mode);
+        header.set_uid(owner.0);
+        header.set_gid(owner.1);
+        header.set_cksum();
+        self.0.append(&header, content).unwrap();
+        self
+    }
+
+    fn dir(mut self, name: &str, mode: u32) -> Layer {
+        self.0.append(&Layer::header(name.as_bytes(), tar::EntryType::Directory, 0, mode), &[][..]).unwrap();
+        self
+    }
+
+    fn link(mut self, kind: tar::EntryType, name: &str, target: &str) -> Layer {
+        let mut header = Layer::header(name.as_bytes(), kind, 0, 0o777);
+        header.as_ustar_mut().unwrap().linkname[..target.len()].copy_from_slice(target.as_bytes());
+        header.set_cksum();
+        self.0.append(&header, &[][..]).unwrap();
+        self
+    }
+
+    fn device(mut self, name: &str, kind: tar::EntryType, major: u32, minor: u32) -> Layer {
+        let mut header = Layer::header(name.as_bytes(), kind, 0, 0o600);
+        header.set_device_major(major).unwrap();
+        header.set_device_minor(minor).unwrap();
+        header.set_cksum();
+        self.0.append(&header, &[][..]).unwrap();
+        self
+    }
+
+    fn xattr_file(mut self, name: &str, key: &str, value: &[u8]) -> Layer {
+        let record = |k: &str, v: &[u8]| {
+            let body_len = 1 + k.len() + 1 + v.len() + 1;
+            let mut total = body_len + body_len.to_string().len();
+            if (total).to_string().len() != body_len.to_string().len() {
+                total += 1;
+            }
+            let mut r = format!("{total} {k}=").into_bytes();
+            r.extend_from_slice(v);
+            r.push(b'\n');
+            r
+        };
+        let pax = record(&format!("SCHILY.xattr.{key}"), value);
+        self.0.append(&Layer::header(b"PaxHeaders/x", tar::EntryType::XHeader, pax.len() as u64, 0o644), &pax[..]).unwrap();
+        self.file(name, b"capable", 0o755, (0, 0))
+    }
+
+    fn bytes(self) -> Vec<u8> {
+        self.0.into_inner().unwrap()
+    }
+}
+
+fn build(layers: Vec<Vec<u8>>) -> (tempfile::TempDir, Tree, ObjectDir, Result<(), RootfsError>) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
+    let mut tree = Tree::new();
+    let mut result = Ok(());
+    for (index, layer) in layers.into_iter().enumerate() {
+        result = apply_layer(&mut tree, index, &layer[..], &mut objects);
+        if result.is_err() {
+            break;
+        }
+    }
+    (dir, tree, objects, result)
+}
+
+fn find(tree: &Tree, path: &str) -> Option<usize> {
+    tree.walk().into_iter().find(|(p, _)| p.join(&b'/') == path.as_bytes()).map(|(_, i)| i)
+}
+
+fn paths(tree: &Tree) -> Vec<String> {
+    tree.walk().into_iter().skip(1).map(|(p, _)| String::from_utf8_lossy(&p.join(&b'/')).into_owned()).collect()
+}
+
+#[test]
+fn whiteouts_opaque_directories_and_links_follow_the_oci_spec() {
+    let base = Layer::new()
+        .dir("etc/", 0o755)
+        .file("etc/passwd", b"root:x:0:0::/root:/bin/sh\n", 0o644, (0, 0))
+        .file("etc/shadow", b"secret", 0o600, (0, 42))
+        .dir("data/dir/", 0o750)
+        .file("data/dir/x", b"x", 0o644, (0, 0))
+        .file("data/dir/y", b"y", 0o644, (0, 0))
+        .file("bin/tool", b"#!/bin/sh\n", 0o4755, (0, 0))
+        .dir("tmp/", 0o1777)
+        .device("dev/null", tar::EntryType::Char, 1, 3)
+        .device("dev/sda", tar::EntryType::Block, 8, 0)
+        .link(tar::EntryType::Fifo, "run/fifo", "")
+        .bytes();
+    let upper = Layer::new()
+        .file("etc/.wh.shadow", b"", 0o644, (0, 0))
+        .file("data/dir/.wh..wh..opq", b"", 0o644, (0, 0))
+        .file("data/dir/z", b"z", 0o644, (1000, 1000))
+        .link(tar::EntryType::Link, "bin/tool-link", "bin/tool")
+        .link(tar::EntryType::Symlink, "bin/sh", "/bin/tool")
+        .xattr_file("bin/ping", "security.capability", b"\x01\x00\x00\x02")
+        .bytes();
+    let (_dir, tree, objects, result) = build(vec![base, upper]);
+    result.unwrap();
+    let all = paths(&tree);
+    assert!(!all.contains(&"etc/shadow".to_string()), "whiteout removed it: {all:?}");
+    assert!(all.contains(&"etc/passwd".to_string()));
+    assert!(!all.contains(&"data/dir/x".to_string()) && !all.contains(&"data/dir/y".to_string()), "opaque dir hides lower entries");
+    let z = &tree.inodes[find(&tree, "data/dir/z").unwrap()];
+    assert_eq!((z.uid, z.gid), (1000, 1000));
+    assert_eq!(tree.inodes[find(&tree, "data/dir").unwrap()].mode, 0o750, "the opaque dir keeps its metadata");
+    assert_eq!(find(&tree, "bin/tool"), find(&tree, "bin/tool-link"), "a hardlink shares the inode");
+    assert_eq!(tree.inodes[find(&tree, "bin/tool").unwrap()].mode, 0o4755);
+    assert_eq!(tree.inodes[find(&tree, "tmp").unwrap()].mode, 0o1777);
+    assert_eq!(tree.inodes[find(&tree, "dev/null").unwrap()].kind, Kind::CharDevice { major: 1, minor: 3 });
+    assert_eq!(tree.inodes[find(&tree, "dev/sda").unwrap()].kind, Kind::BlockDevice { major: 8, minor: 0 });
+    assert_eq!(tree.inodes[find(&tree, "run/fifo").unwrap()].kind, Kind::Fifo);
+    assert_eq!(tree.inodes[find(&tree, "bin/sh").unwrap()].kind, Kind::Symlink(b"/bin/tool".to_vec()));
+    let ping = &tree.inodes[find(&tree, "bin/ping").unwrap()];
+    assert_eq!(ping.xattrs.get(&b"security.capability"[..]).map(Vec::as_slice), Some(&b"\x01\x00\x00\x02"[..]));
+    assert_eq!(tree.link_counts()[find(&tree, "bin/tool").unwrap()], 2);
+
+    // The cpio carries the same tree.
+    let mut cpio = Vec::new();
+    write_cpio(&tree, &objects, &mut cpio).unwrap();
+    let text = String::from_utf8_lossy(&cpio);
+    assert!(text.starts_with("070701"));
+    assert!(text.contains("bin/tool-link") && text.contains("TRAILER!!!"));
+    assert!(!text.contains("etc/shadow"));
+}
+
+#[test]
+fn hostile_layers_are_refused_with_the_layer_and_entry_named() {
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("dot-dot", Layer::new().file("../escape", b"x", 0o644, (0, 0)).bytes(), "'..'"),
+        ("dot-dot inside", Layer::new().file("a/../../b", b"x", 0o644, (0, 0)).bytes(), "'..'"),
+        (
+            "write through a symlink",
+            Layer::new().link(tar::EntryType::Symlink, "etc", "/host/etc").file("etc/passwd", b"owned", 0o644, (0, 0)).bytes(),
+            "through the symlink",
+        ),
+        (
+            "write under a file",
+            Layer::new().file("a", b"x", 0o644, (0, 0)).file("a/b", b"y", 0o644, (0, 0)).bytes(),
+            "not a directory",
+        ),
+        ("hardlink escape", Layer::new().link(tar::EntryType::Link, "x", "../../etc/passwd").bytes(), "'..'"),
+        ("hardlink to nothing", Layer::new().link(tar::EntryType::Link, "x", "missing").bytes(), "does not exist"),
+        ("hardlink to a directory", Layer::new().dir("d/", 0o755).link(tar::EntryType::Link, "x", "d").bytes(), "hardlink to a directory"),
+        ("whiteout of ..", Layer::new().file(".wh..", b"", 0o644, (0, 0)).bytes(), "whiteout of an invalid name"),
+        ("whiteout of nothing", Layer::new().file("a/.wh.", b"", 0o644, (0, 0)).bytes(), "whiteout of an invalid name"),
+        ("root as a file", Layer::new().file("./", b"", 0o644, (0, 0)).bytes(), "root"),
+    ];
+    for (name, layer, expected) in cases {
+        let (dir, _tree, _objects, result) = build(vec![Layer::new().dir("ok/", 0o755).bytes(), layer]);
+        let error = result.expect_err(name).to_string();
+        assert!(error.starts_with("layer 1, entry "), "{name}: {error}");
+        assert!(error.contains(expected), "{name}: {error}");
+        // Nothing but content objects was written, and only inside the target.
+        for entry in std::fs::read_dir(dir.path()).unwrap() {
+            assert_eq!(entry.unwrap().file_name(), "objects", "{name}");
+        }
+    }
+}
+
+#[test]
+fn truncated_absurd_and_garbage_layers_fail_cleanly() {
+    // A header that promises a terabyte, followed by a few bytes.
+    let mut huge = Layer::header(b"big", tar::EntryType::Regular, 1 << 40, 0o644).as_bytes().to_vec();
+    huge.extend_from_slice(&[7u8; 1024]);
+    let (_dir, _tree, _objects, result) = build(vec![huge]);
+    let error = result.unwrap_err().to_string();
+    assert!(error.contains("layer 0") && (error.contains("truncated") || error.contains("malformed tar")), "{error}");
+
+    let (_dir, _tree, _objects, result) = build(vec![b"this is not a tar archive at all, just some text that goes on".repeat(20)]);
+    assert!(result.unwrap_err().to_string().starts_with("layer 0"), "garbage is an error, not a panic");
+}
+
+#[test]
+fn absolute_paths_and_duplicates_are_neutralised() {
+    let layer = Layer::new()
+        .file("/etc/hostname", b"first", 0o644, (0, 0))
+        .file("./etc/hostname", b"second", 0o600, (0, 0))
+        .bytes();
+    let (_dir, tree, objects, result) = build(vec![layer]);
+    result.unwrap();
+    assert_eq!(paths(&tree), ["etc", "etc/hostname"]);
+    let inode = &tree.inodes[find(&tree, "etc/hostname").unwrap()];
+    assert_eq!(inode.mode, 0o600, "the later entry wins");
+    let Kind::File(content) = &inode.kind else { panic!() };
+    assert_eq!(std::fs::read(objects.path(&content.digest)).unwrap(), b"second");
+}
