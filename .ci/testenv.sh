@@ -89,8 +89,9 @@ build_fixtures() {
   ln "$extra/data/a.txt" "$extra/data/hard"
   ln -s a.txt "$extra/data/link"
   echo x >"$extra/data/dir/x"; echo y >"$extra/data/dir/y"
-  printf '#!/bin/sh\necho suid\n' >"$extra/data/suid"; chmod 4755 "$extra/data/suid"
+  printf '#!/bin/sh\necho suid\n' >"$extra/data/suid"
   echo "owned by 1000" >"$extra/data/owned"; chown -R 0:0 "$extra"; chown 1000:1000 "$extra/data/owned"
+  chmod 4755 "$extra/data/suid"   # after chown, which clears setuid
 
   # Layer 3: a whiteout and an opaque directory.
   local wh=$src/whiteouts

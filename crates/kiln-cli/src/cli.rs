@@ -6,7 +6,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// kiln: VM images for microVM sandboxes, pulled, verified and kept once.
 #[derive(Debug, Parser)]
-#[command(name = "kiln", version, about, propagate_version = true, disable_help_subcommand = true)]
+#[command(
+    name = "kiln",
+    version,
+    about,
+    propagate_version = true,
+    disable_help_subcommand = true
+)]
 pub struct Cli {
     /// Store directory [default: $KILN_ROOT, else $XDG_DATA_HOME/kiln, else ~/.local/share/kiln]
     #[arg(long, global = true, value_name = "DIR")]
@@ -31,6 +37,8 @@ pub enum Command {
     Prune(PruneArgs),
     /// Verify every blob and the catalog
     Fsck(FsckArgs),
+    /// Build what a microVM boots from an image (cached in the store)
+    Rootfs(RootfsArgs),
     /// Image commands, docker style (`kiln image ls|rm|inspect|prune|pull`)
     Image {
         #[command(subcommand)]
@@ -173,4 +181,28 @@ pub struct FsckArgs {
     /// No progress output
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RootfsFormatArg {
+    /// gzip-compressed newc cpio archive (`-initrd`)
+    Initramfs,
+}
+
+#[derive(Debug, Args)]
+pub struct RootfsArgs {
+    /// Image name, digest or digest prefix
+    pub reference: String,
+    /// What to build
+    #[arg(long, value_enum)]
+    pub format: RootfsFormatArg,
+    /// Copy the result here (a reflink where the filesystem can); without it, print the path in the store
+    #[arg(short, long, value_name = "PATH")]
+    pub output: Option<PathBuf>,
+    /// The image for this platform
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Print the result as JSON
+    #[arg(long)]
+    pub json: bool,
 }

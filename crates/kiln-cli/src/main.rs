@@ -31,7 +31,9 @@ fn main() -> ExitCode {
 /// Prints `error:` / `caused by:` / `hint:` and picks the exit code: 1 for
 /// what the user can fix, 2 for the unexpected.
 fn report(error: &anyhow::Error) -> ExitCode {
-    let kiln_error = error.chain().find_map(|cause| cause.downcast_ref::<kiln::Error>());
+    let kiln_error = error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<kiln::Error>());
     let mut lines = vec![format!("error: {error}")];
     let mut seen = error.to_string();
     for cause in error.chain().skip(1) {

@@ -76,22 +76,41 @@ pub fn size(bytes: u64) -> String {
     if unit == 0 {
         return format!("{bytes}B");
     }
-    let integer_digits = if value >= 100.0 { 3 } else if value >= 10.0 { 2 } else { 1 };
+    let integer_digits = if value >= 100.0 {
+        3
+    } else if value >= 10.0 {
+        2
+    } else {
+        1
+    };
     let text = format!("{value:.prec$}", prec = 4 - integer_digits);
-    let text = if text.contains('.') { text.trim_end_matches('0').trim_end_matches('.') } else { &text };
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &text
+    };
     format!("{text}{}", UNITS[unit])
 }
 
 /// Seconds since the epoch now.
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// `3 minutes ago`, `2 days ago`.
 pub fn ago(epoch: i64) -> String {
     let seconds = (now() - epoch).max(0);
     let (value, unit) = match seconds {
-        0..60 => return if seconds < 2 { "just now".into() } else { format!("{seconds} seconds ago") },
+        0..60 => {
+            return if seconds < 2 {
+                "just now".into()
+            } else {
+                format!("{seconds} seconds ago")
+            };
+        }
         60..3600 => (seconds / 60, "minute"),
         3600..86400 => (seconds / 3600, "hour"),
         86400..2_592_000 => (seconds / 86400, "day"),
@@ -105,7 +124,11 @@ pub fn ago(epoch: i64) -> String {
 /// fraction, `Z` or `±hh:mm`).
 pub fn parse_rfc3339(text: &str) -> Option<i64> {
     let bytes = text.as_bytes();
-    if bytes.len() < 19 || bytes[4] != b'-' || bytes[7] != b'-' || !matches!(bytes[10], b'T' | b't' | b' ') {
+    if bytes.len() < 19
+        || bytes[4] != b'-'
+        || bytes[7] != b'-'
+        || !matches!(bytes[10], b'T' | b't' | b' ')
+    {
         return None;
     }
     let number = |range: std::ops::Range<usize>| text.get(range)?.parse::<i64>().ok();
@@ -151,8 +174,14 @@ mod tests {
     #[test]
     fn parses_times() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339("2024-05-01T12:00:00.123456789Z"), Some(1_714_564_800));
-        assert_eq!(parse_rfc3339("2024-05-01T14:00:00+02:00"), Some(1_714_564_800));
+        assert_eq!(
+            parse_rfc3339("2024-05-01T12:00:00.123456789Z"),
+            Some(1_714_564_800)
+        );
+        assert_eq!(
+            parse_rfc3339("2024-05-01T14:00:00+02:00"),
+            Some(1_714_564_800)
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

@@ -17,7 +17,10 @@ pub enum Reporter {
     /// One line per milestone.
     Lines,
     /// Bars on a terminal.
-    Bars { multi: MultiProgress, bars: Mutex<HashMap<Digest, ProgressBar>> },
+    Bars {
+        multi: MultiProgress,
+        bars: Mutex<HashMap<Digest, ProgressBar>>,
+    },
 }
 
 impl Reporter {
@@ -26,7 +29,10 @@ impl Reporter {
         if quiet {
             Reporter::Quiet
         } else if crate::printer::stderr_is_terminal() {
-            Reporter::Bars { multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()), bars: Mutex::new(HashMap::new()) }
+            Reporter::Bars {
+                multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()),
+                bars: Mutex::new(HashMap::new()),
+            }
         } else {
             Reporter::Lines
         }
@@ -51,7 +57,9 @@ impl Reporter {
             bar.set_style(style);
             bar.set_prefix(digest.short().to_string());
             bar.set_position(offset);
-            bars.lock().unwrap_or_else(|p| p.into_inner()).insert(digest.clone(), bar);
+            bars.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(digest.clone(), bar);
         }
     }
 }
@@ -60,16 +68,35 @@ impl Progress for Reporter {
     fn event(&self, event: Event) {
         match event {
             Event::Resolving { reference } => self.line(format!("resolving {reference}")),
-            Event::Cached { manifest } => self.line(format!("{} is up to date in the store", manifest)),
-            Event::Resolved { manifest, platform, layers } => {
-                let platform = if platform.is_empty() { String::new() } else { format!(" for {platform}") };
+            Event::Cached { manifest } => {
+                self.line(format!("{} is up to date in the store", manifest))
+            }
+            Event::Resolved {
+                manifest,
+                platform,
+                layers,
+            } => {
+                let platform = if platform.is_empty() {
+                    String::new()
+                } else {
+                    format!(" for {platform}")
+                };
                 self.line(format!("manifest {manifest}{platform}: {layers} layers"))
             }
-            Event::BlobStarted { digest, size: total, offset } => {
+            Event::BlobStarted {
+                digest,
+                size: total,
+                offset,
+            } => {
                 if let Reporter::Bars { .. } = self {
                     self.bar(&digest, total, offset);
                 } else if offset > 0 {
-                    self.line(format!("{}: resuming at {} of {}", digest.short(), size(offset), size(total)));
+                    self.line(format!(
+                        "{}: resuming at {} of {}",
+                        digest.short(),
+                        size(offset),
+                        size(total)
+                    ));
                 } else {
                     self.line(format!("{}: downloading {}", digest.short(), size(total)));
                 }
@@ -81,8 +108,18 @@ impl Progress for Reporter {
                     bar.set_position(position);
                 }
             }
-            Event::BlobExists { digest, size: total } => self.line(format!("{}: already in the store ({})", digest.short(), size(total))),
-            Event::BlobDone { digest, size: total } => {
+            Event::BlobExists {
+                digest,
+                size: total,
+            } => self.line(format!(
+                "{}: already in the store ({})",
+                digest.short(),
+                size(total)
+            )),
+            Event::BlobDone {
+                digest,
+                size: total,
+            } => {
                 if let Reporter::Bars { bars, .. } = self {
                     if let Some(bar) = bars.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
                         bar.finish_with_message("done");
@@ -91,14 +128,24 @@ impl Progress for Reporter {
                     self.line(format!("{}: done ({})", digest.short(), size(total)));
                 }
             }
-            Event::Retrying { what, attempt, delay, reason } => {
-                self.line(format!("retrying {what} (attempt {attempt} in {}): {reason}", human_delay(delay)))
-            }
+            Event::Retrying {
+                what,
+                attempt,
+                delay,
+                reason,
+            } => self.line(format!(
+                "retrying {what} (attempt {attempt} in {}): {reason}",
+                human_delay(delay)
+            )),
             Event::Stored { manifest } => self.line(format!("stored {manifest}")),
         }
     }
 }
 
 fn human_delay(delay: Duration) -> String {
-    if delay < Duration::from_secs(1) { format!("{}ms", delay.as_millis()) } else { format!("{:.1}s", delay.as_secs_f64()) }
+    if delay < Duration::from_secs(1) {
+        format!("{}ms", delay.as_millis())
+    } else {
+        format!("{:.1}s", delay.as_secs_f64())
+    }
 }

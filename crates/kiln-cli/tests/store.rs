@@ -11,7 +11,17 @@ use support::{Kiln, env, skopeo_inspect, wait_for};
 
 fn layers(reference: &str) -> Vec<(String, u64)> {
     let manifest = skopeo_inspect(reference, true);
-    manifest["layers"].as_array().unwrap().iter().map(|l| (l["digest"].as_str().unwrap().to_string(), l["size"].as_u64().unwrap())).collect()
+    manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["digest"].as_str().unwrap().to_string(),
+                l["size"].as_u64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -25,12 +35,29 @@ fn kill_9_mid_pull_then_resume_fetches_fewer_bytes() {
     proxy.throttle(Some(4_000_000));
     let kiln = Kiln::new();
     let reference = format!("{}/big:1", proxy.host());
-    let mut child = kiln.command(&["pull", "--insecure", "-q", &reference]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child = kiln
+        .command(&["pull", "--insecure", "-q", &reference])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let hex = largest.trim_start_matches("sha256:").to_string();
-    wait_for(|| kiln.partial_files().iter().any(|(p, n)| p.to_string_lossy().contains(&hex) && *n > 3_000_000), "a partial download");
+    wait_for(
+        || {
+            kiln.partial_files()
+                .iter()
+                .any(|(p, n)| p.to_string_lossy().contains(&hex) && *n > 3_000_000)
+        },
+        "a partial download",
+    );
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let partial = kiln.partial_files().into_iter().find(|(p, _)| p.to_string_lossy().contains(&hex)).unwrap().1;
+    let partial = kiln
+        .partial_files()
+        .into_iter()
+        .find(|(p, _)| p.to_string_lossy().contains(&hex))
+        .unwrap()
+        .1;
     assert!(partial > 0 && partial < size);
     assert!(!kiln.blob_path(&largest).exists());
 
@@ -42,9 +69,19 @@ fn kill_9_mid_pull_then_resume_fetches_fewer_bytes() {
     let run = kiln.run(&["pull", "--insecure", &reference]).ok();
     assert!(run.stderr.contains("resuming at"), "{}", run.stderr);
     let fetched_again = proxy.bytes_for(&largest) - sent_before;
-    assert!(fetched_again < size, "resumed: fetched {fetched_again} of {size} bytes");
-    assert!(fetched_again <= size - partial + 1024 * 1024, "only the missing part (+ slack): {fetched_again} vs {}", size - partial);
-    assert!(proxy.requests().iter().any(|r| r.path.contains(&hex) && r.range.as_deref().is_some_and(|v| v.starts_with("bytes="))));
+    assert!(
+        fetched_again < size,
+        "resumed: fetched {fetched_again} of {size} bytes"
+    );
+    assert!(
+        fetched_again <= size - partial + 1024 * 1024,
+        "only the missing part (+ slack): {fetched_again} vs {}",
+        size - partial
+    );
+    assert!(
+        proxy.requests().iter().any(|r| r.path.contains(&hex)
+            && r.range.as_deref().is_some_and(|v| v.starts_with("bytes=")))
+    );
     assert!(kiln.partial_files().is_empty());
     kiln.run(&["fsck"]).ok();
     proxy.stop();
@@ -57,14 +94,35 @@ fn two_concurrent_pulls_download_each_blob_once() {
     proxy.throttle(Some(20_000_000));
     let kiln = Kiln::new();
     let reference = format!("{}/big:1", proxy.host());
-    let spawn = || kiln.command(&["pull", "--insecure", "-q", &reference]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let spawn = || {
+        kiln.command(&["pull", "--insecure", "-q", &reference])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
     let (first, second) = (spawn(), spawn());
-    let (first, second) = (first.wait_with_output().unwrap(), second.wait_with_output().unwrap());
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let (first, second) = (
+        first.wait_with_output().unwrap(),
+        second.wait_with_output().unwrap(),
+    );
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
     assert_eq!(first.stdout, second.stdout);
     for (digest, size) in layers(&format!("{}/big:1", env.registry)) {
-        assert_eq!(proxy.bytes_for(&digest), size, "layer {digest} fetched exactly once");
+        assert_eq!(
+            proxy.bytes_for(&digest),
+            size,
+            "layer {digest} fetched exactly once"
+        );
     }
     let images = kiln.run(&["images", "--format", "json"]).ok().json();
     assert_eq!(images.as_array().unwrap().len(), 1);
@@ -79,9 +137,17 @@ fn prune_during_a_pull_never_breaks_it() {
     proxy.throttle(Some(8_000_000));
     let kiln = Kiln::new();
     let reference = format!("{}/big:1", proxy.host());
-    let child = kiln.command(&["pull", "--insecure", "-q", &reference]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = kiln
+        .command(&["pull", "--insecure", "-q", &reference])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut prunes = 0;
-    wait_for(|| !kiln.partial_files().is_empty(), "the pull to start writing");
+    wait_for(
+        || !kiln.partial_files().is_empty(),
+        "the pull to start writing",
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while std::time::Instant::now() < deadline {
         // The pull's blobs are referenced by no image yet: only its lease keeps them.
@@ -94,13 +160,29 @@ fn prune_during_a_pull_never_breaks_it() {
         std::thread::sleep(Duration::from_millis(150));
     }
     let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "pull survived {prunes} prunes: {}", String::from_utf8_lossy(&output.stderr));
-    assert!(prunes >= 3, "prune ran while the pull was in progress ({prunes} times)");
+    assert!(
+        output.status.success(),
+        "pull survived {prunes} prunes: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        prunes >= 3,
+        "prune ran while the pull was in progress ({prunes} times)"
+    );
     let images = kiln.run(&["images", "--format", "json"]).ok().json();
-    assert!(images.as_array().unwrap().iter().any(|i| i["reference"] == reference.as_str()));
+    assert!(
+        images
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["reference"] == reference.as_str())
+    );
     kiln.run(&["fsck"]).ok();
     // Now prune --all removes it, and everything it had.
-    let pruned = kiln.run(&["prune", "--all", "--yes", "--format", "json"]).ok().json();
+    let pruned = kiln
+        .run(&["prune", "--all", "--yes", "--format", "json"])
+        .ok()
+        .json();
     assert_eq!(pruned["images_removed"].as_array().unwrap().len(), 1);
     assert!(kiln.blob_files().is_empty());
     proxy.stop();
@@ -127,18 +209,42 @@ fn fsck_finds_corruption_and_repair_leads_to_a_clean_repull() {
     std::fs::write(&path, &bytes).unwrap();
 
     let found = kiln.run(&["fsck"]).fails(1);
-    assert!(found.stdout.contains(&format!("corrupt_blob: {layer}")), "{}", found.stdout);
+    assert!(
+        found.stdout.contains(&format!("corrupt_blob: {layer}")),
+        "{}",
+        found.stdout
+    );
     assert!(found.stderr.contains("hint:"), "{}", found.stderr);
 
-    let repaired = kiln.run(&["fsck", "--repair", "--format", "json"]).fails(1).json();
-    assert!(repaired["problems"].as_array().unwrap().iter().any(|p| p["kind"] == "corrupt_blob" && p["repaired"].is_string()));
+    let repaired = kiln
+        .run(&["fsck", "--repair", "--format", "json"])
+        .fails(1)
+        .json();
+    assert!(
+        repaired["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "corrupt_blob" && p["repaired"].is_string())
+    );
     assert!(!path.exists(), "quarantined");
-    assert_eq!(std::fs::read_dir(kiln.root().join("content-v1/quarantine")).unwrap().count(), 1);
+    assert_eq!(
+        std::fs::read_dir(kiln.root().join("content-v1/quarantine"))
+            .unwrap()
+            .count(),
+        1
+    );
     let images = kiln.run(&["images", "--format", "json"]).ok().json();
     assert_eq!(images[0]["complete"], false);
 
     let again = kiln.run(&["pull", "--insecure", &reference]).ok();
-    assert!(again.stderr.contains(&format!("{}: downloading", &layer[7..19])), "only the lost layer is fetched: {}", again.stderr);
+    assert!(
+        again
+            .stderr
+            .contains(&format!("{}: downloading", &layer[7..19])),
+        "only the lost layer is fetched: {}",
+        again.stderr
+    );
     kiln.run(&["fsck"]).ok();
     let images = kiln.run(&["images", "--format", "json"]).ok().json();
     assert_eq!(images[0]["complete"], true);
@@ -156,12 +262,20 @@ fn rmi_keeps_shared_layers_and_refuses_what_it_cannot_find() {
     let own_layer = layers(&shared)[1].0.clone();
 
     let run = kiln.run(&["rmi", &shared]).ok();
-    assert!(run.stdout.contains(&format!("Untagged: {shared}")), "{}", run.stdout);
+    assert!(
+        run.stdout.contains(&format!("Untagged: {shared}")),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("Deleted: sha256:"), "{}", run.stdout);
-    assert!(kiln.blob_path(&base_layer).exists(), "the shared layer stays");
+    assert!(
+        kiln.blob_path(&base_layer).exists(),
+        "the shared layer stays"
+    );
     assert!(!kiln.blob_path(&own_layer).exists(), "its own layer goes");
     kiln.run(&["fsck"]).ok();
-    kiln.run(&["pull", "--insecure", "--policy", "never", &busybox]).ok();
+    kiln.run(&["pull", "--insecure", "--policy", "never", &busybox])
+        .ok();
 
     let missing = kiln.run(&["rmi", &shared]).fails(1);
     assert!(missing.stderr.contains("no image"), "{}", missing.stderr);
@@ -170,7 +284,15 @@ fn rmi_keeps_shared_layers_and_refuses_what_it_cannot_find() {
     let digest = kiln.run(&["images", "-q"]).ok().stdout.trim().to_string();
     kiln.run(&["rmi", &digest[7..19]]).ok();
     assert!(kiln.blob_files().is_empty(), "{:?}", kiln.blob_files());
-    assert_eq!(kiln.run(&["images", "--format", "json"]).ok().json().as_array().unwrap().len(), 0);
+    assert_eq!(
+        kiln.run(&["images", "--format", "json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[test]
@@ -178,12 +300,29 @@ fn removing_by_digest_with_several_names_needs_force() {
     let env = env();
     let kiln = Kiln::new();
     let busybox = format!("{}/busybox:1", env.registry);
-    let digest = kiln.run(&["pull", "--insecure", "-q", &busybox]).ok().stdout.trim().to_string();
-    kiln.run(&["pull", "--insecure", "-q", &format!("{}/busybox@{digest}", env.registry)]).ok();
+    let digest = kiln
+        .run(&["pull", "--insecure", "-q", &busybox])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    kiln.run(&[
+        "pull",
+        "--insecure",
+        "-q",
+        &format!("{}/busybox@{digest}", env.registry),
+    ])
+    .ok();
     // Pull the same manifest under a second name.
     let alias = format!("alias-{}", std::process::id());
     support::skopeo_copy(&busybox, &format!("{}/{alias}:1", env.registry));
-    kiln.run(&["pull", "--insecure", "-q", &format!("{}/{alias}:1", env.registry)]).ok();
+    kiln.run(&[
+        "pull",
+        "--insecure",
+        "-q",
+        &format!("{}/{alias}:1", env.registry),
+    ])
+    .ok();
     let refused = kiln.run(&["rmi", &digest]).fails(1);
     assert!(refused.stderr.contains("names"), "{}", refused.stderr);
     let forced = kiln.run(&["rmi", "--force", &digest]).ok();
@@ -196,22 +335,56 @@ fn listings_survive_a_closed_pipe_and_speak_json() {
     let env = env();
     let kiln = Kiln::new();
     for tag in ["1", "multi", "zstd"] {
-        kiln.run(&["pull", "--insecure", "-q", &format!("{}/busybox:{tag}", env.registry)]).ok();
+        kiln.run(&[
+            "pull",
+            "--insecure",
+            "-q",
+            &format!("{}/busybox:{tag}", env.registry),
+        ])
+        .ok();
     }
-    let mut child = kiln.command(&["images"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = kiln
+        .command(&["images"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     drop(child.stdout.take()); // the reader goes away at once
     let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(0), "a broken pipe exits 0: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "a broken pipe exits 0: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     let images = kiln.run(&["images", "--format", "json"]).ok().json();
     let first = &images[0];
-    for field in ["reference", "manifest_digest", "platform", "layers", "size", "created", "last_used_at"] {
-        assert!(first.get(field).is_some(), "images JSON has {field}: {first}");
+    for field in [
+        "reference",
+        "manifest_digest",
+        "platform",
+        "layers",
+        "size",
+        "created",
+        "last_used_at",
+    ] {
+        assert!(
+            first.get(field).is_some(),
+            "images JSON has {field}: {first}"
+        );
     }
-    let dry = kiln.run(&["prune", "--dry-run", "--all", "--format", "json"]).ok().json();
+    let dry = kiln
+        .run(&["prune", "--dry-run", "--all", "--format", "json"])
+        .ok()
+        .json();
     assert_eq!(dry["dry_run"], true);
     assert_eq!(dry["images_removed"].as_array().unwrap().len(), 3);
-    assert_eq!(kiln.run(&["images", "-q"]).ok().stdout.lines().count(), 3, "dry run removed nothing");
+    assert_eq!(
+        kiln.run(&["images", "-q"]).ok().stdout.lines().count(),
+        3,
+        "dry run removed nothing"
+    );
     let refused = kiln.run(&["prune"]).fails(1);
     assert!(refused.stderr.contains("--yes"), "{}", refused.stderr);
 }

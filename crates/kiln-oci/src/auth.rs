@@ -63,9 +63,18 @@ pub struct DockerConfig;
 impl CredentialProvider for DockerConfig {
     fn credentials(&self, registry: &str) -> Result<Option<Credential>> {
         let keys: Vec<String> = if registry == "docker.io" {
-            vec!["https://index.docker.io/v1/".into(), "index.docker.io".into(), "docker.io".into(), "registry-1.docker.io".into()]
+            vec![
+                "https://index.docker.io/v1/".into(),
+                "index.docker.io".into(),
+                "docker.io".into(),
+                "registry-1.docker.io".into(),
+            ]
         } else {
-            vec![registry.to_string(), format!("https://{registry}"), format!("http://{registry}")]
+            vec![
+                registry.to_string(),
+                format!("https://{registry}"),
+                format!("http://{registry}"),
+            ]
         };
         use docker_credential::CredentialRetrievalError as E;
         for key in keys {
@@ -73,11 +82,16 @@ impl CredentialProvider for DockerConfig {
                 Ok(docker_credential::DockerCredential::UsernamePassword(username, password)) => {
                     return Ok(Some(Credential::Basic { username, password }));
                 }
-                Ok(docker_credential::DockerCredential::IdentityToken(token)) => return Ok(Some(Credential::IdentityToken(token))),
+                Ok(docker_credential::DockerCredential::IdentityToken(token)) => {
+                    return Ok(Some(Credential::IdentityToken(token)));
+                }
                 Err(E::NoCredentialConfigured) => continue,
                 Err(E::ConfigNotFound | E::ConfigReadError) => return Ok(None),
                 Err(error) => {
-                    return Err(OciError::Credentials { host: registry.to_string(), detail: format!("docker config.json: {error}") });
+                    return Err(OciError::Credentials {
+                        host: registry.to_string(),
+                        detail: format!("docker config.json: {error}"),
+                    });
                 }
             }
         }
@@ -120,7 +134,9 @@ impl Challenge {
     /// Parses a header value; `None` for schemes kiln does not speak.
     pub fn parse(header: &str) -> Option<Challenge> {
         let header = header.trim();
-        let (scheme, rest) = header.split_once(char::is_whitespace).unwrap_or((header, ""));
+        let (scheme, rest) = header
+            .split_once(char::is_whitespace)
+            .unwrap_or((header, ""));
         match scheme.to_ascii_lowercase().as_str() {
             "basic" => Some(Challenge::Basic),
             "bearer" => {
@@ -141,8 +157,14 @@ fn parse_parameters(text: &str) -> HashMap<String, String> {
     let mut result = HashMap::new();
     let mut rest = text.trim();
     while !rest.is_empty() {
-        let Some((key, after)) = rest.split_once('=') else { break };
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let Some((key, after)) = rest.split_once('=') else {
+            break;
+        };
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         let after = after.trim_start();
         let (value, remaining) = if let Some(quoted) = after.strip_prefix('"') {
             let mut value = String::new();
@@ -188,15 +210,32 @@ mod tests {
                 scope: Some("repository:library/alpine:pull,push".into()),
             })
         );
-        assert_eq!(Challenge::parse(r#"Basic realm="Registry Realm""#), Some(Challenge::Basic));
-        assert_eq!(Challenge::parse("Bearer realm=http://x/token"), Some(Challenge::Bearer { realm: "http://x/token".into(), service: None, scope: None }));
+        assert_eq!(
+            Challenge::parse(r#"Basic realm="Registry Realm""#),
+            Some(Challenge::Basic)
+        );
+        assert_eq!(
+            Challenge::parse("Bearer realm=http://x/token"),
+            Some(Challenge::Bearer {
+                realm: "http://x/token".into(),
+                service: None,
+                scope: None
+            })
+        );
         assert_eq!(Challenge::parse("Negotiate abc"), None);
-        assert_eq!(Challenge::parse("Bearer service=x"), None, "a bearer challenge needs a realm");
+        assert_eq!(
+            Challenge::parse("Bearer service=x"),
+            None,
+            "a bearer challenge needs a realm"
+        );
     }
 
     #[test]
     fn debug_never_shows_secrets() {
-        let credential = Credential::Basic { username: "u".into(), password: "hunter2".into() };
+        let credential = Credential::Basic {
+            username: "u".into(),
+            password: "hunter2".into(),
+        };
         assert!(!format!("{credential:?}").contains("hunter2"));
         assert!(!format!("{:?}", Credential::IdentityToken("tok123".into())).contains("tok123"));
     }

@@ -11,7 +11,10 @@ use base64::Engine as _;
 use bytes::Bytes;
 use kiln_types::media_type::MANIFEST_ACCEPT;
 use kiln_types::{Digest, Reference};
-use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RANGE, RETRY_AFTER,
+    WWW_AUTHENTICATE,
+};
 use reqwest::{Method, StatusCode, Url};
 
 use crate::auth::{Anonymous, Challenge, Credential, CredentialProvider};
@@ -49,7 +52,9 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     fn backoff(&self, failures: u32) -> Duration {
         let factor = 1u32 << failures.saturating_sub(1).min(16);
-        self.initial_backoff.saturating_mul(factor).min(self.max_backoff)
+        self.initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff)
     }
 }
 
@@ -133,7 +138,11 @@ pub struct Repository {
 impl Repository {
     /// The repository a reference names.
     pub fn of(reference: &Reference) -> Repository {
-        Repository { host: reference.api_host().to_string(), registry: reference.registry().to_string(), name: reference.repository().to_string() }
+        Repository {
+            host: reference.api_host().to_string(),
+            registry: reference.registry().to_string(),
+            name: reference.repository().to_string(),
+        }
     }
 }
 
@@ -160,8 +169,14 @@ impl RegistryClient {
     }
 
     fn http(&self, insecure: bool) -> Result<&reqwest::Client> {
-        let cell = if insecure { &self.unverified } else { &self.verified };
-        cell.get_or_init(|| self.build_http(insecure)).as_ref().map_err(|detail| OciError::Client(detail.clone()))
+        let cell = if insecure {
+            &self.unverified
+        } else {
+            &self.verified
+        };
+        cell.get_or_init(|| self.build_http(insecure))
+            .as_ref()
+            .map_err(|detail| OciError::Client(detail.clone()))
     }
 
     fn build_http(&self, insecure: bool) -> std::result::Result<reqwest::Client, String> {
@@ -172,11 +187,16 @@ impl RegistryClient {
             .read_timeout(self.options.read_timeout)
             .danger_accept_invalid_certs(insecure);
         for path in &self.options.ca_certs {
-            let pem = std::fs::read(path).map_err(|e| format!("CA certificates {}: {e}", path.display()))?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| format!("CA certificates {}: not a PEM bundle: {e}", path.display()))?;
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("CA certificates {}: {e}", path.display()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                format!("CA certificates {}: not a PEM bundle: {e}", path.display())
+            })?;
             if certificates.is_empty() {
-                return Err(format!("CA certificates {}: no certificate in the file", path.display()));
+                return Err(format!(
+                    "CA certificates {}: no certificate in the file",
+                    path.display()
+                ));
             }
             for certificate in certificates {
                 builder = builder.add_root_certificate(certificate);
@@ -189,22 +209,39 @@ impl RegistryClient {
     /// any download with a clear message).
     pub fn check_ca_certs(&self) -> Result<()> {
         for path in &self.options.ca_certs {
-            let pem = std::fs::read(path).map_err(|e| OciError::CaCerts { path: path.display().to_string(), detail: e.to_string() })?;
-            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| OciError::CaCerts { path: path.display().to_string(), detail: format!("not a PEM bundle: {e}") })?;
+            let pem = std::fs::read(path).map_err(|e| OciError::CaCerts {
+                path: path.display().to_string(),
+                detail: e.to_string(),
+            })?;
+            let certificates =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| OciError::CaCerts {
+                    path: path.display().to_string(),
+                    detail: format!("not a PEM bundle: {e}"),
+                })?;
             if certificates.is_empty() {
-                return Err(OciError::CaCerts { path: path.display().to_string(), detail: "no certificate in the file".into() });
+                return Err(OciError::CaCerts {
+                    path: path.display().to_string(),
+                    detail: "no certificate in the file".into(),
+                });
             }
         }
         Ok(())
     }
 
     fn scheme(&self, host: &str) -> &'static str {
-        self.schemes.lock().unwrap_or_else(|p| p.into_inner()).get(host).copied().unwrap_or("https")
+        self.schemes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(host)
+            .copied()
+            .unwrap_or("https")
     }
 
     fn remember_scheme(&self, host: &str, scheme: &'static str) {
-        self.schemes.lock().unwrap_or_else(|p| p.into_inner()).insert(host.to_string(), scheme);
+        self.schemes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host.to_string(), scheme);
     }
 
     fn cached_authorization(&self, repository: &Repository) -> Option<HeaderValue> {
@@ -229,7 +266,9 @@ impl RegistryClient {
         let mut url = url;
         let mut method = method.clone();
         for _ in 0..MAX_REDIRECTS {
-            let mut request = client.request(method.clone(), url.clone()).headers(headers.clone());
+            let mut request = client
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
             if let Some(value) = authorization
                 && url.origin() == origin
             {
@@ -239,7 +278,12 @@ impl RegistryClient {
             if !response.status().is_redirection() {
                 return Ok(response);
             }
-            let Some(next) = response.headers().get(LOCATION).and_then(|v| v.to_str().ok()).and_then(|l| url.join(l).ok()) else {
+            let Some(next) = response
+                .headers()
+                .get(LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| url.join(l).ok())
+            else {
                 return Ok(response);
             };
             if response.status() == StatusCode::SEE_OTHER {
@@ -247,7 +291,11 @@ impl RegistryClient {
             }
             url = next;
         }
-        client.request(method, url).headers(headers.clone()).send().await
+        client
+            .request(method, url)
+            .headers(headers.clone())
+            .send()
+            .await
     }
 
     /// Sends a request to `repository`'s registry with auth, scheme fallback
@@ -272,7 +320,10 @@ impl RegistryClient {
                 .map_err(|e| OciError::Client(format!("bad URL for {host}{path}: {e}")))?;
             let client = self.http(insecure)?;
             let authorization = self.cached_authorization(repository);
-            let attempt = match self.send_following(client, &method, url, &headers, authorization.as_ref()).await {
+            let attempt = match self
+                .send_following(client, &method, url, &headers, authorization.as_ref())
+                .await
+            {
                 Err(error) if insecure && scheme == "https" && !self.schemes_known(host) => {
                     // An insecure registry that does not speak TLS: plain HTTP.
                     let _ = error;
@@ -294,7 +345,9 @@ impl RegistryClient {
                             .get(RETRY_AFTER)
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.trim().parse::<u64>().ok())
-                            .map(|s| Duration::from_secs(s).min(self.options.retry.max_retry_after));
+                            .map(|s| {
+                                Duration::from_secs(s).min(self.options.retry.max_retry_after)
+                            });
                         Attempt::Retry(format!("HTTP {status}"), retry_after)
                     } else {
                         Attempt::Response(response)
@@ -307,9 +360,17 @@ impl RegistryClient {
                     failures += 1;
                     if failures >= self.options.retry.max_attempts {
                         if reason.starts_with("HTTP ") {
-                            return Err(OciError::RetriesExhausted { host: host.clone(), what: what.to_string(), attempts: failures, last: reason });
+                            return Err(OciError::RetriesExhausted {
+                                host: host.clone(),
+                                what: what.to_string(),
+                                attempts: failures,
+                                last: reason,
+                            });
                         }
-                        return Err(OciError::Unreachable { host: host.clone(), detail: reason });
+                        return Err(OciError::Unreachable {
+                            host: host.clone(),
+                            detail: reason,
+                        });
                     }
                     let delay = retry_after.unwrap_or_else(|| self.options.retry.backoff(failures));
                     observer.retrying(what, failures + 1, delay, &reason);
@@ -320,11 +381,19 @@ impl RegistryClient {
     }
 
     fn schemes_known(&self, host: &str) -> bool {
-        self.schemes.lock().unwrap_or_else(|p| p.into_inner()).contains_key(host)
+        self.schemes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(host)
     }
 
     /// Answers a 401: gets a bearer token or prepares basic auth.
-    async fn authenticate(&self, repository: &Repository, response: &reqwest::Response, what: &str) -> Result<()> {
+    async fn authenticate(
+        &self,
+        repository: &Repository,
+        response: &reqwest::Response,
+        what: &str,
+    ) -> Result<()> {
         let host = repository.host.clone();
         let challenge = response
             .headers()
@@ -337,30 +406,74 @@ impl RegistryClient {
         let authorization = match challenge {
             Some(Challenge::Basic) => match &credential {
                 Some(Credential::Basic { username, password }) => basic(username, password),
-                _ => return Err(OciError::Denied { host, status: 401, what: what.to_string(), message: Some("credentials required".into()) }),
+                _ => {
+                    return Err(OciError::Denied {
+                        host,
+                        status: 401,
+                        what: what.to_string(),
+                        message: Some("credentials required".into()),
+                    });
+                }
             },
-            Some(Challenge::Bearer { realm, service, scope }) => {
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope,
+            }) => {
                 let scope = scope.unwrap_or_else(|| format!("repository:{}:pull", repository.name));
-                let token = self.fetch_token(&host, &realm, service.as_deref(), &scope, credential.as_ref()).await?;
-                HeaderValue::from_str(&format!("Bearer {token}"))
-                    .map_err(|_| OciError::Token { host: host.clone(), realm, detail: "token is not a valid header value".into() })?
+                let token = self
+                    .fetch_token(
+                        &host,
+                        &realm,
+                        service.as_deref(),
+                        &scope,
+                        credential.as_ref(),
+                    )
+                    .await?;
+                HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| OciError::Token {
+                    host: host.clone(),
+                    realm,
+                    detail: "token is not a valid header value".into(),
+                })?
             }
             None => {
-                return Err(OciError::Denied { host, status: 401, what: what.to_string(), message: Some("no usable WWW-Authenticate challenge".into()) });
+                return Err(OciError::Denied {
+                    host,
+                    status: 401,
+                    what: what.to_string(),
+                    message: Some("no usable WWW-Authenticate challenge".into()),
+                });
             }
         };
         self.authorizations
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert((repository.host.clone(), repository.name.clone()), authorization);
+            .insert(
+                (repository.host.clone(), repository.name.clone()),
+                authorization,
+            );
         Ok(())
     }
 
-    async fn fetch_token(&self, host: &str, realm: &str, service: Option<&str>, scope: &str, credential: Option<&Credential>) -> Result<String> {
-        let token_error = |detail: String| OciError::Token { host: host.to_string(), realm: realm.to_string(), detail };
+    async fn fetch_token(
+        &self,
+        host: &str,
+        realm: &str,
+        service: Option<&str>,
+        scope: &str,
+        credential: Option<&Credential>,
+    ) -> Result<String> {
+        let token_error = |detail: String| OciError::Token {
+            host: host.to_string(),
+            realm: realm.to_string(),
+            detail,
+        };
         let url = Url::parse(realm).map_err(|e| token_error(format!("bad realm URL: {e}")))?;
         let realm_insecure = url.host_str().is_some_and(|h| {
-            let with_port = url.port().map(|p| format!("{h}:{p}")).unwrap_or_else(|| h.to_string());
+            let with_port = url
+                .port()
+                .map(|p| format!("{h}:{p}"))
+                .unwrap_or_else(|| h.to_string());
             self.is_insecure(&with_port) || self.is_insecure(h)
         });
         let client = self.http(realm_insecure)?;
@@ -368,7 +481,12 @@ impl RegistryClient {
         loop {
             let request = match credential {
                 Some(Credential::IdentityToken(refresh)) => {
-                    let mut form = vec![("grant_type", "refresh_token"), ("refresh_token", refresh.as_str()), ("scope", scope), ("client_id", "kiln")];
+                    let mut form = vec![
+                        ("grant_type", "refresh_token"),
+                        ("refresh_token", refresh.as_str()),
+                        ("scope", scope),
+                        ("client_id", "kiln"),
+                    ];
                     if let Some(service) = service {
                         form.push(("service", service));
                     }
@@ -381,13 +499,18 @@ impl RegistryClient {
                     }
                     let request = client.get(url.clone()).query(&query);
                     match other {
-                        Some(Credential::Basic { username, password }) => request.basic_auth(username, Some(password)),
+                        Some(Credential::Basic { username, password }) => {
+                            request.basic_auth(username, Some(password))
+                        }
                         _ => request,
                     }
                 }
             };
             let response = match request.send().await {
-                Ok(response) if response.status().is_server_error() || response.status() == StatusCode::TOO_MANY_REQUESTS => {
+                Ok(response)
+                    if response.status().is_server_error()
+                        || response.status() == StatusCode::TOO_MANY_REQUESTS =>
+                {
                     Err(format!("HTTP {}", response.status()))
                 }
                 Ok(response) => Ok(response),
@@ -410,45 +533,84 @@ impl RegistryClient {
                     host: host.to_string(),
                     status: status.as_u16(),
                     what: format!("a token for {scope}"),
-                    message: Some(if credential.is_some() { "credentials refused".into() } else { "credentials required".into() }),
+                    message: Some(if credential.is_some() {
+                        "credentials refused".into()
+                    } else {
+                        "credentials required".into()
+                    }),
                 });
             }
             if !status.is_success() {
                 return Err(token_error(format!("HTTP {status}")));
             }
-            let body = read_limited(response, MAX_TOKEN_RESPONSE).await.map_err(|e| token_error(e))?;
+            let body = read_limited(response, MAX_TOKEN_RESPONSE)
+                .await
+                .map_err(|e| token_error(e))?;
             #[derive(serde::Deserialize)]
             struct TokenResponse {
                 token: Option<String>,
                 access_token: Option<String>,
             }
-            let parsed: TokenResponse = serde_json::from_slice(&body).map_err(|e| token_error(format!("malformed token response: {e}")))?;
-            return parsed.token.or(parsed.access_token).filter(|t| !t.is_empty()).ok_or_else(|| token_error("response has no token".into()));
+            let parsed: TokenResponse = serde_json::from_slice(&body)
+                .map_err(|e| token_error(format!("malformed token response: {e}")))?;
+            return parsed
+                .token
+                .or(parsed.access_token)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| token_error("response has no token".into()));
         }
     }
 
     /// Turns a non-success status into the matching error.
-    async fn status_error(&self, repository: &Repository, response: reqwest::Response, what: &str) -> OciError {
+    async fn status_error(
+        &self,
+        repository: &Repository,
+        response: reqwest::Response,
+        what: &str,
+    ) -> OciError {
         let host = repository.host.clone();
         let status = response.status();
-        let message = read_limited(response, 16 << 10).await.ok().and_then(|body| registry_message(&body));
+        let message = read_limited(response, 16 << 10)
+            .await
+            .ok()
+            .and_then(|body| registry_message(&body));
         match status {
-            StatusCode::NOT_FOUND => OciError::NotFound { host, what: what.to_string() },
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => OciError::Denied { host, status: status.as_u16(), what: what.to_string(), message },
-            _ => OciError::Status { host, status: status.as_u16(), what: what.to_string(), message },
+            StatusCode::NOT_FOUND => OciError::NotFound {
+                host,
+                what: what.to_string(),
+            },
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => OciError::Denied {
+                host,
+                status: status.as_u16(),
+                what: what.to_string(),
+                message,
+            },
+            _ => OciError::Status {
+                host,
+                status: status.as_u16(),
+                what: what.to_string(),
+                message,
+            },
         }
     }
 
     /// Fetches a manifest or index by tag or digest. When `reference` pins a
     /// digest, the bytes are verified against it.
-    pub async fn fetch_manifest(&self, reference: &Reference, selector: &str, observer: &dyn RetryObserver) -> Result<FetchedManifest> {
+    pub async fn fetch_manifest(
+        &self,
+        reference: &Reference,
+        selector: &str,
+        observer: &dyn RetryObserver,
+    ) -> Result<FetchedManifest> {
         let repository = Repository::of(reference);
         let separator = if selector.contains(':') { '@' } else { ':' };
         let what = format!("manifest {}{separator}{selector}", reference.name());
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
         let path = format!("/v2/{}/manifests/{selector}", repository.name);
-        let response = self.execute(&repository, Method::GET, &path, headers, &what, observer).await?;
+        let response = self
+            .execute(&repository, Method::GET, &path, headers, &what, observer)
+            .await?;
         if !response.status().is_success() {
             return Err(self.status_error(&repository, response, &what).await);
         }
@@ -458,55 +620,98 @@ impl RegistryClient {
             .and_then(|v| v.to_str().ok())
             .map(|v| v.split(';').next().unwrap_or(v).trim().to_string())
             .unwrap_or_default();
-        let bytes = read_limited(response, MAX_MANIFEST_SIZE).await.map_err(|detail| {
-            if detail.starts_with("larger than") {
-                OciError::TooLarge { host: repository.host.clone(), what: what.clone(), limit: MAX_MANIFEST_SIZE }
-            } else {
-                OciError::Unreachable { host: repository.host.clone(), detail }
-            }
-        })?;
+        let bytes = read_limited(response, MAX_MANIFEST_SIZE)
+            .await
+            .map_err(|detail| {
+                if detail.starts_with("larger than") {
+                    OciError::TooLarge {
+                        host: repository.host.clone(),
+                        what: what.clone(),
+                        limit: MAX_MANIFEST_SIZE,
+                    }
+                } else {
+                    OciError::Unreachable {
+                        host: repository.host.clone(),
+                        detail,
+                    }
+                }
+            })?;
         let digest = match selector.parse::<Digest>() {
             Ok(expected) => {
                 let actual = Digest::of(expected.algorithm(), &bytes);
                 if actual != expected {
-                    return Err(OciError::DigestMismatch { host: repository.host.clone(), what, expected, actual });
+                    return Err(OciError::DigestMismatch {
+                        host: repository.host.clone(),
+                        what,
+                        expected,
+                        actual,
+                    });
                 }
                 expected
             }
             Err(_) => Digest::sha256_of(&bytes),
         };
-        Ok(FetchedManifest { bytes, content_type, digest })
+        Ok(FetchedManifest {
+            bytes,
+            content_type,
+            digest,
+        })
     }
 
     /// Asks which digest a tag names now (HEAD), without downloading it.
     /// `None` when the registry does not say (then fetch the manifest).
-    pub async fn head_manifest(&self, reference: &Reference, observer: &dyn RetryObserver) -> Result<Option<Digest>> {
+    pub async fn head_manifest(
+        &self,
+        reference: &Reference,
+        observer: &dyn RetryObserver,
+    ) -> Result<Option<Digest>> {
         let repository = Repository::of(reference);
         let selector = reference.manifest_selector();
         let what = format!("manifest {}:{selector}", reference.name());
         let mut headers = HeaderMap::new();
         headers.insert(ACCEPT, HeaderValue::from_static(MANIFEST_ACCEPT));
         let path = format!("/v2/{}/manifests/{selector}", repository.name);
-        let response = self.execute(&repository, Method::HEAD, &path, headers, &what, observer).await?;
+        let response = self
+            .execute(&repository, Method::HEAD, &path, headers, &what, observer)
+            .await?;
         if !response.status().is_success() {
             return Err(self.status_error(&repository, response, &what).await);
         }
-        Ok(response.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()))
+        Ok(response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok()))
     }
 
     /// Fetches a small blob (a config) of published `size` whole, verified.
-    pub async fn fetch_small_blob(&self, reference: &Reference, digest: &Digest, size: u64, observer: Arc<dyn RetryObserver>) -> Result<Bytes> {
+    pub async fn fetch_small_blob(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        size: u64,
+        observer: Arc<dyn RetryObserver>,
+    ) -> Result<Bytes> {
         let mut download = self.blob(reference, digest.clone(), Some(size), 0, observer);
         let mut bytes = Vec::new();
         while let Some(chunk) = download.next_chunk().await? {
             bytes.extend_from_slice(&chunk);
             if bytes.len() as u64 > size {
-                return Err(OciError::TooLarge { host: reference.api_host().to_string(), what: format!("blob {digest}"), limit: size });
+                return Err(OciError::TooLarge {
+                    host: reference.api_host().to_string(),
+                    what: format!("blob {digest}"),
+                    limit: size,
+                });
             }
         }
         let actual = Digest::of(digest.algorithm(), &bytes);
         if actual != *digest {
-            return Err(OciError::DigestMismatch { host: reference.api_host().to_string(), what: format!("blob {digest}"), expected: digest.clone(), actual });
+            return Err(OciError::DigestMismatch {
+                host: reference.api_host().to_string(),
+                what: format!("blob {digest}"),
+                expected: digest.clone(),
+                actual,
+            });
         }
         Ok(Bytes::from(bytes))
     }
@@ -514,8 +719,25 @@ impl RegistryClient {
     /// A resumable download of blob `digest` starting at byte `offset`.
     /// `size` is the published size (the download retries when the body ends
     /// before it).
-    pub fn blob(&self, reference: &Reference, digest: Digest, size: Option<u64>, offset: u64, observer: Arc<dyn RetryObserver>) -> BlobDownload<'_> {
-        BlobDownload { client: self, repository: Repository::of(reference), digest, size, position: offset, response: None, skip: 0, failures: 0, observer }
+    pub fn blob(
+        &self,
+        reference: &Reference,
+        digest: Digest,
+        size: Option<u64>,
+        offset: u64,
+        observer: Arc<dyn RetryObserver>,
+    ) -> BlobDownload<'_> {
+        BlobDownload {
+            client: self,
+            repository: Repository::of(reference),
+            digest,
+            size,
+            position: offset,
+            response: None,
+            skip: 0,
+            failures: 0,
+            observer,
+        }
     }
 }
 
@@ -543,16 +765,32 @@ impl BlobDownload<'_> {
         let what = format!("blob {}", self.digest);
         let mut headers = HeaderMap::new();
         if self.position > 0 {
-            let range = HeaderValue::from_str(&format!("bytes={}-", self.position)).map_err(|e| OciError::Client(e.to_string()))?;
+            let range = HeaderValue::from_str(&format!("bytes={}-", self.position))
+                .map_err(|e| OciError::Client(e.to_string()))?;
             headers.insert(RANGE, range);
         }
         let path = format!("/v2/{}/blobs/{}", self.repository.name, self.digest);
-        let response = self.client.execute(&self.repository, Method::GET, &path, headers, &what, self.observer.as_ref()).await?;
+        let response = self
+            .client
+            .execute(
+                &self.repository,
+                Method::GET,
+                &path,
+                headers,
+                &what,
+                self.observer.as_ref(),
+            )
+            .await?;
         match response.status() {
             StatusCode::PARTIAL_CONTENT => self.skip = 0,
             // The registry ignored the range: same bytes from the start.
             StatusCode::OK => self.skip = self.position,
-            _ => return Err(self.client.status_error(&self.repository, response, &what).await),
+            _ => {
+                return Err(self
+                    .client
+                    .status_error(&self.repository, response, &what)
+                    .await);
+            }
         }
         self.response = Some(response);
         Ok(())
@@ -567,7 +805,9 @@ impl BlobDownload<'_> {
             if self.response.is_none() {
                 self.open().await?;
             }
-            let Some(response) = self.response.as_mut() else { continue };
+            let Some(response) = self.response.as_mut() else {
+                continue;
+            };
             let failure = match response.chunk().await {
                 Ok(Some(mut bytes)) => {
                     if self.skip > 0 {
@@ -585,7 +825,9 @@ impl BlobDownload<'_> {
                 Ok(None) => {
                     self.response = None;
                     match self.size {
-                        Some(size) if self.position < size => format!("body ended early at byte {} of {size}", self.position),
+                        Some(size) if self.position < size => {
+                            format!("body ended early at byte {} of {size}", self.position)
+                        }
                         _ => return Ok(None),
                     }
                 }
@@ -605,15 +847,22 @@ impl BlobDownload<'_> {
                 });
             }
             let delay = policy.backoff(self.failures);
-            self.observer.retrying(&format!("blob {}", self.digest), self.failures + 1, delay, &failure);
+            self.observer.retrying(
+                &format!("blob {}", self.digest),
+                self.failures + 1,
+                delay,
+                &failure,
+            );
             tokio::time::sleep(delay).await;
         }
     }
 }
 
 fn basic(username: &str, password: &str) -> HeaderValue {
-    let encoded = base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
-    let mut value = HeaderValue::from_str(&format!("Basic {encoded}")).unwrap_or_else(|_| HeaderValue::from_static("Basic"));
+    let encoded =
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+    let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
     value.set_sensitive(true);
     value
 }
@@ -634,8 +883,14 @@ fn describe(error: &reqwest::Error) -> String {
     text
 }
 
-async fn read_limited(mut response: reqwest::Response, limit: u64) -> std::result::Result<Bytes, String> {
-    if response.content_length().is_some_and(|length| length > limit) {
+async fn read_limited(
+    mut response: reqwest::Response,
+    limit: u64,
+) -> std::result::Result<Bytes, String> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit)
+    {
         return Err(format!("larger than {limit} bytes"));
     }
     let mut body = Vec::new();
@@ -681,8 +936,12 @@ mod tests {
 
     #[test]
     fn reads_registry_error_messages() {
-        let body = br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
-        assert_eq!(registry_message(body).as_deref(), Some("MANIFEST_UNKNOWN: manifest unknown"));
+        let body =
+            br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown","detail":{}}]}"#;
+        assert_eq!(
+            registry_message(body).as_deref(),
+            Some("MANIFEST_UNKNOWN: manifest unknown")
+        );
         assert_eq!(registry_message(b"<html>"), None);
     }
 }

@@ -8,22 +8,46 @@ pub enum OciError {
     Unreachable { host: String, detail: String },
     /// The registry answered with an unexpected status.
     #[error("registry {host} answered {status} for {what}{}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
-    Status { host: String, status: u16, what: String, message: Option<String> },
+    Status {
+        host: String,
+        status: u16,
+        what: String,
+        message: Option<String>,
+    },
     /// The manifest or blob does not exist.
     #[error("{what} not found on {host}")]
     NotFound { host: String, what: String },
     /// Credentials missing or refused.
     #[error("registry {host} refused access to {what} ({status}){}", message.as_deref().map(|m| format!(": {m}")).unwrap_or_default())]
-    Denied { host: String, status: u16, what: String, message: Option<String> },
+    Denied {
+        host: String,
+        status: u16,
+        what: String,
+        message: Option<String>,
+    },
     /// The registry kept failing with retryable errors.
     #[error("registry {host} still failing after {attempts} attempts for {what}: {last}")]
-    RetriesExhausted { host: String, what: String, attempts: u32, last: String },
+    RetriesExhausted {
+        host: String,
+        what: String,
+        attempts: u32,
+        last: String,
+    },
     /// Content did not match its digest.
     #[error("{what} from {host} does not match its digest: expected {expected}, got {actual}")]
-    DigestMismatch { host: String, what: String, expected: Digest, actual: Digest },
+    DigestMismatch {
+        host: String,
+        what: String,
+        expected: Digest,
+        actual: Digest,
+    },
     /// A document too large to be what it claims to be.
     #[error("{what} from {host} is larger than {limit} bytes")]
-    TooLarge { host: String, what: String, limit: u64 },
+    TooLarge {
+        host: String,
+        what: String,
+        limit: u64,
+    },
     /// A manifest kiln cannot read.
     #[error("manifest {what} from {host}: {source}")]
     Manifest {
@@ -34,7 +58,11 @@ pub enum OciError {
     },
     /// The token endpoint gave no usable token.
     #[error("token service {realm} for {host}: {detail}")]
-    Token { host: String, realm: String, detail: String },
+    Token {
+        host: String,
+        realm: String,
+        detail: String,
+    },
     /// A CA bundle could not be loaded.
     #[error("CA certificates {path}: {detail}")]
     CaCerts { path: String, detail: String },
@@ -53,11 +81,17 @@ impl OciError {
     /// The category of this failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            OciError::Unreachable { .. } | OciError::RetriesExhausted { .. } => ErrorKind::Unavailable,
-            OciError::Status { status, .. } if *status >= 500 || *status == 429 => ErrorKind::Unavailable,
+            OciError::Unreachable { .. } | OciError::RetriesExhausted { .. } => {
+                ErrorKind::Unavailable
+            }
+            OciError::Status { status, .. } if *status >= 500 || *status == 429 => {
+                ErrorKind::Unavailable
+            }
             OciError::Status { .. } => ErrorKind::InvalidArgument,
             OciError::NotFound { .. } => ErrorKind::NotFound,
-            OciError::Denied { .. } | OciError::Token { .. } | OciError::Credentials { .. } => ErrorKind::PermissionDenied,
+            OciError::Denied { .. } | OciError::Token { .. } | OciError::Credentials { .. } => {
+                ErrorKind::PermissionDenied
+            }
             OciError::DigestMismatch { .. } | OciError::TooLarge { .. } => ErrorKind::DataLoss,
             OciError::Manifest { .. } => ErrorKind::InvalidArgument,
             OciError::CaCerts { .. } => ErrorKind::InvalidArgument,

@@ -41,7 +41,10 @@ pub struct DiffIdHasher {
 impl DiffIdHasher {
     /// A hasher for a layer compressed with `compression`.
     pub fn new(compression: Compression) -> std::io::Result<DiffIdHasher> {
-        let sink = Counting { hasher: Hasher::new(Algorithm::Sha256), size: 0 };
+        let sink = Counting {
+            hasher: Hasher::new(Algorithm::Sha256),
+            size: 0,
+        };
         let decoder = match compression {
             Compression::None => Decoder::Plain(sink),
             Compression::Gzip => Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(sink))),
@@ -85,27 +88,34 @@ impl DiffIdWorker {
     pub fn spawn(compression: Compression) -> std::io::Result<DiffIdWorker> {
         let mut hasher = DiffIdHasher::new(compression)?;
         let (sender, receiver): (SyncSender<Bytes>, Receiver<Bytes>) = sync_channel(64);
-        let thread = std::thread::Builder::new().name("kiln-diff-id".into()).spawn(move || {
-            let mut failure = None;
-            for chunk in receiver {
-                if failure.is_none()
-                    && let Err(error) = hasher.update(&chunk)
-                {
-                    failure = Some(error);
+        let thread = std::thread::Builder::new()
+            .name("kiln-diff-id".into())
+            .spawn(move || {
+                let mut failure = None;
+                for chunk in receiver {
+                    if failure.is_none()
+                        && let Err(error) = hasher.update(&chunk)
+                    {
+                        failure = Some(error);
+                    }
                 }
-            }
-            match failure {
-                Some(error) => Err(error),
-                None => hasher.finish(),
-            }
-        })?;
-        Ok(DiffIdWorker { sender: Some(sender), thread: Some(thread) })
+                match failure {
+                    Some(error) => Err(error),
+                    None => hasher.finish(),
+                }
+            })?;
+        Ok(DiffIdWorker {
+            sender: Some(sender),
+            thread: Some(thread),
+        })
     }
 
     /// Queues compressed bytes (blocks when the worker is behind).
     pub fn update(&self, bytes: Bytes) -> std::io::Result<()> {
         match &self.sender {
-            Some(sender) => sender.send(bytes).map_err(|_| std::io::Error::other("diff_id worker stopped")),
+            Some(sender) => sender
+                .send(bytes)
+                .map_err(|_| std::io::Error::other("diff_id worker stopped")),
             None => Err(std::io::Error::other("diff_id worker finished")),
         }
     }
@@ -170,7 +180,9 @@ mod tests {
     use super::*;
 
     fn tar_like() -> Vec<u8> {
-        (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect()
+        (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect()
     }
 
     #[test]
@@ -181,24 +193,38 @@ mod tests {
         gzip.write_all(&plain).unwrap();
         let gzip = gzip.finish().unwrap();
         let zstd = zstd::encode_all(&plain[..], 1).unwrap();
-        for (compression, bytes) in [(Compression::None, &plain), (Compression::Gzip, &gzip), (Compression::Zstd, &zstd)] {
+        for (compression, bytes) in [
+            (Compression::None, &plain),
+            (Compression::Gzip, &gzip),
+            (Compression::Zstd, &zstd),
+        ] {
             let mut hasher = DiffIdHasher::new(compression).unwrap();
             for chunk in bytes.chunks(7777) {
                 hasher.update(chunk).unwrap();
             }
-            assert_eq!(hasher.finish().unwrap(), (expected.clone(), plain.len() as u64), "{compression:?}");
+            assert_eq!(
+                hasher.finish().unwrap(),
+                (expected.clone(), plain.len() as u64),
+                "{compression:?}"
+            );
             let worker = DiffIdWorker::spawn(compression).unwrap();
             for chunk in bytes.chunks(10_000) {
                 worker.update(Bytes::copy_from_slice(chunk)).unwrap();
             }
-            assert_eq!(worker.finish().unwrap().0, expected, "{compression:?} on a worker");
+            assert_eq!(
+                worker.finish().unwrap().0,
+                expected,
+                "{compression:?} on a worker"
+            );
         }
     }
 
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         let mut hasher = DiffIdHasher::new(Compression::Gzip).unwrap();
-        let result = hasher.update(b"this is not gzip at all").and_then(|_| hasher.finish().map(|_| ()));
+        let result = hasher
+            .update(b"this is not gzip at all")
+            .and_then(|_| hasher.finish().map(|_| ()));
         assert!(result.is_err());
     }
 }

@@ -22,7 +22,12 @@ mod client;
 mod error;
 pub mod layer;
 
-pub use auth::{Anonymous, ChainedCredentials, Credential, CredentialProvider, DockerConfig, StaticCredentials};
-pub use client::{BlobDownload, ClientOptions, FetchedManifest, MAX_MANIFEST_SIZE, NoObserver, RegistryClient, Repository, RetryObserver, RetryPolicy};
+pub use auth::{
+    Anonymous, ChainedCredentials, Credential, CredentialProvider, DockerConfig, StaticCredentials,
+};
+pub use client::{
+    BlobDownload, ClientOptions, FetchedManifest, MAX_MANIFEST_SIZE, NoObserver, RegistryClient,
+    Repository, RetryObserver, RetryPolicy,
+};
 pub use error::{OciError, Result};
 pub use layer::{DiffIdHasher, DiffIdSink, DiffIdWorker};

@@ -20,21 +20,50 @@ const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE: &[u8] = b".wh..wh..opq";
 const XATTR_PREFIX: &str = "SCHILY.xattr.";
 
+/// The uncompressed tar stream of a layer blob.
+pub fn layer_reader<'a>(
+    blob: impl Read + 'a,
+    compression: kiln_types::media_type::Compression,
+) -> std::io::Result<Box<dyn Read + 'a>> {
+    use kiln_types::media_type::Compression;
+    let buffered = std::io::BufReader::with_capacity(1 << 20, blob);
+    Ok(match compression {
+        Compression::None => Box::new(buffered),
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
+        Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(buffered)?),
+    })
+}
+
 /// Applies layer number `layer` (base = 0), read as an uncompressed tar from
 /// `reader`, to `tree`, storing file contents in `objects`.
-pub fn apply_layer(tree: &mut Tree, layer: usize, reader: impl Read, objects: &mut ObjectDir) -> Result<()> {
+pub fn apply_layer(
+    tree: &mut Tree,
+    layer: usize,
+    reader: impl Read,
+    objects: &mut ObjectDir,
+) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
-    let entries = archive.entries().map_err(|source| RootfsError::Tar { layer, source })?;
+    let entries = archive
+        .entries()
+        .map_err(|source| RootfsError::Tar { layer, source })?;
     for entry in entries {
         let mut entry = entry.map_err(|source| RootfsError::Tar { layer, source })?;
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();
-        let refuse = |reason: &str| RootfsError::Entry { layer, entry: shown.clone(), reason: reason.to_string() };
+        let refuse = |reason: &str| RootfsError::Entry {
+            layer,
+            entry: shown.clone(),
+            reason: reason.to_string(),
+        };
         let components = split_path(&raw_path).map_err(|reason| refuse(reason))?;
 
         let header = entry.header().clone();
         let entry_type = header.entry_type();
-        if entry_type.is_pax_global_extensions() || entry_type.is_pax_local_extensions() || entry_type.is_gnu_longname() || entry_type.is_gnu_longlink() {
+        if entry_type.is_pax_global_extensions()
+            || entry_type.is_pax_local_extensions()
+            || entry_type.is_gnu_longname()
+            || entry_type.is_gnu_longlink()
+        {
             continue;
         }
         let Some((name, parents)) = components.split_last() else {
@@ -42,7 +71,13 @@ pub fn apply_layer(tree: &mut Tree, layer: usize, reader: impl Read, objects: &m
             if entry_type.is_dir() {
                 let metadata = metadata(&mut entry, &header).map_err(|reason| refuse(&reason))?;
                 let root = &mut tree.inodes[ROOT];
-                (root.mode, root.uid, root.gid, root.mtime, root.xattrs) = (metadata.mode, metadata.uid, metadata.gid, metadata.mtime, metadata.xattrs);
+                (root.mode, root.uid, root.gid, root.mtime, root.xattrs) = (
+                    metadata.mode,
+                    metadata.uid,
+                    metadata.gid,
+                    metadata.mtime,
+                    metadata.xattrs,
+                );
                 continue;
             }
             return Err(refuse("only a directory can be the root"));
@@ -50,7 +85,8 @@ pub fn apply_layer(tree: &mut Tree, layer: usize, reader: impl Read, objects: &m
 
         // Whiteouts.
         if name.as_slice() == OPAQUE {
-            let directory = resolve_directory(tree, parents, layer, true).map_err(|reason| refuse(&reason))?;
+            let directory =
+                resolve_directory(tree, parents, layer, true).map_err(|reason| refuse(&reason))?;
             if let Some(entries) = tree.entries_mut(directory) {
                 entries.retain(|_, e| e.layer >= layer);
             }
@@ -72,12 +108,20 @@ pub fn apply_layer(tree: &mut Tree, layer: usize, reader: impl Read, objects: &m
             continue;
         }
 
-        let directory = resolve_directory(tree, parents, layer, true).map_err(|reason| refuse(&reason))?;
+        let directory =
+            resolve_directory(tree, parents, layer, true).map_err(|reason| refuse(&reason))?;
         if entry_type.is_hard_link() {
-            let link = entry.link_name_bytes().ok_or_else(|| refuse("hardlink without a target"))?.into_owned();
-            let target_components = split_path(&link).map_err(|reason| refuse(&format!("hardlink target: {reason}")))?;
+            let link = entry
+                .link_name_bytes()
+                .ok_or_else(|| refuse("hardlink without a target"))?
+                .into_owned();
+            let target_components = split_path(&link)
+                .map_err(|reason| refuse(&format!("hardlink target: {reason}")))?;
             let target = lookup(tree, &target_components).ok_or_else(|| {
-                refuse(&format!("hardlink to {:?}, which does not exist", String::from_utf8_lossy(&link)))
+                refuse(&format!(
+                    "hardlink to {:?}, which does not exist",
+                    String::from_utf8_lossy(&link)
+                ))
             })?;
             if matches!(tree.inodes[target].kind, Kind::Directory(_)) {
                 return Err(refuse("hardlink to a directory"));
@@ -89,11 +133,20 @@ pub fn apply_layer(tree: &mut Tree, layer: usize, reader: impl Read, objects: &m
         let metadata = metadata(&mut entry, &header).map_err(|reason| refuse(&reason))?;
         let kind = if entry_type.is_dir() {
             // An existing directory keeps its children and takes the new metadata.
-            if let Some(existing) = tree.entries(directory).and_then(|e| e.get(name)).map(|e| e.inode)
+            if let Some(existing) = tree
+                .entries(directory)
+                .and_then(|e| e.get(name))
+                .map(|e| e.inode)
                 && matches!(tree.inodes[existing].kind, Kind::Directory(_))
             {
                 let inode = &mut tree.inodes[existing];
-                (inode.mode, inode.uid, inode.gid, inode.mtime, inode.xattrs) = (metadata.mode, metadata.uid, metadata.gid, metadata.mtime, metadata.xattrs);
+                (inode.mode, inode.uid, inode.gid, inode.mtime, inode.xattrs) = (
+                    metadata.mode,
+                    metadata.uid,
+                    metadata.gid,
+                    metadata.mtime,
+                    metadata.xattrs,
+                );
                 if let Some(entries) = tree.entries_mut(directory)
                     && let Some(e) = entries.get_mut(name)
                 {
@@ -105,21 +158,49 @@ pub fn apply_layer(tree: &mut Tree, layer: usize, reader: impl Read, objects: &m
         } else if entry_type.is_file() || entry_type == tar::EntryType::Continuous {
             let size = entry.size();
             let content = objects.put(&mut entry, size).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::UnexpectedEof { refuse(&format!("truncated: {e}")) } else { RootfsError::Io(e) }
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    refuse(&format!("truncated: {e}"))
+                } else {
+                    RootfsError::Io(e)
+                }
             })?;
             Kind::File(content)
         } else if entry_type.is_symlink() {
-            Kind::Symlink(entry.link_name_bytes().ok_or_else(|| refuse("symlink without a target"))?.into_owned())
+            Kind::Symlink(
+                entry
+                    .link_name_bytes()
+                    .ok_or_else(|| refuse("symlink without a target"))?
+                    .into_owned(),
+            )
         } else if entry_type.is_character_special() || entry_type.is_block_special() {
-            let major = header.device_major().ok().flatten().ok_or_else(|| refuse("device without a major number"))?;
-            let minor = header.device_minor().ok().flatten().ok_or_else(|| refuse("device without a minor number"))?;
-            if entry_type.is_character_special() { Kind::CharDevice { major, minor } } else { Kind::BlockDevice { major, minor } }
+            let major = header
+                .device_major()
+                .ok()
+                .flatten()
+                .ok_or_else(|| refuse("device without a major number"))?;
+            let minor = header
+                .device_minor()
+                .ok()
+                .flatten()
+                .ok_or_else(|| refuse("device without a minor number"))?;
+            if entry_type.is_character_special() {
+                Kind::CharDevice { major, minor }
+            } else {
+                Kind::BlockDevice { major, minor }
+            }
         } else if entry_type.is_fifo() {
             Kind::Fifo
         } else {
             return Err(refuse(&format!("unsupported entry type {:?}", entry_type)));
         };
-        let inode = tree.add(Inode { kind, mode: metadata.mode, uid: metadata.uid, gid: metadata.gid, mtime: metadata.mtime, xattrs: metadata.xattrs });
+        let inode = tree.add(Inode {
+            kind,
+            mode: metadata.mode,
+            uid: metadata.uid,
+            gid: metadata.gid,
+            mtime: metadata.mtime,
+            xattrs: metadata.xattrs,
+        });
         insert(tree, directory, name.clone(), inode, layer);
     }
     Ok(())
@@ -133,19 +214,29 @@ struct Metadata {
     xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
-fn metadata<R: Read>(entry: &mut tar::Entry<'_, R>, header: &tar::Header) -> std::result::Result<Metadata, String> {
+fn metadata<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    header: &tar::Header,
+) -> std::result::Result<Metadata, String> {
     let mode = header.mode().map_err(|e| format!("bad mode: {e}"))? & 0o7777;
-    let uid = u32::try_from(header.uid().map_err(|e| format!("bad uid: {e}"))?).map_err(|_| "uid out of range".to_string())?;
-    let gid = u32::try_from(header.gid().map_err(|e| format!("bad gid: {e}"))?).map_err(|_| "gid out of range".to_string())?;
+    let uid = u32::try_from(header.uid().map_err(|e| format!("bad uid: {e}"))?)
+        .map_err(|_| "uid out of range".to_string())?;
+    let gid = u32::try_from(header.gid().map_err(|e| format!("bad gid: {e}"))?)
+        .map_err(|_| "gid out of range".to_string())?;
     let mtime = header.mtime().map_err(|e| format!("bad mtime: {e}"))? as i64;
     let mut xattrs = BTreeMap::new();
     let mut uid = uid;
     let mut gid = gid;
     let mut mtime = mtime;
-    if let Some(extensions) = entry.pax_extensions().map_err(|e| format!("bad PAX header: {e}"))? {
+    if let Some(extensions) = entry
+        .pax_extensions()
+        .map_err(|e| format!("bad PAX header: {e}"))?
+    {
         for extension in extensions {
             let extension = extension.map_err(|e| format!("bad PAX record: {e}"))?;
-            let key = extension.key().map_err(|_| "PAX key is not UTF-8".to_string())?;
+            let key = extension
+                .key()
+                .map_err(|_| "PAX key is not UTF-8".to_string())?;
             if let Some(name) = key.strip_prefix(XATTR_PREFIX) {
                 xattrs.insert(name.as_bytes().to_vec(), extension.value_bytes().to_vec());
             } else if key == "uid" {
@@ -153,12 +244,23 @@ fn metadata<R: Read>(entry: &mut tar::Entry<'_, R>, header: &tar::Header) -> std
             } else if key == "gid" {
                 gid = parse_pax_number(extension.value_bytes()).ok_or("bad PAX gid")?;
             } else if key == "mtime" {
-                let text = std::str::from_utf8(extension.value_bytes()).map_err(|_| "bad PAX mtime")?;
-                mtime = text.split('.').next().and_then(|s| s.parse().ok()).ok_or("bad PAX mtime")?;
+                let text =
+                    std::str::from_utf8(extension.value_bytes()).map_err(|_| "bad PAX mtime")?;
+                mtime = text
+                    .split('.')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .ok_or("bad PAX mtime")?;
             }
         }
     }
-    Ok(Metadata { mode, uid, gid, mtime, xattrs })
+    Ok(Metadata {
+        mode,
+        uid,
+        gid,
+        mtime,
+        xattrs,
+    })
 }
 
 fn parse_pax_number(value: &[u8]) -> Option<u32> {
@@ -180,18 +282,43 @@ fn split_path(path: &[u8]) -> std::result::Result<Vec<Vec<u8>>, &'static str> {
 }
 
 /// The directory at `path`, creating missing ones (0755, root) when `create`.
-fn resolve_directory(tree: &mut Tree, path: &[Vec<u8>], layer: usize, create: bool) -> std::result::Result<InodeId, String> {
+fn resolve_directory(
+    tree: &mut Tree,
+    path: &[Vec<u8>],
+    layer: usize,
+    create: bool,
+) -> std::result::Result<InodeId, String> {
     let mut current = ROOT;
     for component in path {
-        let existing = tree.entries(current).and_then(|e| e.get(component)).map(|e| e.inode);
+        let existing = tree
+            .entries(current)
+            .and_then(|e| e.get(component))
+            .map(|e| e.inode);
         current = match existing {
             Some(inode) => match tree.inodes[inode].kind {
                 Kind::Directory(_) => inode,
-                Kind::Symlink(_) => return Err(format!("path goes through the symlink {:?}", String::from_utf8_lossy(component))),
-                _ => return Err(format!("path goes through {:?}, which is not a directory", String::from_utf8_lossy(component))),
+                Kind::Symlink(_) => {
+                    return Err(format!(
+                        "path goes through the symlink {:?}",
+                        String::from_utf8_lossy(component)
+                    ));
+                }
+                _ => {
+                    return Err(format!(
+                        "path goes through {:?}, which is not a directory",
+                        String::from_utf8_lossy(component)
+                    ));
+                }
             },
             None if create => {
-                let inode = tree.add(Inode { kind: Kind::Directory(BTreeMap::new()), mode: 0o755, uid: 0, gid: 0, mtime: 0, xattrs: BTreeMap::new() });
+                let inode = tree.add(Inode {
+                    kind: Kind::Directory(BTreeMap::new()),
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                    mtime: 0,
+                    xattrs: BTreeMap::new(),
+                });
                 insert(tree, current, component.clone(), inode, layer);
                 inode
             }

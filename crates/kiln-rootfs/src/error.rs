@@ -5,7 +5,11 @@ use kiln_types::ErrorKind;
 pub enum RootfsError {
     /// A layer entry kiln refuses (path escape, bad link, malformed header).
     #[error("layer {layer}, entry {entry:?}: {reason}")]
-    Entry { layer: usize, entry: String, reason: String },
+    Entry {
+        layer: usize,
+        entry: String,
+        reason: String,
+    },
     /// The layer tar itself is unreadable.
     #[error("layer {layer}: malformed tar: {source}")]
     Tar {

@@ -11,7 +11,10 @@ use crate::tree::{InodeId, Kind, Tree};
 
 /// Writes `tree` as a gzip-compressed newc cpio archive to `output`.
 pub fn write_initramfs(tree: &Tree, objects: &ObjectDir, output: impl Write) -> io::Result<()> {
-    let mut gzip = flate2::write::GzEncoder::new(io::BufWriter::with_capacity(1 << 20, output), flate2::Compression::new(6));
+    let mut gzip = flate2::write::GzEncoder::new(
+        io::BufWriter::with_capacity(1 << 20, output),
+        flate2::Compression::new(6),
+    );
     write_cpio(tree, objects, &mut gzip)?;
     gzip.finish()?.flush()
 }
@@ -30,31 +33,62 @@ pub fn write_cpio(tree: &Tree, objects: &ObjectDir, output: &mut impl Write) -> 
         let inode = &tree.inodes[*inode_id];
         let next = numbers.len() as u32 + 1;
         let ino = *numbers.entry(*inode_id).or_insert(next);
-        let name = if path.is_empty() { b".".to_vec() } else { path.join(&b'/') };
-        let subdirectories = tree
-            .entries(*inode_id)
-            .map(|entries| entries.values().filter(|e| matches!(tree.inodes[e.inode].kind, Kind::Directory(_))).count() as u32);
+        let name = if path.is_empty() {
+            b".".to_vec()
+        } else {
+            path.join(&b'/')
+        };
+        let subdirectories = tree.entries(*inode_id).map(|entries| {
+            entries
+                .values()
+                .filter(|e| matches!(tree.inodes[e.inode].kind, Kind::Directory(_)))
+                .count() as u32
+        });
         let nlink = match subdirectories {
             Some(count) => 2 + count,
             None => links[*inode_id],
         };
         let (data_size, rdev) = match &inode.kind {
-            Kind::File(content) if last_link.get(inode_id) == Some(&index) => (content.size, (0, 0)),
+            Kind::File(content) if last_link.get(inode_id) == Some(&index) => {
+                (content.size, (0, 0))
+            }
             Kind::Symlink(target) => (target.len() as u64, (0, 0)),
-            Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => (0, (*major, *minor)),
+            Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+                (0, (*major, *minor))
+            }
             _ => (0, (0, 0)),
         };
         if data_size > u32::MAX as u64 {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is larger than newc cpio allows (4 GiB)", String::from_utf8_lossy(&name))));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} is larger than newc cpio allows (4 GiB)",
+                    String::from_utf8_lossy(&name)
+                ),
+            ));
         }
         let mtime = inode.mtime.clamp(0, u32::MAX as i64) as u32;
-        write_header(output, ino, inode.type_bits() | inode.mode, inode.uid, inode.gid, nlink, mtime, data_size as u32, rdev, &name)?;
+        write_header(
+            output,
+            ino,
+            inode.type_bits() | inode.mode,
+            inode.uid,
+            inode.gid,
+            nlink,
+            mtime,
+            data_size as u32,
+            rdev,
+            &name,
+        )?;
         match &inode.kind {
             Kind::File(content) if data_size > 0 => {
                 let mut file = objects.open_object(content)?;
                 let copied = io::copy(&mut file, output)?;
                 if copied != content.size {
-                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, format!("object {} is shorter than recorded", content.digest)));
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("object {} is shorter than recorded", content.digest),
+                    ));
                 }
                 pad(output, data_size)?;
             }
@@ -69,7 +103,18 @@ pub fn write_cpio(tree: &Tree, objects: &ObjectDir, output: &mut impl Write) -> 
 }
 
 #[allow(clippy::too_many_arguments)]
-fn write_header(output: &mut impl Write, ino: u32, mode: u32, uid: u32, gid: u32, nlink: u32, mtime: u32, size: u32, rdev: (u32, u32), name: &[u8]) -> io::Result<()> {
+fn write_header(
+    output: &mut impl Write,
+    ino: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    mtime: u32,
+    size: u32,
+    rdev: (u32, u32),
+    name: &[u8],
+) -> io::Result<()> {
     let header = format!(
         "070701{ino:08x}{mode:08x}{uid:08x}{gid:08x}{nlink:08x}{mtime:08x}{size:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
         0,

@@ -24,7 +24,7 @@ mod initramfs;
 pub mod objects;
 pub mod tree;
 
-pub use apply::apply_layer;
+pub use apply::{apply_layer, layer_reader};
 pub use error::{Result, RootfsError};
 pub use initramfs::{write_cpio, write_initramfs};
 pub use objects::{ContentRef, ObjectDir};

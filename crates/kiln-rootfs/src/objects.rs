@@ -27,13 +27,18 @@ impl ObjectDir {
     /// Opens (creating) `dir`.
     pub fn open(dir: &Path) -> std::io::Result<ObjectDir> {
         fs::create_dir_all(dir)?;
-        Ok(ObjectDir { dir: dir.to_path_buf(), counter: 0 })
+        Ok(ObjectDir {
+            dir: dir.to_path_buf(),
+            counter: 0,
+        })
     }
 
     /// Stores exactly `size` bytes from `reader`.
     pub fn put(&mut self, reader: &mut dyn Read, size: u64) -> std::io::Result<ContentRef> {
         self.counter += 1;
-        let temp = self.dir.join(format!(".in-{}-{}", std::process::id(), self.counter));
+        let temp = self
+            .dir
+            .join(format!(".in-{}-{}", std::process::id(), self.counter));
         let mut file = fs::File::create(&temp)?;
         let mut hasher = Hasher::new(Algorithm::Sha256);
         let mut buffer = vec![0u8; 256 << 10];
@@ -43,7 +48,10 @@ impl ObjectDir {
                 let want = (size - copied).min(buffer.len() as u64) as usize;
                 let n = reader.read(&mut buffer[..want])?;
                 if n == 0 {
-                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("file ends after {copied} of {size} bytes")));
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("file ends after {copied} of {size} bytes"),
+                    ));
                 }
                 hasher.update(&buffer[..n]);
                 file.write_all(&buffer[..n])?;

@@ -87,7 +87,16 @@ impl Default for Tree {
 impl Tree {
     /// An empty root directory (0755, root-owned).
     pub fn new() -> Tree {
-        Tree { inodes: vec![Inode { kind: Kind::Directory(BTreeMap::new()), mode: 0o755, uid: 0, gid: 0, mtime: 0, xattrs: BTreeMap::new() }] }
+        Tree {
+            inodes: vec![Inode {
+                kind: Kind::Directory(BTreeMap::new()),
+                mode: 0o755,
+                uid: 0,
+                gid: 0,
+                mtime: 0,
+                xattrs: BTreeMap::new(),
+            }],
+        }
     }
 
     /// Adds an inode.
@@ -104,7 +113,10 @@ impl Tree {
         }
     }
 
-    pub(crate) fn entries_mut(&mut self, directory: InodeId) -> Option<&mut BTreeMap<Vec<u8>, DirEntry>> {
+    pub(crate) fn entries_mut(
+        &mut self,
+        directory: InodeId,
+    ) -> Option<&mut BTreeMap<Vec<u8>, DirEntry>> {
         match &mut self.inodes[directory].kind {
             Kind::Directory(entries) => Some(entries),
             _ => None,

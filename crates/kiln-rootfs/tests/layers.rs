@@ -25,7 +25,12 @@ impl Layer {
     }
 
     fn file(mut self, name: &str, content: &[u8], mode: u32, owner: (u64, u64)) -> Layer {
-        let mut header = Layer::header(name.as_bytes(), tar::EntryType::Regular, content.len() as u64, mode);
+        let mut header = Layer::header(
+            name.as_bytes(),
+            tar::EntryType::Regular,
+            content.len() as u64,
+            mode,
+        );
         header.set_uid(owner.0);
         header.set_gid(owner.1);
         header.set_cksum();
@@ -34,7 +39,12 @@ impl Layer {
     }
 
     fn dir(mut self, name: &str, mode: u32) -> Layer {
-        self.0.append(&Layer::header(name.as_bytes(), tar::EntryType::Directory, 0, mode), &[][..]).unwrap();
+        self.0
+            .append(
+                &Layer::header(name.as_bytes(), tar::EntryType::Directory, 0, mode),
+                &[][..],
+            )
+            .unwrap();
         self
     }
 
@@ -68,7 +78,17 @@ impl Layer {
             r
         };
         let pax = record(&format!("SCHILY.xattr.{key}"), value);
-        self.0.append(&Layer::header(b"PaxHeaders/x", tar::EntryType::XHeader, pax.len() as u64, 0o644), &pax[..]).unwrap();
+        self.0
+            .append(
+                &Layer::header(
+                    b"PaxHeaders/x",
+                    tar::EntryType::XHeader,
+                    pax.len() as u64,
+                    0o644,
+                ),
+                &pax[..],
+            )
+            .unwrap();
         self.file(name, b"capable", 0o755, (0, 0))
     }
 
@@ -92,11 +112,18 @@ fn build(layers: Vec<Vec<u8>>) -> (tempfile::TempDir, Tree, ObjectDir, Result<()
 }
 
 fn find(tree: &Tree, path: &str) -> Option<usize> {
-    tree.walk().into_iter().find(|(p, _)| p.join(&b'/') == path.as_bytes()).map(|(_, i)| i)
+    tree.walk()
+        .into_iter()
+        .find(|(p, _)| p.join(&b'/') == path.as_bytes())
+        .map(|(_, i)| i)
 }
 
 fn paths(tree: &Tree) -> Vec<String> {
-    tree.walk().into_iter().skip(1).map(|(p, _)| String::from_utf8_lossy(&p.join(&b'/')).into_owned()).collect()
+    tree.walk()
+        .into_iter()
+        .skip(1)
+        .map(|(p, _)| String::from_utf8_lossy(&p.join(&b'/')).into_owned())
+        .collect()
 }
 
 #[test]
@@ -125,21 +152,52 @@ fn whiteouts_opaque_directories_and_links_follow_the_oci_spec() {
     let (_dir, tree, objects, result) = build(vec![base, upper]);
     result.unwrap();
     let all = paths(&tree);
-    assert!(!all.contains(&"etc/shadow".to_string()), "whiteout removed it: {all:?}");
+    assert!(
+        !all.contains(&"etc/shadow".to_string()),
+        "whiteout removed it: {all:?}"
+    );
     assert!(all.contains(&"etc/passwd".to_string()));
-    assert!(!all.contains(&"data/dir/x".to_string()) && !all.contains(&"data/dir/y".to_string()), "opaque dir hides lower entries");
+    assert!(
+        !all.contains(&"data/dir/x".to_string()) && !all.contains(&"data/dir/y".to_string()),
+        "opaque dir hides lower entries"
+    );
     let z = &tree.inodes[find(&tree, "data/dir/z").unwrap()];
     assert_eq!((z.uid, z.gid), (1000, 1000));
-    assert_eq!(tree.inodes[find(&tree, "data/dir").unwrap()].mode, 0o750, "the opaque dir keeps its metadata");
-    assert_eq!(find(&tree, "bin/tool"), find(&tree, "bin/tool-link"), "a hardlink shares the inode");
+    assert_eq!(
+        tree.inodes[find(&tree, "data/dir").unwrap()].mode,
+        0o750,
+        "the opaque dir keeps its metadata"
+    );
+    assert_eq!(
+        find(&tree, "bin/tool"),
+        find(&tree, "bin/tool-link"),
+        "a hardlink shares the inode"
+    );
     assert_eq!(tree.inodes[find(&tree, "bin/tool").unwrap()].mode, 0o4755);
     assert_eq!(tree.inodes[find(&tree, "tmp").unwrap()].mode, 0o1777);
-    assert_eq!(tree.inodes[find(&tree, "dev/null").unwrap()].kind, Kind::CharDevice { major: 1, minor: 3 });
-    assert_eq!(tree.inodes[find(&tree, "dev/sda").unwrap()].kind, Kind::BlockDevice { major: 8, minor: 0 });
-    assert_eq!(tree.inodes[find(&tree, "run/fifo").unwrap()].kind, Kind::Fifo);
-    assert_eq!(tree.inodes[find(&tree, "bin/sh").unwrap()].kind, Kind::Symlink(b"/bin/tool".to_vec()));
+    assert_eq!(
+        tree.inodes[find(&tree, "dev/null").unwrap()].kind,
+        Kind::CharDevice { major: 1, minor: 3 }
+    );
+    assert_eq!(
+        tree.inodes[find(&tree, "dev/sda").unwrap()].kind,
+        Kind::BlockDevice { major: 8, minor: 0 }
+    );
+    assert_eq!(
+        tree.inodes[find(&tree, "run/fifo").unwrap()].kind,
+        Kind::Fifo
+    );
+    assert_eq!(
+        tree.inodes[find(&tree, "bin/sh").unwrap()].kind,
+        Kind::Symlink(b"/bin/tool".to_vec())
+    );
     let ping = &tree.inodes[find(&tree, "bin/ping").unwrap()];
-    assert_eq!(ping.xattrs.get(&b"security.capability"[..]).map(Vec::as_slice), Some(&b"\x01\x00\x00\x02"[..]));
+    assert_eq!(
+        ping.xattrs
+            .get(&b"security.capability"[..])
+            .map(Vec::as_slice),
+        Some(&b"\x01\x00\x00\x02"[..])
+    );
     assert_eq!(tree.link_counts()[find(&tree, "bin/tool").unwrap()], 2);
 
     // The cpio carries the same tree.
@@ -154,27 +212,73 @@ fn whiteouts_opaque_directories_and_links_follow_the_oci_spec() {
 #[test]
 fn hostile_layers_are_refused_with_the_layer_and_entry_named() {
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("dot-dot", Layer::new().file("../escape", b"x", 0o644, (0, 0)).bytes(), "'..'"),
-        ("dot-dot inside", Layer::new().file("a/../../b", b"x", 0o644, (0, 0)).bytes(), "'..'"),
+        (
+            "dot-dot",
+            Layer::new().file("../escape", b"x", 0o644, (0, 0)).bytes(),
+            "'..'",
+        ),
+        (
+            "dot-dot inside",
+            Layer::new().file("a/../../b", b"x", 0o644, (0, 0)).bytes(),
+            "'..'",
+        ),
         (
             "write through a symlink",
-            Layer::new().link(tar::EntryType::Symlink, "etc", "/host/etc").file("etc/passwd", b"owned", 0o644, (0, 0)).bytes(),
+            Layer::new()
+                .link(tar::EntryType::Symlink, "etc", "/host/etc")
+                .file("etc/passwd", b"owned", 0o644, (0, 0))
+                .bytes(),
             "through the symlink",
         ),
         (
             "write under a file",
-            Layer::new().file("a", b"x", 0o644, (0, 0)).file("a/b", b"y", 0o644, (0, 0)).bytes(),
+            Layer::new()
+                .file("a", b"x", 0o644, (0, 0))
+                .file("a/b", b"y", 0o644, (0, 0))
+                .bytes(),
             "not a directory",
         ),
-        ("hardlink escape", Layer::new().link(tar::EntryType::Link, "x", "../../etc/passwd").bytes(), "'..'"),
-        ("hardlink to nothing", Layer::new().link(tar::EntryType::Link, "x", "missing").bytes(), "does not exist"),
-        ("hardlink to a directory", Layer::new().dir("d/", 0o755).link(tar::EntryType::Link, "x", "d").bytes(), "hardlink to a directory"),
-        ("whiteout of ..", Layer::new().file(".wh..", b"", 0o644, (0, 0)).bytes(), "whiteout of an invalid name"),
-        ("whiteout of nothing", Layer::new().file("a/.wh.", b"", 0o644, (0, 0)).bytes(), "whiteout of an invalid name"),
-        ("root as a file", Layer::new().file("./", b"", 0o644, (0, 0)).bytes(), "root"),
+        (
+            "hardlink escape",
+            Layer::new()
+                .link(tar::EntryType::Link, "x", "../../etc/passwd")
+                .bytes(),
+            "'..'",
+        ),
+        (
+            "hardlink to nothing",
+            Layer::new()
+                .link(tar::EntryType::Link, "x", "missing")
+                .bytes(),
+            "does not exist",
+        ),
+        (
+            "hardlink to a directory",
+            Layer::new()
+                .dir("d/", 0o755)
+                .link(tar::EntryType::Link, "x", "d")
+                .bytes(),
+            "hardlink to a directory",
+        ),
+        (
+            "whiteout of ..",
+            Layer::new().file(".wh..", b"", 0o644, (0, 0)).bytes(),
+            "whiteout of an invalid name",
+        ),
+        (
+            "whiteout of nothing",
+            Layer::new().file("a/.wh.", b"", 0o644, (0, 0)).bytes(),
+            "whiteout of an invalid name",
+        ),
+        (
+            "root as a file",
+            Layer::new().file("./", b"", 0o644, (0, 0)).bytes(),
+            "root",
+        ),
     ];
     for (name, layer, expected) in cases {
-        let (dir, _tree, _objects, result) = build(vec![Layer::new().dir("ok/", 0o755).bytes(), layer]);
+        let (dir, _tree, _objects, result) =
+            build(vec![Layer::new().dir("ok/", 0o755).bytes(), layer]);
         let error = result.expect_err(name).to_string();
         assert!(error.starts_with("layer 1, entry "), "{name}: {error}");
         assert!(error.contains(expected), "{name}: {error}");
@@ -188,14 +292,25 @@ fn hostile_layers_are_refused_with_the_layer_and_entry_named() {
 #[test]
 fn truncated_absurd_and_garbage_layers_fail_cleanly() {
     // A header that promises a terabyte, followed by a few bytes.
-    let mut huge = Layer::header(b"big", tar::EntryType::Regular, 1 << 40, 0o644).as_bytes().to_vec();
+    let mut huge = Layer::header(b"big", tar::EntryType::Regular, 1 << 40, 0o644)
+        .as_bytes()
+        .to_vec();
     huge.extend_from_slice(&[7u8; 1024]);
     let (_dir, _tree, _objects, result) = build(vec![huge]);
     let error = result.unwrap_err().to_string();
-    assert!(error.contains("layer 0") && (error.contains("truncated") || error.contains("malformed tar")), "{error}");
+    assert!(
+        error.contains("layer 0")
+            && (error.contains("truncated") || error.contains("malformed tar")),
+        "{error}"
+    );
 
-    let (_dir, _tree, _objects, result) = build(vec![b"this is not a tar archive at all, just some text that goes on".repeat(20)]);
-    assert!(result.unwrap_err().to_string().starts_with("layer 0"), "garbage is an error, not a panic");
+    let (_dir, _tree, _objects, result) = build(vec![
+        b"this is not a tar archive at all, just some text that goes on".repeat(20),
+    ]);
+    assert!(
+        result.unwrap_err().to_string().starts_with("layer 0"),
+        "garbage is an error, not a panic"
+    );
 }
 
 #[test]
@@ -209,6 +324,11 @@ fn absolute_paths_and_duplicates_are_neutralised() {
     assert_eq!(paths(&tree), ["etc", "etc/hostname"]);
     let inode = &tree.inodes[find(&tree, "etc/hostname").unwrap()];
     assert_eq!(inode.mode, 0o600, "the later entry wins");
-    let Kind::File(content) = &inode.kind else { panic!() };
-    assert_eq!(std::fs::read(objects.path(&content.digest)).unwrap(), b"second");
+    let Kind::File(content) = &inode.kind else {
+        panic!()
+    };
+    assert_eq!(
+        std::fs::read(objects.path(&content.digest)).unwrap(),
+        b"second"
+    );
 }

@@ -118,6 +118,25 @@ pub struct IndexRecord {
     pub size: u64,
 }
 
+/// A file derived from an image (a root filesystem), stored as a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArtifactRecord {
+    /// The image it was made from.
+    pub image_id: i64,
+    /// `ext4`, `erofs`, `initramfs`, …
+    pub format: String,
+    /// Options that change the bytes (size, …), canonical text.
+    pub options: String,
+    /// Version of the converter that made it.
+    pub converter_version: String,
+    /// The blob holding it.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// When it was made.
+    pub created_at: i64,
+}
+
 /// An image to record.
 #[derive(Debug, Clone)]
 pub struct NewImage {
@@ -161,20 +180,36 @@ impl Lease {
 }
 
 pub(crate) fn parse_digest(path: &Path, column: &'static str, value: String) -> Result<Digest> {
-    value.parse().map_err(|_| StoreError::CorruptRow { path: path.to_path_buf(), column, value })
+    value.parse().map_err(|_| StoreError::CorruptRow {
+        path: path.to_path_buf(),
+        column,
+        value,
+    })
 }
 
 impl Catalog {
     /// Opens (creating and migrating) the catalog at `path`.
     pub fn open(path: &Path) -> Result<Catalog> {
-        let wrap = |source| StoreError::Catalog { path: path.to_path_buf(), source };
+        let wrap = |source| StoreError::Catalog {
+            path: path.to_path_buf(),
+            source,
+        };
         let mut connection = Connection::open(path).map_err(wrap)?;
         connection.busy_timeout(BUSY_TIMEOUT).map_err(wrap)?;
-        connection.pragma_update(None, "journal_mode", "WAL").map_err(wrap)?;
-        connection.pragma_update(None, "synchronous", "FULL").map_err(wrap)?;
-        connection.pragma_update(None, "foreign_keys", "ON").map_err(wrap)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(wrap)?;
+        connection
+            .pragma_update(None, "synchronous", "FULL")
+            .map_err(wrap)?;
+        connection
+            .pragma_update(None, "foreign_keys", "ON")
+            .map_err(wrap)?;
         migrate(&mut connection, path, CURRENT_VERSION)?;
-        Ok(Catalog { path: path.to_path_buf(), connection: Mutex::new(connection) })
+        Ok(Catalog {
+            path: path.to_path_buf(),
+            connection: Mutex::new(connection),
+        })
     }
 
     /// The database file.
@@ -183,11 +218,16 @@ impl Catalog {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
-        self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub(crate) fn wrap(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-        move |source| StoreError::Catalog { path: self.path.clone(), source }
+        move |source| StoreError::Catalog {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     pub(crate) fn digest(&self, column: &'static str, value: String) -> Result<Digest> {
@@ -208,21 +248,34 @@ impl Catalog {
     /// Every blob row: digest and size.
     pub fn blobs(&self) -> Result<Vec<(Digest, u64)>> {
         let connection = self.lock();
-        let mut statement = connection.prepare("SELECT digest, size FROM blobs ORDER BY digest").map_err(self.wrap())?;
+        let mut statement = connection
+            .prepare("SELECT digest, size FROM blobs ORDER BY digest")
+            .map_err(self.wrap())?;
         let rows = statement
-            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?))
+            })
             .map_err(self.wrap())?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(self.wrap())?;
-        rows.into_iter().map(|(digest, size)| Ok((self.digest("blobs.digest", digest)?, size as u64))).collect()
+        rows.into_iter()
+            .map(|(digest, size)| Ok((self.digest("blobs.digest", digest)?, size as u64)))
+            .collect()
     }
 
     /// Records an image, points `tag` at it and releases `lease`, in one
     /// transaction. Returns the image id. Recording an image that exists
     /// marks it complete and refreshes its blobs.
-    pub fn commit_image(&self, image: &NewImage, tag: Option<&NewTag>, lease: Option<Lease>) -> Result<i64> {
+    pub fn commit_image(
+        &self,
+        image: &NewImage,
+        tag: Option<&NewTag>,
+        lease: Option<Lease>,
+    ) -> Result<i64> {
         let mut connection = self.lock();
-        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.wrap())?;
+        let transaction = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.wrap())?;
         let id = insert_image(&transaction, image).map_err(self.wrap())?;
         if let Some(tag) = tag {
             if let Some(index) = &tag.index {
@@ -243,7 +296,9 @@ impl Catalog {
                 .map_err(self.wrap())?;
         }
         if let Some(lease) = lease {
-            transaction.execute("DELETE FROM leases WHERE id = ?1", params![lease.id]).map_err(self.wrap())?;
+            transaction
+                .execute("DELETE FROM leases WHERE id = ?1", params![lease.id])
+                .map_err(self.wrap())?;
         }
         transaction.commit().map_err(self.wrap())?;
         Ok(id)
@@ -280,7 +335,13 @@ impl Catalog {
         let mut statement = connection.prepare_cached(sql).map_err(self.wrap())?;
         let rows = statement
             .query_map(parameters, |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?, row.get::<_, i64>(2)?, row.get::<_, Option<String>>(3)?, row.get::<_, i64>(4)?))
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
             })
             .map_err(self.wrap())?
             .collect::<rusqlite::Result<Vec<_>>>()
@@ -289,8 +350,16 @@ impl Catalog {
         drop(connection);
         rows.into_iter()
             .map(|(name, platform, image_id, index_digest, updated_at)| {
-                let index_digest = index_digest.map(|d| self.digest("tags.index_digest", d)).transpose()?;
-                Ok(TagRecord { name, platform, image_id, index_digest, updated_at })
+                let index_digest = index_digest
+                    .map(|d| self.digest("tags.index_digest", d))
+                    .transpose()?;
+                Ok(TagRecord {
+                    name,
+                    platform,
+                    image_id,
+                    index_digest,
+                    updated_at,
+                })
             })
             .collect()
     }
@@ -299,15 +368,34 @@ impl Catalog {
     pub fn remove_tag(&self, name: &str, platform: &str) -> Result<bool> {
         let count = self
             .lock()
-            .execute("DELETE FROM tags WHERE name = ?1 AND platform = ?2", params![name, platform])
+            .execute(
+                "DELETE FROM tags WHERE name = ?1 AND platform = ?2",
+                params![name, platform],
+            )
             .map_err(self.wrap())?;
         Ok(count > 0)
     }
 
     const IMAGE_COLUMNS: &str = "id, manifest_digest, media_type, kind, config_digest, platform, size, complete, image_created, created_at, last_used_at";
 
-    fn query_images(&self, sql_tail: &str, parameters: &[&dyn rusqlite::ToSql]) -> Result<Vec<ImageRecord>> {
-        type Row = (i64, String, String, String, Option<String>, Option<String>, i64, bool, Option<String>, i64, i64);
+    fn query_images(
+        &self,
+        sql_tail: &str,
+        parameters: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<ImageRecord>> {
+        type Row = (
+            i64,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+            i64,
+            bool,
+            Option<String>,
+            i64,
+            i64,
+        );
         let connection = self.lock();
         let sql = format!("SELECT {} FROM images {sql_tail}", Self::IMAGE_COLUMNS);
         let mut statement = connection.prepare_cached(&sql).map_err(self.wrap())?;
@@ -333,21 +421,37 @@ impl Catalog {
         drop(statement);
         drop(connection);
         rows.into_iter()
-            .map(|(id, manifest_digest, media_type, kind, config_digest, platform, size, complete, image_created, created_at, last_used_at)| {
-                Ok(ImageRecord {
+            .map(
+                |(
                     id,
-                    manifest_digest: self.digest("images.manifest_digest", manifest_digest)?,
+                    manifest_digest,
                     media_type,
                     kind,
-                    config_digest: config_digest.map(|d| self.digest("images.config_digest", d)).transpose()?,
+                    config_digest,
                     platform,
-                    size: size as u64,
+                    size,
                     complete,
                     image_created,
                     created_at,
                     last_used_at,
-                })
-            })
+                )| {
+                    Ok(ImageRecord {
+                        id,
+                        manifest_digest: self.digest("images.manifest_digest", manifest_digest)?,
+                        media_type,
+                        kind,
+                        config_digest: config_digest
+                            .map(|d| self.digest("images.config_digest", d))
+                            .transpose()?,
+                        platform,
+                        size: size as u64,
+                        complete,
+                        image_created,
+                        created_at,
+                        last_used_at,
+                    })
+                },
+            )
             .collect()
     }
 
@@ -363,13 +467,18 @@ impl Catalog {
 
     /// The image whose manifest has this digest.
     pub fn image_by_digest(&self, digest: &Digest) -> Result<Option<ImageRecord>> {
-        Ok(self.query_images("WHERE manifest_digest = ?1", params![digest.to_string()])?.pop())
+        Ok(self
+            .query_images("WHERE manifest_digest = ?1", params![digest.to_string()])?
+            .pop())
     }
 
     /// Images whose manifest digest hex starts with `prefix` (lowercase hex).
     pub fn images_by_prefix(&self, prefix: &str) -> Result<Vec<ImageRecord>> {
         let pattern = format!("%:{}%", prefix.replace(['%', '_'], ""));
-        self.query_images("WHERE manifest_digest LIKE ?1 ORDER BY id", params![pattern])
+        self.query_images(
+            "WHERE manifest_digest LIKE ?1 ORDER BY id",
+            params![pattern],
+        )
     }
 
     /// The blobs of an image, manifest first, then config, then layers in order.
@@ -383,7 +492,13 @@ impl Catalog {
             .map_err(self.wrap())?;
         let rows = statement
             .query_map(params![image_id], |row| {
-                Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?, row.get::<_, String>(3)?, row.get::<_, i64>(4)?))
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
             })
             .map_err(self.wrap())?
             .collect::<rusqlite::Result<Vec<_>>>()
@@ -392,7 +507,13 @@ impl Catalog {
         drop(connection);
         rows.into_iter()
             .map(|(role, position, digest, media_type, size)| {
-                Ok(ImageBlob { role, position: position as u32, digest: self.digest("image_blobs.digest", digest)?, media_type, size: size as u64 })
+                Ok(ImageBlob {
+                    role,
+                    position: position as u32,
+                    digest: self.digest("image_blobs.digest", digest)?,
+                    media_type,
+                    size: size as u64,
+                })
             })
             .collect()
     }
@@ -404,7 +525,13 @@ impl Catalog {
             .query_row(
                 "SELECT media_type, diff_id, uncompressed_size FROM layers WHERE digest = ?1",
                 params![digest.to_string()],
-                |row| Ok((row.get::<_, String>(0)?, row.get::<_, Option<String>>(1)?, row.get::<_, Option<i64>>(2)?)),
+                |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        row.get::<_, Option<String>>(1)?,
+                        row.get::<_, Option<i64>>(2)?,
+                    ))
+                },
             )
             .optional()
             .map_err(self.wrap())?;
@@ -413,7 +540,9 @@ impl Catalog {
             Ok(LayerRecord {
                 digest: digest.clone(),
                 media_type,
-                diff_id: diff_id.map(|d| self.digest("layers.diff_id", d)).transpose()?,
+                diff_id: diff_id
+                    .map(|d| self.digest("layers.diff_id", d))
+                    .transpose()?,
                 uncompressed_size: uncompressed_size.map(|s| s as u64),
             })
         })
@@ -422,7 +551,12 @@ impl Catalog {
 
     /// Marks an image used now.
     pub fn touch_image(&self, image_id: i64) -> Result<()> {
-        self.lock().execute("UPDATE images SET last_used_at = ?1 WHERE id = ?2", params![now(), image_id]).map_err(self.wrap())?;
+        self.lock()
+            .execute(
+                "UPDATE images SET last_used_at = ?1 WHERE id = ?2",
+                params![now(), image_id],
+            )
+            .map_err(self.wrap())?;
         Ok(())
     }
 
@@ -430,14 +564,22 @@ impl Catalog {
     /// for garbage collection). Refuses while a holder exists.
     pub fn remove_image(&self, image_id: i64) -> Result<bool> {
         let mut connection = self.lock();
-        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.wrap())?;
+        let transaction = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.wrap())?;
         let held: i64 = transaction
-            .query_row("SELECT COUNT(*) FROM holders WHERE image_id = ?1", params![image_id], |row| row.get(0))
+            .query_row(
+                "SELECT COUNT(*) FROM holders WHERE image_id = ?1",
+                params![image_id],
+                |row| row.get(0),
+            )
             .map_err(self.wrap())?;
         if held > 0 {
             return Ok(false);
         }
-        transaction.execute("DELETE FROM images WHERE id = ?1", params![image_id]).map_err(self.wrap())?;
+        transaction
+            .execute("DELETE FROM images WHERE id = ?1", params![image_id])
+            .map_err(self.wrap())?;
         transaction.commit().map_err(self.wrap())?;
         Ok(true)
     }
@@ -455,8 +597,13 @@ impl Catalog {
 
     /// Removes a holder; returns whether it existed.
     pub fn remove_holder(&self, kind: &str, name: &str) -> Result<bool> {
-        let count =
-            self.lock().execute("DELETE FROM holders WHERE kind = ?1 AND name = ?2", params![kind, name]).map_err(self.wrap())?;
+        let count = self
+            .lock()
+            .execute(
+                "DELETE FROM holders WHERE kind = ?1 AND name = ?2",
+                params![kind, name],
+            )
+            .map_err(self.wrap())?;
         Ok(count > 0)
     }
 
@@ -467,7 +614,14 @@ impl Catalog {
             .prepare_cached("SELECT image_id, kind, name, created_at FROM holders WHERE image_id = ?1 ORDER BY kind, name")
             .map_err(self.wrap())?;
         let rows = statement
-            .query_map(params![image_id], |row| Ok(HolderRecord { image_id: row.get(0)?, kind: row.get(1)?, name: row.get(2)?, created_at: row.get(3)? }))
+            .query_map(params![image_id], |row| {
+                Ok(HolderRecord {
+                    image_id: row.get(0)?,
+                    kind: row.get(1)?,
+                    name: row.get(2)?,
+                    created_at: row.get(3)?,
+                })
+            })
             .map_err(self.wrap())?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(self.wrap())?;
@@ -502,7 +656,9 @@ impl Catalog {
 
     /// Ends a lease.
     pub fn release_lease(&self, lease: Lease) -> Result<()> {
-        self.lock().execute("DELETE FROM leases WHERE id = ?1", params![lease.id]).map_err(self.wrap())?;
+        self.lock()
+            .execute("DELETE FROM leases WHERE id = ?1", params![lease.id])
+            .map_err(self.wrap())?;
         Ok(())
     }
 
@@ -510,7 +666,9 @@ impl Catalog {
     /// forgets the blob row. Returns the manifest digests of those images.
     pub fn forget_blob(&self, digest: &Digest) -> Result<Vec<Digest>> {
         let mut connection = self.lock();
-        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(self.wrap())?;
+        let transaction = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.wrap())?;
         let affected: Vec<String> = {
             let mut statement = transaction
                 .prepare("SELECT DISTINCT i.manifest_digest FROM images i JOIN image_blobs b ON b.image_id = i.id WHERE b.digest = ?1")
@@ -527,15 +685,113 @@ impl Catalog {
                 params![digest.to_string()],
             )
             .map_err(self.wrap())?;
-        transaction.execute("DELETE FROM blobs WHERE digest = ?1", params![digest.to_string()]).map_err(self.wrap())?;
+        transaction
+            .execute(
+                "DELETE FROM artifacts WHERE digest = ?1",
+                params![digest.to_string()],
+            )
+            .map_err(self.wrap())?;
+        transaction
+            .execute(
+                "DELETE FROM blobs WHERE digest = ?1",
+                params![digest.to_string()],
+            )
+            .map_err(self.wrap())?;
         transaction.commit().map_err(self.wrap())?;
         drop(connection);
-        affected.into_iter().map(|d| self.digest("images.manifest_digest", d)).collect()
+        affected
+            .into_iter()
+            .map(|d| self.digest("images.manifest_digest", d))
+            .collect()
+    }
+
+    /// The artifact made from `image_id` with these parameters, if any.
+    pub fn artifact(
+        &self,
+        image_id: i64,
+        format: &str,
+        options: &str,
+        converter_version: &str,
+    ) -> Result<Option<ArtifactRecord>> {
+        let connection = self.lock();
+        let row = connection
+            .query_row(
+                "SELECT digest, size, created_at FROM artifacts WHERE image_id = ?1 AND format = ?2 AND options = ?3 AND converter_version = ?4",
+                params![image_id, format, options, converter_version],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)),
+            )
+            .optional()
+            .map_err(self.wrap())?;
+        drop(connection);
+        row.map(|(digest, size, created_at)| {
+            Ok(ArtifactRecord {
+                image_id,
+                format: format.to_string(),
+                options: options.to_string(),
+                converter_version: converter_version.to_string(),
+                digest: self.digest("artifacts.digest", digest)?,
+                size: size as u64,
+                created_at,
+            })
+        })
+        .transpose()
+    }
+
+    /// Records an artifact (replacing one with the same key) and releases
+    /// `lease`, in one transaction.
+    pub fn add_artifact(&self, artifact: &ArtifactRecord, lease: Option<Lease>) -> Result<()> {
+        let mut connection = self.lock();
+        let transaction = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.wrap())?;
+        transaction
+            .execute(
+                "INSERT INTO blobs (digest, size, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(digest) DO NOTHING",
+                params![artifact.digest.to_string(), artifact.size as i64, now()],
+            )
+            .map_err(self.wrap())?;
+        transaction
+            .execute(
+                "INSERT INTO artifacts (image_id, format, options, converter_version, digest, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT(image_id, format, options, converter_version) DO UPDATE SET digest = excluded.digest, size = excluded.size, created_at = excluded.created_at",
+                params![artifact.image_id, artifact.format, artifact.options, artifact.converter_version, artifact.digest.to_string(), artifact.size as i64, artifact.created_at],
+            )
+            .map_err(self.wrap())?;
+        if let Some(lease) = lease {
+            transaction
+                .execute("DELETE FROM leases WHERE id = ?1", params![lease.id])
+                .map_err(self.wrap())?;
+        }
+        transaction.commit().map_err(self.wrap())?;
+        Ok(())
+    }
+
+    /// Digests of the artifacts made from an image.
+    pub fn artifacts_of(&self, image_id: i64) -> Result<Vec<Digest>> {
+        let connection = self.lock();
+        let mut statement = connection
+            .prepare_cached("SELECT digest FROM artifacts WHERE image_id = ?1")
+            .map_err(self.wrap())?;
+        let rows: Vec<String> = statement
+            .query_map(params![image_id], |row| row.get(0))
+            .map_err(self.wrap())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.wrap())?;
+        drop(statement);
+        drop(connection);
+        rows.into_iter()
+            .map(|d| self.digest("artifacts.digest", d))
+            .collect()
     }
 
     /// Marks an image incomplete (a blob it needs is missing).
     pub fn mark_incomplete(&self, image_id: i64) -> Result<()> {
-        self.lock().execute("UPDATE images SET complete = 0 WHERE id = ?1", params![image_id]).map_err(self.wrap())?;
+        self.lock()
+            .execute(
+                "UPDATE images SET complete = 0 WHERE id = ?1",
+                params![image_id],
+            )
+            .map_err(self.wrap())?;
         Ok(())
     }
 }
@@ -543,7 +799,11 @@ impl Catalog {
 fn insert_image(transaction: &Transaction<'_>, image: &NewImage) -> rusqlite::Result<i64> {
     let time = now();
     let size: u64 = image.manifest.size + image.blobs.iter().map(|b| b.size).sum::<u64>();
-    let config_digest = image.blobs.iter().find(|b| b.role == "config").map(|b| b.digest.to_string());
+    let config_digest = image
+        .blobs
+        .iter()
+        .find(|b| b.role == "config")
+        .map(|b| b.digest.to_string());
     transaction.execute(
         "INSERT INTO images (manifest_digest, media_type, kind, config_digest, platform, size, complete, image_created, created_at, last_used_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1, ?7, ?8, ?8)
@@ -569,7 +829,14 @@ fn insert_image(transaction: &Transaction<'_>, image: &NewImage) -> rusqlite::Re
         "INSERT INTO image_blobs (image_id, role, position, digest, media_type, size) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?;
     for blob in std::iter::once(&image.manifest).chain(&image.blobs) {
-        insert_blob.execute(params![id, blob.role, blob.position, blob.digest.to_string(), blob.media_type, blob.size as i64])?;
+        insert_blob.execute(params![
+            id,
+            blob.role,
+            blob.position,
+            blob.digest.to_string(),
+            blob.media_type,
+            blob.size as i64
+        ])?;
     }
     let mut insert_layer = transaction.prepare_cached(
         "INSERT INTO layers (digest, media_type, diff_id, uncompressed_size) VALUES (?1, ?2, ?3, ?4)
@@ -589,18 +856,33 @@ fn insert_image(transaction: &Transaction<'_>, image: &NewImage) -> rusqlite::Re
 
 /// Brings the schema of `connection` up to `target` (a test may stop early).
 pub(crate) fn migrate(connection: &mut Connection, path: &Path, target: i64) -> Result<()> {
-    let wrap = |source| StoreError::Catalog { path: path.to_path_buf(), source };
+    let wrap = |source| StoreError::Catalog {
+        path: path.to_path_buf(),
+        source,
+    };
     loop {
-        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(wrap)?;
-        let version: i64 = transaction.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(wrap)?;
+        let transaction = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(wrap)?;
+        let version: i64 = transaction
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(wrap)?;
         if version > CURRENT_VERSION {
-            return Err(StoreError::SchemaTooNew { path: path.to_path_buf(), found: version, supported: CURRENT_VERSION });
+            return Err(StoreError::SchemaTooNew {
+                path: path.to_path_buf(),
+                found: version,
+                supported: CURRENT_VERSION,
+            });
         }
         if version >= target {
             return Ok(());
         }
-        transaction.execute_batch(MIGRATIONS[version as usize]).map_err(wrap)?;
-        transaction.pragma_update(None, "user_version", version + 1).map_err(wrap)?;
+        transaction
+            .execute_batch(MIGRATIONS[version as usize])
+            .map_err(wrap)?;
+        transaction
+            .pragma_update(None, "user_version", version + 1)
+            .map_err(wrap)?;
         transaction.commit().map_err(wrap)?;
     }
 }
@@ -614,12 +896,23 @@ mod tests {
     }
 
     fn blob(role: &str, position: u32, n: u8) -> ImageBlob {
-        ImageBlob { role: role.into(), position, digest: digest(n), media_type: format!("type/{role}"), size: 10 }
+        ImageBlob {
+            role: role.into(),
+            position,
+            digest: digest(n),
+            media_type: format!("type/{role}"),
+            size: 10,
+        }
     }
 
     fn image(manifest: u8, layers: &[u8]) -> NewImage {
         let mut blobs = vec![blob("config", 0, manifest + 100)];
-        blobs.extend(layers.iter().enumerate().map(|(i, n)| blob("layer", i as u32, *n)));
+        blobs.extend(
+            layers
+                .iter()
+                .enumerate()
+                .map(|(i, n)| blob("layer", i as u32, *n)),
+        );
         NewImage {
             manifest: blob("manifest", 0, manifest),
             kind: "oci".into(),
@@ -628,7 +921,12 @@ mod tests {
             blobs,
             layers: layers
                 .iter()
-                .map(|n| LayerRecord { digest: digest(*n), media_type: "type/layer".into(), diff_id: Some(digest(n + 50)), uncompressed_size: Some(20) })
+                .map(|n| LayerRecord {
+                    digest: digest(*n),
+                    media_type: "type/layer".into(),
+                    diff_id: Some(digest(n + 50)),
+                    uncompressed_size: Some(20),
+                })
                 .collect(),
         }
     }
@@ -639,7 +937,9 @@ mod tests {
         let path = dir.path().join("catalog.db");
         let mut connection = Connection::open(&path).unwrap();
         migrate(&mut connection, &path, 0).unwrap();
-        let version: i64 = connection.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        let version: i64 = connection
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
         assert_eq!(version, 0);
         migrate(&mut connection, &path, 1).unwrap();
         let tables: Vec<String> = connection
@@ -649,7 +949,21 @@ mod tests {
             .unwrap()
             .collect::<rusqlite::Result<_>>()
             .unwrap();
-        assert_eq!(tables, ["blobs", "holders", "image_blobs", "images", "indexes", "layers", "lease_blobs", "leases", "tags"]);
+        assert_eq!(
+            tables,
+            [
+                "blobs",
+                "holders",
+                "image_blobs",
+                "images",
+                "indexes",
+                "layers",
+                "lease_blobs",
+                "leases",
+                "tags"
+            ]
+        );
+        migrate(&mut connection, &path, 2).unwrap();
         drop(connection);
         // Reopening is idempotent and keeps data.
         let catalog = Catalog::open(&path).unwrap();
@@ -660,11 +974,58 @@ mod tests {
     }
 
     #[test]
+    fn migration_v1_to_v2_adds_artifacts_and_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let mut connection = Connection::open(&path).unwrap();
+        migrate(&mut connection, &path, 1).unwrap();
+        connection
+            .execute("INSERT INTO images (manifest_digest, media_type, size, created_at, last_used_at) VALUES (?1, 'm', 1, 0, 0)", params![digest(1).to_string()])
+            .unwrap();
+        drop(connection);
+        let catalog = Catalog::open(&path).unwrap();
+        let image = catalog
+            .image_by_digest(&digest(1))
+            .unwrap()
+            .expect("v1 rows survive");
+        let artifact = ArtifactRecord {
+            image_id: image.id,
+            format: "ext4".into(),
+            options: "size=auto".into(),
+            converter_version: "1".into(),
+            digest: digest(7),
+            size: 3,
+            created_at: 5,
+        };
+        catalog.add_artifact(&artifact, None).unwrap();
+        assert_eq!(
+            catalog
+                .artifact(image.id, "ext4", "size=auto", "1")
+                .unwrap(),
+            Some(artifact)
+        );
+        assert_eq!(
+            catalog
+                .artifact(image.id, "ext4", "size=auto", "2")
+                .unwrap(),
+            None,
+            "another converter version is another artifact"
+        );
+        assert!(catalog.remove_image(image.id).unwrap());
+        assert!(
+            catalog.artifacts_of(image.id).unwrap().is_empty(),
+            "artifacts go with their image"
+        );
+    }
+
+    #[test]
     fn refuses_a_newer_schema() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.db");
         let connection = Connection::open(&path).unwrap();
-        connection.pragma_update(None, "user_version", CURRENT_VERSION + 1).unwrap();
+        connection
+            .pragma_update(None, "user_version", CURRENT_VERSION + 1)
+            .unwrap();
         drop(connection);
         let error = Catalog::open(&path).unwrap_err();
         assert!(matches!(error, StoreError::SchemaTooNew { .. }), "{error}");
@@ -675,21 +1036,50 @@ mod tests {
     fn images_tags_and_platforms_side_by_side() {
         let dir = tempfile::tempdir().unwrap();
         let catalog = Catalog::open(&dir.path().join("catalog.db")).unwrap();
-        let index = IndexRecord { digest: digest(9), media_type: "index".into(), size: 3 };
+        let index = IndexRecord {
+            digest: digest(9),
+            media_type: "index".into(),
+            size: 3,
+        };
         let amd = catalog
-            .commit_image(&image(1, &[10, 11]), Some(&NewTag { name: "r/x:1".into(), platform: "linux/amd64".into(), index: Some(index.clone()) }), None)
+            .commit_image(
+                &image(1, &[10, 11]),
+                Some(&NewTag {
+                    name: "r/x:1".into(),
+                    platform: "linux/amd64".into(),
+                    index: Some(index.clone()),
+                }),
+                None,
+            )
             .unwrap();
         let arm = catalog
-            .commit_image(&image(2, &[10, 12]), Some(&NewTag { name: "r/x:1".into(), platform: "linux/arm64".into(), index: Some(index) }), None)
+            .commit_image(
+                &image(2, &[10, 12]),
+                Some(&NewTag {
+                    name: "r/x:1".into(),
+                    platform: "linux/arm64".into(),
+                    index: Some(index),
+                }),
+                None,
+            )
             .unwrap();
         assert_ne!(amd, arm);
         let tags = catalog.tags_named("r/x:1").unwrap();
         assert_eq!(tags.len(), 2);
         assert_eq!(tags[0].index_digest, Some(digest(9)));
         let blobs = catalog.image_blobs(amd).unwrap();
-        assert_eq!(blobs.iter().map(|b| b.role.as_str()).collect::<Vec<_>>(), ["manifest", "config", "layer", "layer"]);
-        assert_eq!(catalog.layer(&digest(10)).unwrap().unwrap().diff_id, Some(digest(60)));
-        assert_eq!(catalog.image_by_digest(&digest(1)).unwrap().unwrap().size, 40);
+        assert_eq!(
+            blobs.iter().map(|b| b.role.as_str()).collect::<Vec<_>>(),
+            ["manifest", "config", "layer", "layer"]
+        );
+        assert_eq!(
+            catalog.layer(&digest(10)).unwrap().unwrap().diff_id,
+            Some(digest(60))
+        );
+        assert_eq!(
+            catalog.image_by_digest(&digest(1)).unwrap().unwrap().size,
+            40
+        );
         let arm_digest = digest(2);
         let prefix = &arm_digest.hex()[..6];
         assert_eq!(catalog.images_by_prefix(prefix).unwrap()[0].id, arm);
@@ -698,7 +1088,11 @@ mod tests {
         assert!(!catalog.remove_image(amd).unwrap(), "held images stay");
         assert!(catalog.remove_holder("disk", "d1").unwrap());
         assert!(catalog.remove_image(amd).unwrap());
-        assert_eq!(catalog.tags_named("r/x:1").unwrap().len(), 1, "tags go with their image");
+        assert_eq!(
+            catalog.tags_named("r/x:1").unwrap().len(),
+            1,
+            "tags go with their image"
+        );
     }
 
     #[test]
@@ -711,6 +1105,9 @@ mod tests {
         assert!(!catalog.image(id).unwrap().unwrap().complete);
         assert!(catalog.blobs().unwrap().is_empty());
         catalog.commit_image(&image(1, &[10]), None, None).unwrap();
-        assert!(catalog.image(id).unwrap().unwrap().complete, "a new pull completes it again");
+        assert!(
+            catalog.image(id).unwrap().unwrap().complete,
+            "a new pull completes it again"
+        );
     }
 }

@@ -83,11 +83,16 @@ impl ContentStore {
 
     /// The path of a committed blob (whether or not it exists).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        self.dir.join("blobs").join(digest.algorithm().as_str()).join(digest.hex())
+        self.dir
+            .join("blobs")
+            .join(digest.algorithm().as_str())
+            .join(digest.hex())
     }
 
     fn ingest_base(&self, digest: &Digest) -> PathBuf {
-        self.dir.join("ingest").join(format!("{}-{}", digest.algorithm().as_str(), digest.hex()))
+        self.dir
+            .join("ingest")
+            .join(format!("{}-{}", digest.algorithm().as_str(), digest.hex()))
     }
 
     /// The size of a committed blob, or `None` when it is absent.
@@ -95,7 +100,11 @@ impl ContentStore {
         match std::fs::metadata(self.blob_path(digest)) {
             Ok(metadata) => Ok(Some(metadata.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(std::io::Error::new(e.kind(), format!("failed to stat blob {digest}: {e}")).into()),
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!("failed to stat blob {digest}: {e}"),
+            )
+            .into()),
         }
     }
 
@@ -103,8 +112,14 @@ impl ContentStore {
     pub fn read_blob(&self, digest: &Digest) -> Result<Vec<u8>> {
         match std::fs::read(self.blob_path(digest)) {
             Ok(bytes) => Ok(bytes),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::BlobNotFound(digest.clone())),
-            Err(e) => Err(std::io::Error::new(e.kind(), format!("failed to read blob {digest}: {e}")).into()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::BlobNotFound(digest.clone()))
+            }
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!("failed to read blob {digest}: {e}"),
+            )
+            .into()),
         }
     }
 
@@ -112,7 +127,9 @@ impl ContentStore {
     pub fn open_blob(&self, digest: &Digest) -> Result<fs::File> {
         match fs::File::open(self.blob_path(digest)) {
             Ok(file) => Ok(file),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(StoreError::BlobNotFound(digest.clone())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Err(StoreError::BlobNotFound(digest.clone()))
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -122,7 +139,10 @@ impl ContentStore {
     pub fn put_blob(&self, digest: &Digest, bytes: &[u8]) -> Result<bool> {
         let actual = Digest::of(digest.algorithm(), bytes);
         if actual != *digest {
-            return Err(StoreError::DigestMismatch { expected: digest.clone(), actual });
+            return Err(StoreError::DigestMismatch {
+                expected: digest.clone(),
+                actual,
+            });
         }
         if self.blob_size(digest)? == Some(bytes.len() as u64) {
             return Ok(false);
@@ -137,7 +157,12 @@ impl ContentStore {
     /// blob, then re-checks: if that process committed it, returns
     /// [`IngestStart::Committed`]. With `force`, a committed blob is written
     /// again (and atomically replaced on commit).
-    pub fn ingest(&self, digest: &Digest, expected_size: Option<u64>, force: bool) -> Result<IngestStart> {
+    pub fn ingest(
+        &self,
+        digest: &Digest,
+        expected_size: Option<u64>,
+        force: bool,
+    ) -> Result<IngestStart> {
         if !force && let Some(size) = self.blob_size(digest)? {
             return Ok(IngestStart::Committed { size });
         }
@@ -148,7 +173,12 @@ impl ContentStore {
             return Ok(IngestStart::Committed { size });
         }
         let partial_path = base.with_extension("partial");
-        let mut file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&partial_path)?;
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&partial_path)?;
         let mut written = file.metadata()?.len();
         if force || expected_size.is_some_and(|size| written > size) {
             file.set_len(0)?;
@@ -169,6 +199,37 @@ impl ContentStore {
         }))
     }
 
+    /// A scratch directory inside the store (same filesystem as the blobs,
+    /// so a finished file can be renamed in).
+    pub fn scratch_dir(&self) -> Result<PathBuf> {
+        let dir = self.dir.join("ingest").join(fsutil::temp_name("work"));
+        fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// Makes `path`, a file kiln wrote inside the store (a conversion's
+    /// output) while hashing it to `digest`, a committed blob: size check,
+    /// fsync, read-only, rename into `blobs/`, fsync of the directory.
+    pub fn adopt_file(&self, path: &Path, digest: &Digest, size: u64) -> Result<()> {
+        let file = fs::File::open(path)?;
+        let actual = file.metadata()?.len();
+        if actual != size {
+            return Err(StoreError::SizeMismatch {
+                digest: digest.clone(),
+                expected: size,
+                actual,
+            });
+        }
+        file.sync_all()?;
+        set_read_only(path)?;
+        let target = self.blob_path(digest);
+        fs::rename(path, &target)?;
+        if let Some(parent) = target.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
     /// Every committed blob file, with its size.
     pub fn list_blobs(&self) -> Result<Vec<BlobFile>> {
         let mut blobs = Vec::new();
@@ -178,8 +239,13 @@ impl ContentStore {
                 let entry = entry?;
                 let name = entry.file_name();
                 let Some(name) = name.to_str() else { continue };
-                let Ok(digest) = format!("{}:{name}", algorithm.as_str()).parse::<Digest>() else { continue };
-                blobs.push(BlobFile { digest, size: entry.metadata()?.len() });
+                let Ok(digest) = format!("{}:{name}", algorithm.as_str()).parse::<Digest>() else {
+                    continue;
+                };
+                blobs.push(BlobFile {
+                    digest,
+                    size: entry.metadata()?.len(),
+                });
             }
         }
         blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
@@ -192,13 +258,22 @@ impl ContentStore {
         match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(std::io::Error::new(e.kind(), format!("failed to remove {}: {e}", path.display())).into()),
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!("failed to remove {}: {e}", path.display()),
+            )
+            .into()),
         }
     }
 
     /// Moves a bad blob out of the store into `quarantine/`, returning where.
     pub fn quarantine_blob(&self, digest: &Digest) -> Result<PathBuf> {
-        let target = self.dir.join("quarantine").join(format!("{}-{}-{}", digest.algorithm().as_str(), digest.hex(), fsutil::now()));
+        let target = self.dir.join("quarantine").join(format!(
+            "{}-{}-{}",
+            digest.algorithm().as_str(),
+            digest.hex(),
+            fsutil::now()
+        ));
         fs::rename(self.blob_path(digest), &target)?;
         if let Some(parent) = self.blob_path(digest).parent() {
             sync_dir(parent)?;
@@ -219,11 +294,21 @@ impl ContentStore {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            let Some(stem) = name.strip_suffix(".partial") else { continue };
-            let Some((algorithm, hex)) = stem.split_once('-') else { continue };
-            let Ok(digest) = format!("{algorithm}:{hex}").parse::<Digest>() else { continue };
+            let Some(stem) = name.strip_suffix(".partial") else {
+                continue;
+            };
+            let Some((algorithm, hex)) = stem.split_once('-') else {
+                continue;
+            };
+            let Ok(digest) = format!("{algorithm}:{hex}").parse::<Digest>() else {
+                continue;
+            };
             let metadata = entry.metadata()?;
-            entries.push(IngestEntry { digest, size: metadata.len(), modified: metadata.mtime() });
+            entries.push(IngestEntry {
+                digest,
+                size: metadata.len(),
+                modified: metadata.mtime(),
+            });
         }
         Ok(entries)
     }
@@ -232,7 +317,8 @@ impl ContentStore {
     /// or `None` when it is in use.
     pub fn remove_ingest_if_idle(&self, digest: &Digest) -> Result<Option<u64>> {
         let base = self.ingest_base(digest);
-        let Some(lock) = LockFile::try_acquire(&base.with_extension("lock"), LockMode::Exclusive)? else {
+        let Some(lock) = LockFile::try_acquire(&base.with_extension("lock"), LockMode::Exclusive)?
+        else {
             return Ok(None);
         };
         let partial = base.with_extension("partial");
@@ -248,14 +334,25 @@ impl ContentStore {
     /// Removes leftover temporary files of writers that died.
     pub fn remove_stale_temp_files(&self, older_than: i64) -> Result<u64> {
         let mut freed = 0;
-        for dir in [self.dir.join("ingest"), self.dir.join("blobs/sha256"), self.dir.join("blobs/sha512")] {
+        for dir in [
+            self.dir.join("ingest"),
+            self.dir.join("blobs/sha256"),
+            self.dir.join("blobs/sha512"),
+        ] {
             for entry in fs::read_dir(&dir)? {
                 let entry = entry?;
-                let is_temp = entry.file_name().to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"));
+                let is_temp = entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"));
                 let metadata = entry.metadata()?;
                 if is_temp && metadata.mtime() < older_than {
-                    freed += metadata.len();
-                    fs::remove_file(entry.path())?;
+                    if metadata.is_dir() {
+                        fs::remove_dir_all(entry.path())?;
+                    } else {
+                        freed += metadata.len();
+                        fs::remove_file(entry.path())?;
+                    }
                 }
             }
         }
@@ -346,7 +443,10 @@ impl Ingest {
         {
             use std::os::fd::AsRawFd;
             let fd = self.writer.get_ref().as_raw_fd();
-            let (start, length) = (self.written_back as i64, (self.written - self.written_back) as i64);
+            let (start, length) = (
+                self.written_back as i64,
+                (self.written - self.written_back) as i64,
+            );
             // SAFETY: fd is a valid open file descriptor owned by self.writer.
             // Failure only means no early writeback; fsync at commit still runs.
             unsafe { libc::sync_file_range(fd, start, length, libc::SYNC_FILE_RANGE_WRITE) };
@@ -398,7 +498,11 @@ impl Ingest {
         if let Some(expected) = self.expected_size
             && expected != self.written
         {
-            return Err(StoreError::SizeMismatch { digest: self.digest.clone(), expected, actual: self.written });
+            return Err(StoreError::SizeMismatch {
+                digest: self.digest.clone(),
+                expected,
+                actual: self.written,
+            });
         }
         let actual = if self.hashed == self.written {
             std::mem::replace(&mut self.hasher, Hasher::new(self.digest.algorithm())).finish()
@@ -406,7 +510,10 @@ impl Ingest {
             hash_reader(fs::File::open(&self.partial_path)?, self.digest.algorithm())?.0
         };
         if actual != self.digest {
-            return Err(StoreError::DigestMismatch { expected: self.digest.clone(), actual });
+            return Err(StoreError::DigestMismatch {
+                expected: self.digest.clone(),
+                actual,
+            });
         }
         Ok(())
     }
@@ -448,14 +555,21 @@ mod tests {
         let (_dir, store) = store();
         let data = b"hello world".repeat(1000);
         let digest = Digest::sha256_of(&data);
-        let mut ingest = writing(store.ingest(&digest, Some(data.len() as u64), false).unwrap());
+        let mut ingest = writing(
+            store
+                .ingest(&digest, Some(data.len() as u64), false)
+                .unwrap(),
+        );
         ingest.write(&data[..5000]).unwrap();
         ingest.write(&data[5000..]).unwrap();
         assert_eq!(ingest.commit().unwrap(), data.len() as u64);
         let path = store.blob_path(&digest);
         assert_eq!(std::fs::read(&path).unwrap(), data);
         assert!(std::fs::metadata(&path).unwrap().permissions().readonly());
-        assert!(matches!(store.ingest(&digest, None, false).unwrap(), IngestStart::Committed { .. }));
+        assert!(matches!(
+            store.ingest(&digest, None, false).unwrap(),
+            IngestStart::Committed { .. }
+        ));
         assert!(store.list_ingests().unwrap().is_empty());
     }
 
@@ -464,17 +578,26 @@ mod tests {
         let (_dir, store) = store();
         let data: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_le_bytes()).collect();
         let digest = Digest::sha256_of(&data);
-        let mut first = writing(store.ingest(&digest, Some(data.len() as u64), false).unwrap());
+        let mut first = writing(
+            store
+                .ingest(&digest, Some(data.len() as u64), false)
+                .unwrap(),
+        );
         first.write(&data[..150_000]).unwrap();
         drop(first); // interrupted
-        let mut second = writing(store.ingest(&digest, Some(data.len() as u64), false).unwrap());
+        let mut second = writing(
+            store
+                .ingest(&digest, Some(data.len() as u64), false)
+                .unwrap(),
+        );
         assert_eq!(second.offset(), 150_000);
         let mut seen = 0;
-        second.replay(|chunk| {
-            seen += chunk.len();
-            Ok(())
-        })
-        .unwrap();
+        second
+            .replay(|chunk| {
+                seen += chunk.len();
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(seen, 150_000);
         second.write(&data[150_000..]).unwrap();
         second.commit().unwrap();
@@ -488,14 +611,26 @@ mod tests {
         let mut ingest = writing(store.ingest(&digest, Some(4), false).unwrap());
         ingest.write(b"evil").unwrap();
         let error = ingest.commit().unwrap_err();
-        assert!(matches!(error, StoreError::DigestMismatch { .. }), "{error}");
+        assert!(
+            matches!(error, StoreError::DigestMismatch { .. }),
+            "{error}"
+        );
         assert_eq!(store.blob_size(&digest).unwrap(), None);
-        assert!(store.list_ingests().unwrap().is_empty(), "bad partial data is discarded");
+        assert!(
+            store.list_ingests().unwrap().is_empty(),
+            "bad partial data is discarded"
+        );
 
         let mut ingest = writing(store.ingest(&digest, Some(4), false).unwrap());
-        assert!(matches!(ingest.write(b"goodbye").unwrap_err(), StoreError::SizeMismatch { .. }));
+        assert!(matches!(
+            ingest.write(b"goodbye").unwrap_err(),
+            StoreError::SizeMismatch { .. }
+        ));
         ingest.write(b"goo").unwrap();
-        assert!(matches!(ingest.commit().unwrap_err(), StoreError::SizeMismatch { .. }));
+        assert!(matches!(
+            ingest.commit().unwrap_err(),
+            StoreError::SizeMismatch { .. }
+        ));
     }
 
     #[test]
@@ -513,13 +648,19 @@ mod tests {
         let (_dir, store) = store();
         let data = vec![7u8; 1 << 20];
         let digest = Digest::sha256_of(&data);
-        let mut first = writing(store.ingest(&digest, Some(data.len() as u64), false).unwrap());
+        let mut first = writing(
+            store
+                .ingest(&digest, Some(data.len() as u64), false)
+                .unwrap(),
+        );
         let other = store.clone();
         let waiter_digest = digest.clone();
         let waiter = std::thread::spawn(move || other.ingest(&waiter_digest, None, false).unwrap());
         std::thread::sleep(std::time::Duration::from_millis(100));
         first.write(&data).unwrap();
         first.commit().unwrap();
-        assert!(matches!(waiter.join().unwrap(), IngestStart::Committed { size } if size == data.len() as u64));
+        assert!(
+            matches!(waiter.join().unwrap(), IngestStart::Committed { size } if size == data.len() as u64)
+        );
     }
 }

@@ -41,7 +41,14 @@ impl Store {
     /// blobs move to `quarantine/` and their images are marked incomplete, so
     /// the next pull fetches what is missing.
     pub fn fsck(&self, repair: bool, observe: &mut dyn FnMut(&Digest, u64)) -> Result<FsckReport> {
-        let _gc = if repair { Some(LockFile::acquire(&self.gc_lock_path(), LockMode::Exclusive)?) } else { None };
+        let _gc = if repair {
+            Some(LockFile::acquire(
+                &self.gc_lock_path(),
+                LockMode::Exclusive,
+            )?)
+        } else {
+            None
+        };
         let mut report = FsckReport::default();
         let mut good: HashSet<Digest> = HashSet::new();
         for file in self.content.list_blobs()? {
@@ -59,7 +66,10 @@ impl Store {
             }
             let mut problem = Problem {
                 kind: "corrupt_blob",
-                detail: format!("content of {} hashes to {actual}", self.content.blob_path(&file.digest).display()),
+                detail: format!(
+                    "content of {} hashes to {actual}",
+                    self.content.blob_path(&file.digest).display()
+                ),
                 digest: file.digest.clone(),
                 repaired: None,
             };
@@ -74,24 +84,43 @@ impl Store {
             }
             report.problems.push(problem);
         }
-        let quarantined: HashSet<Digest> =
-            report.problems.iter().filter(|p| p.repaired.is_some()).map(|p| p.digest.clone()).collect();
+        let quarantined: HashSet<Digest> = report
+            .problems
+            .iter()
+            .filter(|p| p.repaired.is_some())
+            .map(|p| p.digest.clone())
+            .collect();
         for (digest, _) in self.catalog.blobs()? {
-            if good.contains(&digest) || quarantined.contains(&digest) || report.problems.iter().any(|p| p.digest == digest) {
+            if good.contains(&digest)
+                || quarantined.contains(&digest)
+                || report.problems.iter().any(|p| p.digest == digest)
+            {
                 continue;
             }
-            let mut problem =
-                Problem { kind: "missing_blob", detail: "the catalog records it but its file is gone".into(), digest: digest.clone(), repaired: None };
+            let mut problem = Problem {
+                kind: "missing_blob",
+                detail: "the catalog records it but its file is gone".into(),
+                digest: digest.clone(),
+                repaired: None,
+            };
             if repair {
                 let images = self.catalog.forget_blob(&digest)?;
-                problem.repaired = Some(format!("forgotten; {} image(s) marked incomplete, pull them again", images.len()));
+                problem.repaired = Some(format!(
+                    "forgotten; {} image(s) marked incomplete, pull them again",
+                    images.len()
+                ));
             }
             report.problems.push(problem);
         }
         for image in self.catalog.images()? {
             report.images_checked += 1;
-            let missing: Vec<Digest> =
-                self.catalog.image_blobs(image.id)?.into_iter().map(|b| b.digest).filter(|d| !good.contains(d)).collect();
+            let missing: Vec<Digest> = self
+                .catalog
+                .image_blobs(image.id)?
+                .into_iter()
+                .map(|b| b.digest)
+                .filter(|d| !good.contains(d))
+                .collect();
             if image.complete && missing.is_empty() {
                 continue;
             }
@@ -101,7 +130,15 @@ impl Store {
             let detail = if missing.is_empty() {
                 "marked incomplete by an earlier repair".to_string()
             } else {
-                format!("{} of its blobs are missing or corrupt: {}", missing.len(), missing.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", "))
+                format!(
+                    "{} of its blobs are missing or corrupt: {}",
+                    missing.len(),
+                    missing
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             };
             report.problems.push(Problem {
                 kind: "incomplete_image",

@@ -11,7 +11,10 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// A name for a temporary file that no other process or thread will pick.
 pub fn temp_name(prefix: &str) -> String {
     let count = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     format!(".{prefix}-{}-{count}-{nanos}.tmp", std::process::id())
 }
 
@@ -49,5 +52,8 @@ pub fn set_read_only(path: &Path) -> std::io::Result<()> {
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }

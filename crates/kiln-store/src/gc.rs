@@ -31,7 +31,11 @@ pub struct GcOptions {
 
 impl Default for GcOptions {
     fn default() -> GcOptions {
-        GcOptions { dry_run: false, all_unused: false, ingest_max_age: 24 * 3600 }
+        GcOptions {
+            dry_run: false,
+            all_unused: false,
+            ingest_max_age: 24 * 3600,
+        }
     }
 }
 
@@ -64,21 +68,32 @@ impl Store {
     pub fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport> {
         let _gc = LockFile::acquire(&self.gc_lock_path(), LockMode::Exclusive)?;
         let mut report = GcReport::default();
-        let files: HashMap<String, u64> =
-            self.content.list_blobs()?.into_iter().map(|file| (file.digest.to_string(), file.size)).collect();
+        let files: HashMap<String, u64> = self
+            .content
+            .list_blobs()?
+            .into_iter()
+            .map(|file| (file.digest.to_string(), file.size))
+            .collect();
         {
             let mut connection = self.catalog.lock();
             let wrap = self.catalog.wrap();
-            let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&wrap)?;
+            let transaction = connection
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(&wrap)?;
 
             let leases: Vec<(String, i64, Option<i64>, i64)> = transaction
                 .prepare("SELECT id, pid, process_start, expires_at FROM leases")
-                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?.collect())
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                        .collect()
+                })
                 .map_err(&wrap)?;
             let time = now();
             for (id, pid, start, expires_at) in leases {
                 if expires_at < time || !crate::process::is_alive(pid as u32, start) {
-                    transaction.execute("DELETE FROM leases WHERE id = ?1", params![id]).map_err(&wrap)?;
+                    transaction
+                        .execute("DELETE FROM leases WHERE id = ?1", params![id])
+                        .map_err(&wrap)?;
                     report.leases_expired += 1;
                 }
             }
@@ -90,12 +105,18 @@ impl Store {
                  AND NOT EXISTS (SELECT 1 FROM tags t WHERE t.image_id = images.id)"
             };
             let doomed: Vec<(i64, String)> = transaction
-                .prepare(&format!("SELECT id, manifest_digest FROM images WHERE {condition}"))
+                .prepare(&format!(
+                    "SELECT id, manifest_digest FROM images WHERE {condition}"
+                ))
                 .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
                 .map_err(&wrap)?;
             for (id, digest) in doomed {
-                transaction.execute("DELETE FROM images WHERE id = ?1", params![id]).map_err(&wrap)?;
-                report.images_removed.push(self.catalog.digest("images.manifest_digest", digest)?);
+                transaction
+                    .execute("DELETE FROM images WHERE id = ?1", params![id])
+                    .map_err(&wrap)?;
+                report
+                    .images_removed
+                    .push(self.catalog.digest("images.manifest_digest", digest)?);
             }
             transaction
                 .execute("DELETE FROM indexes WHERE digest NOT IN (SELECT index_digest FROM tags WHERE index_digest IS NOT NULL)", [])
@@ -103,7 +124,8 @@ impl Store {
 
             let live: HashSet<String> = transaction
                 .prepare(
-                    "SELECT digest FROM image_blobs UNION SELECT digest FROM indexes UNION SELECT digest FROM lease_blobs",
+                    "SELECT digest FROM image_blobs UNION SELECT digest FROM indexes UNION SELECT digest FROM lease_blobs
+                     UNION SELECT digest FROM artifacts",
                 )
                 .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
                 .map_err(&wrap)?;
@@ -111,8 +133,11 @@ impl Store {
                 .prepare("SELECT digest, size FROM blobs")
                 .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
                 .map_err(&wrap)?;
-            let mut dead: Vec<(String, u64)> =
-                rows.into_iter().filter(|(d, _)| !live.contains(d)).map(|(d, s)| (d, s as u64)).collect();
+            let mut dead: Vec<(String, u64)> = rows
+                .into_iter()
+                .filter(|(d, _)| !live.contains(d))
+                .map(|(d, s)| (d, s as u64))
+                .collect();
             let recorded: HashSet<String> = dead.iter().map(|(d, _)| d.clone()).collect();
             for (name, size) in &files {
                 if !live.contains(name) && !recorded.contains(name) {
@@ -125,8 +150,11 @@ impl Store {
                     report.blob_bytes += size;
                 }
                 if !options.dry_run {
-                    transaction.execute("DELETE FROM blobs WHERE digest = ?1", params![digest]).map_err(&wrap)?;
-                    self.content.remove_blob(&self.catalog.digest("blobs.digest", digest.clone())?)?;
+                    transaction
+                        .execute("DELETE FROM blobs WHERE digest = ?1", params![digest])
+                        .map_err(&wrap)?;
+                    self.content
+                        .remove_blob(&self.catalog.digest("blobs.digest", digest.clone())?)?;
                 }
             }
             if options.dry_run {
@@ -160,7 +188,9 @@ impl Store {
     pub fn remove_unreferenced(&self, candidates: &[Digest]) -> Result<(u64, u64)> {
         let mut connection = self.catalog.lock();
         let wrap = self.catalog.wrap();
-        let transaction = connection.transaction_with_behavior(TransactionBehavior::Immediate).map_err(&wrap)?;
+        let transaction = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(&wrap)?;
         let (mut count, mut bytes) = (0, 0);
         for digest in candidates {
             let text = digest.to_string();
@@ -168,7 +198,8 @@ impl Store {
                 .query_row(
                     "SELECT EXISTS (SELECT 1 FROM image_blobs WHERE digest = ?1)
                          OR EXISTS (SELECT 1 FROM lease_blobs WHERE digest = ?1)
-                         OR EXISTS (SELECT 1 FROM tags WHERE index_digest = ?1)",
+                         OR EXISTS (SELECT 1 FROM tags WHERE index_digest = ?1)
+                         OR EXISTS (SELECT 1 FROM artifacts WHERE digest = ?1)",
                     params![text],
                     |r| r.get(0),
                 )
@@ -176,8 +207,12 @@ impl Store {
             if referenced {
                 continue;
             }
-            transaction.execute("DELETE FROM indexes WHERE digest = ?1", params![text]).map_err(&wrap)?;
-            transaction.execute("DELETE FROM blobs WHERE digest = ?1", params![text]).map_err(&wrap)?;
+            transaction
+                .execute("DELETE FROM indexes WHERE digest = ?1", params![text])
+                .map_err(&wrap)?;
+            transaction
+                .execute("DELETE FROM blobs WHERE digest = ?1", params![text])
+                .map_err(&wrap)?;
             if let Some(size) = self.content.blob_size(digest)? {
                 self.content.remove_blob(digest)?;
                 count += 1;
@@ -198,7 +233,11 @@ mod tests {
 
     fn partial(store: &Store, bytes: &[u8]) -> Digest {
         let digest = Digest::sha256_of(bytes);
-        let IngestStart::Writing(mut ingest) = store.content().ingest(&digest, Some(bytes.len() as u64), false).unwrap() else {
+        let IngestStart::Writing(mut ingest) = store
+            .content()
+            .ingest(&digest, Some(bytes.len() as u64), false)
+            .unwrap()
+        else {
             panic!("fresh ingest expected");
         };
         ingest.write(&bytes[..bytes.len() / 2]).unwrap();
@@ -207,9 +246,13 @@ mod tests {
     }
 
     fn age(store: &Store, digest: &Digest, days: u64) {
-        let path = store.root().join("content-v1/ingest").join(format!("sha256-{}.partial", digest.hex()));
+        let path = store
+            .root()
+            .join("content-v1/ingest")
+            .join(format!("sha256-{}.partial", digest.hex()));
         let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
-        file.set_modified(SystemTime::now() - Duration::from_secs(days * 86400)).unwrap();
+        file.set_modified(SystemTime::now() - Duration::from_secs(days * 86400))
+            .unwrap();
     }
 
     #[test]
@@ -221,16 +264,33 @@ mod tests {
         let busy = partial(&store, b"old but still being written");
         age(&store, &old, 2);
         age(&store, &busy, 2);
-        let IngestStart::Writing(held) = store.content().ingest(&busy, None, false).unwrap() else { panic!() };
+        let IngestStart::Writing(held) = store.content().ingest(&busy, None, false).unwrap() else {
+            panic!()
+        };
 
-        let dry = store.collect_garbage(&GcOptions { dry_run: true, ..GcOptions::default() }).unwrap();
+        let dry = store
+            .collect_garbage(&GcOptions {
+                dry_run: true,
+                ..GcOptions::default()
+            })
+            .unwrap();
         assert_eq!(dry.ingests_removed, 2, "a dry run counts both old ones");
-        assert_eq!(store.content().list_ingests().unwrap().len(), 3, "and removes nothing");
+        assert_eq!(
+            store.content().list_ingests().unwrap().len(),
+            3,
+            "and removes nothing"
+        );
 
         let report = store.collect_garbage(&GcOptions::default()).unwrap();
         assert_eq!(report.ingests_removed, 1);
         assert_eq!(report.ingest_bytes, 11);
-        let left: Vec<Digest> = store.content().list_ingests().unwrap().into_iter().map(|i| i.digest).collect();
+        let left: Vec<Digest> = store
+            .content()
+            .list_ingests()
+            .unwrap()
+            .into_iter()
+            .map(|i| i.digest)
+            .collect();
         assert!(left.contains(&fresh) && left.contains(&busy) && !left.contains(&old));
         drop(held);
     }
@@ -246,7 +306,11 @@ mod tests {
         let live = store.collect_garbage(&GcOptions::default()).unwrap();
         assert_eq!((live.leases_expired, live.blobs_removed), (0, 0));
         // The owner dies (simulated: the lease names a process that does not exist).
-        store.catalog().lock().execute("UPDATE leases SET pid = 2147483646", []).unwrap();
+        store
+            .catalog()
+            .lock()
+            .execute("UPDATE leases SET pid = 2147483646", [])
+            .unwrap();
         let dead = store.collect_garbage(&GcOptions::default()).unwrap();
         assert_eq!((dead.leases_expired, dead.blobs_removed), (1, 1));
         assert_eq!(store.content().blob_size(&blob).unwrap(), None);

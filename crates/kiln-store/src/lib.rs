@@ -13,6 +13,7 @@
 //!     ingest/<alg>-<hex>.partial   bytes of a blob being written (resumable)
 //!     ingest/<alg>-<hex>.lock      held (flock, exclusive) by that blob's writer
 //!     quarantine/<alg>-<hex>-<t>   blobs `fsck --repair` found corrupt
+//!   tmp/                      scratch space of conversions (removed when they end)
 //!   locks/gc.lock             exclusive while garbage is collected or fsck repairs
 //! ```
 //!
@@ -52,7 +53,10 @@ pub mod schema;
 
 use std::path::{Path, PathBuf};
 
-pub use catalog::{Catalog, HolderRecord, ImageBlob, ImageRecord, IndexRecord, LayerRecord, Lease, NewImage, NewTag, TagRecord};
+pub use catalog::{
+    ArtifactRecord, Catalog, HolderRecord, ImageBlob, ImageRecord, IndexRecord, LayerRecord, Lease,
+    NewImage, NewTag, TagRecord,
+};
 pub use content::{ContentStore, Ingest, IngestStart};
 pub use error::{Result, StoreError};
 pub use fsck::{FsckReport, Problem};
@@ -72,7 +76,11 @@ impl Store {
         fs_err::create_dir_all(root.join("locks"))?;
         let content = ContentStore::open(root.join("content-v1"))?;
         let catalog = Catalog::open(&root.join("catalog-v1.db"))?;
-        Ok(Store { root: root.to_path_buf(), content, catalog })
+        Ok(Store {
+            root: root.to_path_buf(),
+            content,
+            catalog,
+        })
     }
 
     /// The root directory.

@@ -34,9 +34,14 @@ impl LockFile {
                 LockMode::Shared => file.lock_shared(),
                 LockMode::Exclusive => file.lock(),
             }
-            .map_err(|e| std::io::Error::new(e.kind(), format!("failed to lock {}: {e}", path.display())))?;
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("failed to lock {}: {e}", path.display()))
+            })?;
             if still_linked(&file, path)? {
-                return Ok(LockFile { file, path: path.to_path_buf() });
+                return Ok(LockFile {
+                    file,
+                    path: path.to_path_buf(),
+                });
             }
         }
     }
@@ -53,11 +58,17 @@ impl LockFile {
                 Ok(()) => {}
                 Err(TryLockError::WouldBlock) => return Ok(None),
                 Err(TryLockError::Error(e)) => {
-                    return Err(std::io::Error::new(e.kind(), format!("failed to lock {}: {e}", path.display())));
+                    return Err(std::io::Error::new(
+                        e.kind(),
+                        format!("failed to lock {}: {e}", path.display()),
+                    ));
                 }
             }
             if still_linked(&file, path)? {
-                return Ok(Some(LockFile { file, path: path.to_path_buf() }));
+                return Ok(Some(LockFile {
+                    file,
+                    path: path.to_path_buf(),
+                }));
             }
         }
     }
@@ -80,7 +91,12 @@ fn open(path: &Path) -> std::io::Result<File> {
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("failed to open lock file {}: {e}", path.display())))
+        .map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("failed to open lock file {}: {e}", path.display()),
+            )
+        })
 }
 
 fn still_linked(file: &File, path: &Path) -> std::io::Result<bool> {
@@ -101,11 +117,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("x.lock");
         let held = LockFile::acquire(&path, LockMode::Exclusive).unwrap();
-        assert!(LockFile::try_acquire(&path, LockMode::Exclusive).unwrap().is_none());
-        assert!(LockFile::try_acquire(&path, LockMode::Shared).unwrap().is_none());
+        assert!(
+            LockFile::try_acquire(&path, LockMode::Exclusive)
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            LockFile::try_acquire(&path, LockMode::Shared)
+                .unwrap()
+                .is_none()
+        );
         held.remove().unwrap();
         assert!(!path.exists());
-        let again = LockFile::try_acquire(&path, LockMode::Shared).unwrap().unwrap();
+        let again = LockFile::try_acquire(&path, LockMode::Shared)
+            .unwrap()
+            .unwrap();
         let also = LockFile::try_acquire(&path, LockMode::Shared).unwrap();
         assert!(also.is_some(), "shared locks coexist");
         drop(again);

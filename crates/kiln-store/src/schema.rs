@@ -18,13 +18,19 @@
 //! | `holders` | user of an image (a sandbox disk) | `rmi` refuses while one exists; `prune` keeps held images |
 //! | `leases` / `lease_blobs` | running operation / blob it needs | garbage collection never removes a leased blob; a lease dies with its process |
 //!
+//! # Version 2
+//!
+//! | table | one row per | notes |
+//! |---|---|---|
+//! | `artifacts` | file derived from an image (a root filesystem) | keyed by image, `format`, `options`, `converter_version`; the file is the blob `digest`; goes with its image (cascade) and keeps its blob alive |
+//!
 //! All timestamps are seconds since the Unix epoch.
 
 /// The schema version this kiln writes.
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1];
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 const V1: &str = r#"
 CREATE TABLE blobs (
@@ -105,4 +111,19 @@ CREATE TABLE lease_blobs (
     PRIMARY KEY (lease_id, digest)
 ) STRICT;
 CREATE INDEX lease_blobs_by_digest ON lease_blobs(digest);
+"#;
+
+const V2: &str = r#"
+CREATE TABLE artifacts (
+    id                INTEGER PRIMARY KEY,
+    image_id          INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    format            TEXT NOT NULL,
+    options           TEXT NOT NULL,
+    converter_version TEXT NOT NULL,
+    digest            TEXT NOT NULL,
+    size              INTEGER NOT NULL,
+    created_at        INTEGER NOT NULL,
+    UNIQUE (image_id, format, options, converter_version)
+) STRICT;
+CREATE INDEX artifacts_by_digest ON artifacts(digest);
 "#;

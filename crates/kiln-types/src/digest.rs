@@ -99,14 +99,27 @@ impl FromStr for Digest {
         let algorithm = match algorithm {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
-            other => return Err(DigestError::UnsupportedAlgorithm(text.to_string(), other.to_string())),
+            other => {
+                return Err(DigestError::UnsupportedAlgorithm(
+                    text.to_string(),
+                    other.to_string(),
+                ));
+            }
         };
         let valid = hex.len() == algorithm.hex_len()
-            && hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !valid {
-            return Err(DigestError::MalformedHex(text.to_string(), algorithm.hex_len()));
+            return Err(DigestError::MalformedHex(
+                text.to_string(),
+                algorithm.hex_len(),
+            ));
         }
-        Ok(Digest { algorithm, hex: hex.to_string() })
+        Ok(Digest {
+            algorithm,
+            hex: hex.to_string(),
+        })
     }
 }
 
@@ -219,8 +232,14 @@ mod tests {
             ("2cf24dba", "no algorithm prefix"),
             ("md5:abcd", "unsupported algorithm"),
             ("sha256:ABCDEF", "malformed hex"),
-            ("sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b982", "malformed hex"),
-            ("sha256:2CF24DBA5FB0A30E26E83B2AC5B9E29E1B161E5C1FA7425E73043362938B9824", "malformed hex"),
+            (
+                "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b982",
+                "malformed hex",
+            ),
+            (
+                "sha256:2CF24DBA5FB0A30E26E83B2AC5B9E29E1B161E5C1FA7425E73043362938B9824",
+                "malformed hex",
+            ),
         ];
         for (input, expected) in cases {
             let error = input.parse::<Digest>().unwrap_err().to_string();

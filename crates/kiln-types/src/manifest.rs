@@ -24,7 +24,10 @@ pub enum ManifestError {
     },
     /// A media type kiln does not handle.
     #[error("unsupported media type {media_type:?} for {what}")]
-    UnsupportedMediaType { what: &'static str, media_type: String },
+    UnsupportedMediaType {
+        what: &'static str,
+        media_type: String,
+    },
     /// A schema version other than 2.
     #[error("unsupported manifest schemaVersion {0} (kiln reads schemaVersion 2)")]
     SchemaVersion(u32),
@@ -169,12 +172,19 @@ pub struct ImageConfig {
 impl ImageConfig {
     /// Parses config bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<ImageConfig, ManifestError> {
-        serde_json::from_slice(bytes).map_err(|source| ManifestError::Malformed { what: "image config", source })
+        serde_json::from_slice(bytes).map_err(|source| ManifestError::Malformed {
+            what: "image config",
+            source,
+        })
     }
 
     /// The platform the config declares.
     pub fn platform(&self) -> Platform {
-        Platform { os: self.os.clone(), architecture: self.architecture.clone(), variant: self.variant.clone() }
+        Platform {
+            os: self.os.clone(),
+            architecture: self.architecture.clone(),
+            variant: self.variant.clone(),
+        }
     }
 }
 
@@ -205,7 +215,10 @@ impl Manifest {
     /// empty), the document's own `mediaType` wins when present.
     pub fn parse(bytes: &[u8], content_type: &str) -> Result<(Manifest, String), ManifestError> {
         let probe: Probe =
-            serde_json::from_slice(bytes).map_err(|source| ManifestError::Malformed { what: "manifest", source })?;
+            serde_json::from_slice(bytes).map_err(|source| ManifestError::Malformed {
+                what: "manifest",
+                source,
+            })?;
         let media_type = match (&probe.media_type, content_type) {
             (Some(declared), _) => declared.clone(),
             (None, given) if media_type::manifest_kind(given).is_some() => given.to_string(),
@@ -215,19 +228,32 @@ impl Manifest {
             (None, given) => given.to_string(),
         };
         let Some(kind) = media_type::manifest_kind(&media_type) else {
-            return Err(ManifestError::UnsupportedMediaType { what: "manifest", media_type });
+            return Err(ManifestError::UnsupportedMediaType {
+                what: "manifest",
+                media_type,
+            });
         };
         let version = probe.schema_version.unwrap_or(0);
         if version != 2 {
             return Err(ManifestError::SchemaVersion(version));
         }
         let manifest = match kind {
-            ManifestKind::Image => Manifest::Image(
-                serde_json::from_slice(bytes).map_err(|source| ManifestError::Malformed { what: "image manifest", source })?,
-            ),
-            ManifestKind::Index => Manifest::Index(
-                serde_json::from_slice(bytes).map_err(|source| ManifestError::Malformed { what: "image index", source })?,
-            ),
+            ManifestKind::Image => {
+                Manifest::Image(serde_json::from_slice(bytes).map_err(|source| {
+                    ManifestError::Malformed {
+                        what: "image manifest",
+                        source,
+                    }
+                })?)
+            }
+            ManifestKind::Index => {
+                Manifest::Index(serde_json::from_slice(bytes).map_err(|source| {
+                    ManifestError::Malformed {
+                        what: "image index",
+                        source,
+                    }
+                })?)
+            }
         };
         Ok((manifest, media_type))
     }
@@ -249,7 +275,9 @@ mod tests {
         );
         let (manifest, media_type) = Manifest::parse(docker.as_bytes(), "").unwrap();
         assert_eq!(media_type, media_type::DOCKER_MANIFEST);
-        let Manifest::Image(image) = manifest else { panic!("expected an image manifest") };
+        let Manifest::Image(image) = manifest else {
+            panic!("expected an image manifest")
+        };
         assert_eq!(image.layers.len(), 1);
         assert_eq!(image.config.size, 7);
 
@@ -259,18 +287,38 @@ mod tests {
         );
         let (manifest, media_type) = Manifest::parse(index.as_bytes(), "application/json").unwrap();
         assert_eq!(media_type, media_type::OCI_INDEX);
-        let Manifest::Index(index) = manifest else { panic!("expected an index") };
-        assert_eq!(index.manifests[0].platform.as_ref().unwrap().to_string(), "linux/arm64/v8");
+        let Manifest::Index(index) = manifest else {
+            panic!("expected an index")
+        };
+        assert_eq!(
+            index.manifests[0].platform.as_ref().unwrap().to_string(),
+            "linux/arm64/v8"
+        );
     }
 
     #[test]
     fn refuses_what_it_cannot_pull() {
         let schema1 = br#"{"schemaVersion":1,"name":"x","fsLayers":[]}"#;
-        assert!(Manifest::parse(schema1, media_type::DOCKER_SCHEMA1_SIGNED).unwrap_err().to_string().contains("unsupported media type"));
+        assert!(
+            Manifest::parse(schema1, media_type::DOCKER_SCHEMA1_SIGNED)
+                .unwrap_err()
+                .to_string()
+                .contains("unsupported media type")
+        );
         let odd = br#"{"schemaVersion":2,"mediaType":"application/x-other"}"#;
         assert!(Manifest::parse(odd, "").is_err());
-        assert!(Manifest::parse(b"not json", "").unwrap_err().to_string().contains("malformed manifest"));
+        assert!(
+            Manifest::parse(b"not json", "")
+                .unwrap_err()
+                .to_string()
+                .contains("malformed manifest")
+        );
         let v3 = br#"{"schemaVersion":3,"manifests":[]}"#;
-        assert!(Manifest::parse(v3, "").unwrap_err().to_string().contains("schemaVersion 3"));
+        assert!(
+            Manifest::parse(v3, "")
+                .unwrap_err()
+                .to_string()
+                .contains("schemaVersion 3")
+        );
     }
 }

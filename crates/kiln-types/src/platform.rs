@@ -35,7 +35,11 @@ impl Platform {
             "s390x" => ("s390x", None),
             other => (other, None),
         };
-        Platform { os: "linux".into(), architecture: architecture.into(), variant: variant.map(str::to_string) }
+        Platform {
+            os: "linux".into(),
+            architecture: architecture.into(),
+            variant: variant.map(str::to_string),
+        }
     }
 
     /// The variant with architecture defaults filled in (arm64 means v8).
@@ -74,7 +78,12 @@ impl FromStr for Platform {
 
     fn from_str(text: &str) -> Result<Platform, PlatformError> {
         let parts: Vec<&str> = text.split('/').collect();
-        let valid_part = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let valid_part = |part: &str| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
         if !(2..=3).contains(&parts.len()) || !parts.iter().all(|part| valid_part(part)) {
             return Err(PlatformError(text.to_string()));
         }
@@ -97,10 +106,18 @@ mod tests {
 
     #[test]
     fn parses_and_prints() {
-        for text in ["linux/amd64", "linux/arm64/v8", "linux/arm/v7", "windows/amd64"] {
+        for text in [
+            "linux/amd64",
+            "linux/arm64/v8",
+            "linux/arm/v7",
+            "windows/amd64",
+        ] {
             assert_eq!(text.parse::<Platform>().unwrap().to_string(), text);
         }
-        assert_eq!("linux/x86_64".parse::<Platform>().unwrap().to_string(), "linux/amd64");
+        assert_eq!(
+            "linux/x86_64".parse::<Platform>().unwrap().to_string(),
+            "linux/amd64"
+        );
         for bad in ["linux", "linux/", "/amd64", "a/b/c/d", "linux/amd 64"] {
             assert!(bad.parse::<Platform>().is_err(), "{bad}");
         }

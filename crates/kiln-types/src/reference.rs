@@ -27,9 +27,15 @@ pub enum ReferenceError {
     Registry { reference: String, host: String },
     /// The repository path is malformed.
     #[error("invalid image reference {reference:?}: repository {repository:?} {reason}")]
-    Repository { reference: String, repository: String, reason: &'static str },
+    Repository {
+        reference: String,
+        repository: String,
+        reason: &'static str,
+    },
     /// The tag is malformed.
-    #[error("invalid image reference {reference:?}: tag {tag:?} is malformed (letters, digits, '_', '.', '-', at most 128, not starting with '.' or '-')")]
+    #[error(
+        "invalid image reference {reference:?}: tag {tag:?} is malformed (letters, digits, '_', '.', '-', at most 128, not starting with '.' or '-')"
+    )]
     Tag { reference: String, tag: String },
     /// The digest is malformed.
     #[error("invalid image reference {reference:?}: {source}")]
@@ -57,7 +63,11 @@ impl Reference {
 
     /// The host that serves the registry API (docker.io's lives elsewhere).
     pub fn api_host(&self) -> &str {
-        if self.registry == DEFAULT_REGISTRY { DEFAULT_REGISTRY_API_HOST } else { &self.registry }
+        if self.registry == DEFAULT_REGISTRY {
+            DEFAULT_REGISTRY_API_HOST
+        } else {
+            &self.registry
+        }
     }
 
     /// The repository path, e.g. `library/alpine`.
@@ -91,11 +101,21 @@ impl Reference {
 
     /// The same repository pinned to `digest` (no tag).
     pub fn with_digest(&self, digest: Digest) -> Reference {
-        Reference { registry: self.registry.clone(), repository: self.repository.clone(), tag: None, digest: Some(digest) }
+        Reference {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            tag: None,
+            digest: Some(digest),
+        }
     }
 
     /// Builds a reference from validated parts.
-    pub fn new(registry: &str, repository: &str, tag: Option<&str>, digest: Option<Digest>) -> Result<Reference, ReferenceError> {
+    pub fn new(
+        registry: &str,
+        repository: &str,
+        tag: Option<&str>,
+        digest: Option<Digest>,
+    ) -> Result<Reference, ReferenceError> {
         let mut text = format!("{registry}/{repository}");
         if let Some(tag) = tag {
             text.push(':');
@@ -134,7 +154,10 @@ impl FromStr for Reference {
             Some((rest, digest)) => {
                 let digest = digest
                     .parse::<Digest>()
-                    .map_err(|source| ReferenceError::Digest { reference: reference.clone(), source })?;
+                    .map_err(|source| ReferenceError::Digest {
+                        reference: reference.clone(),
+                        source,
+                    })?;
                 (rest, Some(digest))
             }
             None => (text, None),
@@ -150,10 +173,15 @@ impl FromStr for Reference {
         if let Some(tag) = tag
             && !valid_tag(tag)
         {
-            return Err(ReferenceError::Tag { reference, tag: tag.to_string() });
+            return Err(ReferenceError::Tag {
+                reference,
+                tag: tag.to_string(),
+            });
         }
         let (registry, repository) = match name.split_once('/') {
-            Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            Some((first, rest))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
                 (first.to_string(), rest.to_string())
             }
             _ => (DEFAULT_REGISTRY.to_string(), name.to_string()),
@@ -164,7 +192,10 @@ impl FromStr for Reference {
             registry
         };
         if !valid_registry(&registry) {
-            return Err(ReferenceError::Registry { reference, host: registry });
+            return Err(ReferenceError::Registry {
+                reference,
+                host: registry,
+            });
         }
         let repository = if registry == DEFAULT_REGISTRY && !repository.contains('/') {
             format!("library/{repository}")
@@ -172,14 +203,23 @@ impl FromStr for Reference {
             repository
         };
         if let Some(reason) = repository_problem(&repository) {
-            return Err(ReferenceError::Repository { reference, repository, reason });
+            return Err(ReferenceError::Repository {
+                reference,
+                repository,
+                reason,
+            });
         }
         let tag = match (tag, &digest) {
             (Some(tag), _) => Some(tag.to_string()),
             (None, Some(_)) => None,
             (None, None) => Some("latest".to_string()),
         };
-        Ok(Reference { registry, repository, tag, digest })
+        Ok(Reference {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
     }
 }
 
@@ -189,13 +229,16 @@ fn valid_tag(tag: &str) -> bool {
         Some(first) if first.is_ascii_alphanumeric() || first == b'_' => {}
         _ => return false,
     }
-    tag.len() <= MAX_TAG_LENGTH && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+    tag.len() <= MAX_TAG_LENGTH
+        && bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 fn valid_registry(host: &str) -> bool {
     let (name, port) = if let Some(rest) = host.strip_prefix('[') {
         // [IPv6]:port
-        let Some((address, after)) = rest.split_once(']') else { return false };
+        let Some((address, after)) = rest.split_once(']') else {
+            return false;
+        };
         if address.is_empty() || !address.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
             return false;
         }
@@ -216,12 +259,17 @@ fn valid_registry(host: &str) -> bool {
             !label.is_empty()
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
 fn valid_port(port: &str) -> bool {
-    !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit()) && port.parse::<u32>().is_ok_and(|p| p <= 65535)
+    !port.is_empty()
+        && port.len() <= 5
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u32>().is_ok_and(|p| p <= 65535)
 }
 
 fn repository_problem(repository: &str) -> Option<&'static str> {
@@ -236,7 +284,9 @@ fn repository_problem(repository: &str) -> Option<&'static str> {
     }
     for component in repository.split('/') {
         if !valid_path_component(component) {
-            return Some("has a malformed path component (lowercase letters, digits and single separators '.', '_', '__', '-')");
+            return Some(
+                "has a malformed path component (lowercase letters, digits and single separators '.', '_', '__', '-')",
+            );
         }
     }
     None
@@ -260,7 +310,10 @@ fn valid_path_component(component: &str) -> bool {
             i += 1;
         }
         let separator = &component[start..i];
-        let ok = separator == "." || separator == "_" || separator == "__" || separator.bytes().all(|b| b == b'-');
+        let ok = separator == "."
+            || separator == "_"
+            || separator == "__"
+            || separator.bytes().all(|b| b == b'-');
         if !ok {
             return false;
         }
@@ -281,7 +334,10 @@ mod tests {
             ("alpine:3.20", "docker.io/library/alpine:3.20"),
             ("library/alpine", "docker.io/library/alpine:latest"),
             ("user/app:v1", "docker.io/user/app:v1"),
-            ("index.docker.io/library/alpine", "docker.io/library/alpine:latest"),
+            (
+                "index.docker.io/library/alpine",
+                "docker.io/library/alpine:latest",
+            ),
             ("ghcr.io/org/app:1.0", "ghcr.io/org/app:1.0"),
             ("localhost/app", "localhost/app:latest"),
             ("localhost:5000/a/b/c:t", "localhost:5000/a/b/c:t"),

@@ -32,22 +32,45 @@ pub enum Error {
     ImageNotFound { query: String },
     /// A short digest matches several images.
     #[error("{query:?} matches {} images: {}", candidates.len(), candidates.join(", "))]
-    Ambiguous { query: String, candidates: Vec<String> },
+    Ambiguous {
+        query: String,
+        candidates: Vec<String>,
+    },
     /// The index has no manifest for the platform.
     #[error("{reference} has no image for platform {platform} (available: {})", if available.is_empty() { "none".to_string() } else { available.join(", ") })]
-    PlatformNotFound { reference: String, platform: String, available: Vec<String> },
+    PlatformNotFound {
+        reference: String,
+        platform: String,
+        available: Vec<String>,
+    },
     /// The image is for another platform than the one asked for.
     #[error("{reference} is an image for {actual}, not {requested}")]
-    PlatformMismatch { reference: String, requested: String, actual: String },
+    PlatformMismatch {
+        reference: String,
+        requested: String,
+        actual: String,
+    },
     /// A media type kiln cannot handle.
     #[error("{reference}: unsupported media type {media_type:?} for {what}")]
-    UnsupportedMediaType { reference: String, what: String, media_type: String },
+    UnsupportedMediaType {
+        reference: String,
+        what: String,
+        media_type: String,
+    },
     /// The manifest and config disagree on the number of layers.
     #[error("{reference}: manifest lists {layers} layers but the config has {diff_ids} diff_ids")]
-    LayerCount { reference: String, layers: usize, diff_ids: usize },
+    LayerCount {
+        reference: String,
+        layers: usize,
+        diff_ids: usize,
+    },
     /// A layer decompressed to something other than the config promised.
     #[error("layer {layer} decompresses to diff_id {actual}, but the image config says {expected}")]
-    DiffIdMismatch { layer: Digest, expected: Digest, actual: Digest },
+    DiffIdMismatch {
+        layer: Digest,
+        expected: Digest,
+        actual: Digest,
+    },
     /// A layer could not be decompressed.
     #[error("layer {layer} ({compression}) cannot be decompressed: {source}")]
     Decompress {
@@ -62,6 +85,9 @@ pub enum Error {
     /// Removing by digest would remove several names.
     #[error("image {image} has {} names: {}", names.len(), names.join(", "))]
     MultipleNames { image: String, names: Vec<String> },
+    /// A layer could not be turned into a filesystem tree.
+    #[error(transparent)]
+    Rootfs(#[from] kiln_rootfs::RootfsError),
     /// A background task died.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -74,11 +100,18 @@ impl Error {
             Error::Reference(_) | Error::Platform(_) => ErrorKind::InvalidArgument,
             Error::Store(error) => error.kind(),
             Error::Registry(error) => error.kind(),
-            Error::Manifest { .. } | Error::UnsupportedMediaType { .. } | Error::Ambiguous { .. } => ErrorKind::InvalidArgument,
-            Error::NotCached { .. } | Error::ImageNotFound { .. } | Error::PlatformNotFound { .. } => ErrorKind::NotFound,
+            Error::Manifest { .. }
+            | Error::UnsupportedMediaType { .. }
+            | Error::Ambiguous { .. } => ErrorKind::InvalidArgument,
+            Error::NotCached { .. }
+            | Error::ImageNotFound { .. }
+            | Error::PlatformNotFound { .. } => ErrorKind::NotFound,
             Error::PlatformMismatch { .. } => ErrorKind::InvalidArgument,
-            Error::LayerCount { .. } | Error::DiffIdMismatch { .. } | Error::Decompress { .. } => ErrorKind::DataLoss,
+            Error::LayerCount { .. } | Error::DiffIdMismatch { .. } | Error::Decompress { .. } => {
+                ErrorKind::DataLoss
+            }
             Error::InUse { .. } | Error::MultipleNames { .. } => ErrorKind::FailedPrecondition,
+            Error::Rootfs(error) => error.kind(),
             Error::Task(_) => ErrorKind::Internal,
         }
     }

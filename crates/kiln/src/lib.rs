@@ -23,6 +23,7 @@ mod pull;
 mod query;
 mod remove;
 mod root;
+mod rootfs;
 
 use std::path::Path;
 
@@ -35,6 +36,7 @@ pub use pull::{DEFAULT_CONCURRENCY, PullOptions, PullPolicy, PulledImage};
 pub use query::{Found, ImageDetails, ImageSummary, LayerDetails};
 pub use remove::RemoveReport;
 pub use root::resolve_root;
+pub use rootfs::{CONVERTER_VERSION, RootfsArtifact, RootfsFormat, copy_out};
 
 /// The entry point: one store, every operation.
 #[derive(Debug)]
@@ -45,7 +47,9 @@ pub struct Manager {
 impl Manager {
     /// Opens (creating) the store at `root`.
     pub fn open(root: &Path) -> Result<Manager> {
-        Ok(Manager { store: Store::open(root)? })
+        Ok(Manager {
+            store: Store::open(root)?,
+        })
     }
 
     /// The underlying store (for frontends that serve blobs, and tests).

@@ -6,8 +6,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
-use kiln_oci::{ChainedCredentials, ClientOptions, CredentialProvider, DiffIdHasher, DiffIdSink, DockerConfig, RegistryClient, RetryObserver};
-use kiln_store::{ImageBlob, IndexRecord, IngestStart, LayerRecord, Lease, NewImage, NewTag, StoreError};
+use kiln_oci::{
+    ChainedCredentials, ClientOptions, CredentialProvider, DiffIdHasher, DiffIdSink, DockerConfig,
+    RegistryClient, RetryObserver,
+};
+use kiln_store::{
+    ImageBlob, IndexRecord, IngestStart, LayerRecord, Lease, NewImage, NewTag, StoreError,
+};
 use kiln_types::manifest::Manifest;
 use kiln_types::media_type::{self, Compression, ManifestKind};
 use kiln_types::{Descriptor, Digest, ImageConfig, ImageManifest, Platform, Reference};
@@ -95,7 +100,12 @@ struct Observer(Arc<dyn Progress>);
 
 impl RetryObserver for Observer {
     fn retrying(&self, what: &str, attempt: u32, delay: Duration, reason: &str) {
-        self.0.event(Event::Retrying { what: what.to_string(), attempt, delay, reason: reason.to_string() });
+        self.0.event(Event::Retrying {
+            what: what.to_string(),
+            attempt,
+            delay,
+            reason: reason.to_string(),
+        });
     }
 }
 
@@ -127,17 +137,28 @@ struct LayerOutcome {
 
 impl Manager {
     /// Pulls `reference` (docker syntax) into the store.
-    pub async fn pull(&self, reference: &str, options: &PullOptions, progress: Arc<dyn Progress>) -> Result<PulledImage> {
+    pub async fn pull(
+        &self,
+        reference: &str,
+        options: &PullOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Result<PulledImage> {
         let reference: Reference = reference.parse()?;
         let platform = options.platform.clone().unwrap_or_else(Platform::host);
-        progress.event(Event::Resolving { reference: reference.to_string() });
+        progress.event(Event::Resolving {
+            reference: reference.to_string(),
+        });
         if !options.force && options.policy != PullPolicy::Always {
             if let Some(hit) = self.find_cached(&reference, &platform)? {
-                progress.event(Event::Cached { manifest: hit.manifest_digest.clone() });
+                progress.event(Event::Cached {
+                    manifest: hit.manifest_digest.clone(),
+                });
                 return Ok(hit);
             }
             if options.policy == PullPolicy::Never {
-                return Err(Error::NotCached { reference: reference.to_string() });
+                return Err(Error::NotCached {
+                    reference: reference.to_string(),
+                });
             }
         }
         let client = self.registry_client(&reference, options);
@@ -145,58 +166,147 @@ impl Manager {
         let observer = Arc::new(Observer(progress.clone()));
         if options.policy == PullPolicy::Always
             && !options.force
-            && let Some(remote) = self.remote_digest(&client, &reference, observer.as_ref()).await?
+            && let Some(remote) = self
+                .remote_digest(&client, &reference, observer.as_ref())
+                .await?
             && let Some(hit) = self.find_cached_remote(&reference, &platform, &remote)?
         {
-            progress.event(Event::Cached { manifest: hit.manifest_digest.clone() });
+            progress.event(Event::Cached {
+                manifest: hit.manifest_digest.clone(),
+            });
             return Ok(hit);
         }
-        let guard = LeaseGuard { manager: self, lease: Some(self.store.catalog().create_lease()?) };
+        let guard = LeaseGuard {
+            manager: self,
+            lease: Some(self.store.catalog().create_lease()?),
+        };
         let what = reference.to_string();
-        let top = client.fetch_manifest(&reference, &reference.manifest_selector(), observer.as_ref()).await?;
+        let top = client
+            .fetch_manifest(
+                &reference,
+                &reference.manifest_selector(),
+                observer.as_ref(),
+            )
+            .await?;
         let (parsed, top_media_type) =
-            Manifest::parse(&top.bytes, &top.content_type).map_err(|source| Error::Manifest { reference: what.clone(), source })?;
-        let (index, manifest_bytes, manifest_digest, manifest_media_type, manifest, descriptor_platform) = match parsed {
-            Manifest::Image(manifest) => (None, top.bytes, top.digest, top_media_type, manifest, None),
+            Manifest::parse(&top.bytes, &top.content_type).map_err(|source| Error::Manifest {
+                reference: what.clone(),
+                source,
+            })?;
+        let (
+            index,
+            manifest_bytes,
+            manifest_digest,
+            manifest_media_type,
+            manifest,
+            descriptor_platform,
+        ) = match parsed {
+            Manifest::Image(manifest) => {
+                (None, top.bytes, top.digest, top_media_type, manifest, None)
+            }
             Manifest::Index(index) => {
                 self.keep_blob(guard.lease(), &top.digest, &top.bytes)?;
-                let chosen = choose_platform(&what, &index.manifests, &platform, options.platform.is_some())?;
-                let child = client.fetch_manifest(&reference, &chosen.digest.to_string(), observer.as_ref()).await?;
+                let chosen = choose_platform(
+                    &what,
+                    &index.manifests,
+                    &platform,
+                    options.platform.is_some(),
+                )?;
+                let child = client
+                    .fetch_manifest(&reference, &chosen.digest.to_string(), observer.as_ref())
+                    .await?;
                 let (parsed, media_type) = Manifest::parse(&child.bytes, &child.content_type)
-                    .map_err(|source| Error::Manifest { reference: format!("{what} ({})", chosen.digest), source })?;
+                    .map_err(|source| Error::Manifest {
+                        reference: format!("{what} ({})", chosen.digest),
+                        source,
+                    })?;
                 let Manifest::Image(manifest) = parsed else {
-                    return Err(Error::UnsupportedMediaType { reference: what, what: "platform manifest".into(), media_type });
+                    return Err(Error::UnsupportedMediaType {
+                        reference: what,
+                        what: "platform manifest".into(),
+                        media_type,
+                    });
                 };
-                let index = IndexRecord { digest: top.digest.clone(), media_type: top_media_type, size: top.bytes.len() as u64 };
-                (Some(index), child.bytes, child.digest, media_type, manifest, chosen.platform.clone())
+                let index = IndexRecord {
+                    digest: top.digest.clone(),
+                    media_type: top_media_type,
+                    size: top.bytes.len() as u64,
+                };
+                (
+                    Some(index),
+                    child.bytes,
+                    child.digest,
+                    media_type,
+                    manifest,
+                    chosen.platform.clone(),
+                )
             }
         };
         self.keep_blob(guard.lease(), &manifest_digest, &manifest_bytes)?;
         progress.event(Event::Resolved {
             manifest: manifest_digest.clone(),
-            platform: descriptor_platform.as_ref().map(|p| p.to_string()).unwrap_or_default(),
+            platform: descriptor_platform
+                .as_ref()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
             layers: manifest.layers.len(),
         });
 
-        let (config, config_bytes_len) = self.fetch_config(&client, &reference, &manifest, guard.lease(), options.force, &observer).await?;
+        let (config, config_bytes_len) = self
+            .fetch_config(
+                &client,
+                &reference,
+                &manifest,
+                guard.lease(),
+                options.force,
+                &observer,
+            )
+            .await?;
         let image_platform = descriptor_platform.unwrap_or_else(|| config.platform());
         if index.is_none() && options.platform.is_some() && !platform.accepts(&image_platform) {
-            return Err(Error::PlatformMismatch { reference: what, requested: platform.to_string(), actual: image_platform.to_string() });
+            return Err(Error::PlatformMismatch {
+                reference: what,
+                requested: platform.to_string(),
+                actual: image_platform.to_string(),
+            });
         }
         if manifest.layers.len() != config.rootfs.diff_ids.len() {
-            return Err(Error::LayerCount { reference: what, layers: manifest.layers.len(), diff_ids: config.rootfs.diff_ids.len() });
+            return Err(Error::LayerCount {
+                reference: what,
+                layers: manifest.layers.len(),
+                diff_ids: config.rootfs.diff_ids.len(),
+            });
         }
         let mut compressions = Vec::with_capacity(manifest.layers.len());
         for (position, layer) in manifest.layers.iter().enumerate() {
             let Some(compression) = media_type::layer_compression(&layer.media_type) else {
-                return Err(Error::UnsupportedMediaType { reference: what, what: format!("layer {position} ({})", layer.digest), media_type: layer.media_type.clone() });
+                return Err(Error::UnsupportedMediaType {
+                    reference: what,
+                    what: format!("layer {position} ({})", layer.digest),
+                    media_type: layer.media_type.clone(),
+                });
             };
             compressions.push(compression);
         }
 
-        let outcomes: Vec<LayerOutcome> = stream::iter(manifest.layers.iter().zip(compressions).map(|(layer, compression)| {
-            self.pull_layer(&client, &reference, layer, compression, guard.lease(), options, progress.clone(), observer.clone())
-        }))
+        let outcomes: Vec<LayerOutcome> = stream::iter(
+            manifest
+                .layers
+                .iter()
+                .zip(compressions)
+                .map(|(layer, compression)| {
+                    self.pull_layer(
+                        &client,
+                        &reference,
+                        layer,
+                        compression,
+                        guard.lease(),
+                        options,
+                        progress.clone(),
+                        observer.clone(),
+                    )
+                }),
+        )
         .buffered(options.concurrency.max(1))
         .try_collect()
         .await?;
@@ -210,12 +320,28 @@ impl Manager {
             size: config_bytes_len,
         }];
         let mut downloaded = 0;
-        for (position, ((layer, outcome), expected)) in manifest.layers.iter().zip(&outcomes).zip(&config.rootfs.diff_ids).enumerate() {
+        for (position, ((layer, outcome), expected)) in manifest
+            .layers
+            .iter()
+            .zip(&outcomes)
+            .zip(&config.rootfs.diff_ids)
+            .enumerate()
+        {
             if outcome.diff_id != *expected {
-                return Err(Error::DiffIdMismatch { layer: layer.digest.clone(), expected: expected.clone(), actual: outcome.diff_id.clone() });
+                return Err(Error::DiffIdMismatch {
+                    layer: layer.digest.clone(),
+                    expected: expected.clone(),
+                    actual: outcome.diff_id.clone(),
+                });
             }
             downloaded += outcome.downloaded;
-            blobs.push(ImageBlob { role: "layer".into(), position: position as u32, digest: layer.digest.clone(), media_type: layer.media_type.clone(), size: layer.size });
+            blobs.push(ImageBlob {
+                role: "layer".into(),
+                position: position as u32,
+                digest: layer.digest.clone(),
+                media_type: layer.media_type.clone(),
+                size: layer.size,
+            });
             layers.push(LayerRecord {
                 digest: layer.digest.clone(),
                 media_type: layer.media_type.clone(),
@@ -224,17 +350,31 @@ impl Manager {
             });
         }
         let image = NewImage {
-            manifest: ImageBlob { role: "manifest".into(), position: 0, digest: manifest_digest.clone(), media_type: manifest_media_type, size: manifest_bytes.len() as u64 },
+            manifest: ImageBlob {
+                role: "manifest".into(),
+                position: 0,
+                digest: manifest_digest.clone(),
+                media_type: manifest_media_type,
+                size: manifest_bytes.len() as u64,
+            },
             kind: "oci".into(),
             platform: Some(image_platform.to_string()),
             image_created: config.created.clone(),
             blobs,
             layers,
         };
-        let tag = NewTag { name: tag_name(&reference), platform: image_platform.to_string(), index: index.clone() };
+        let tag = NewTag {
+            name: tag_name(&reference),
+            platform: image_platform.to_string(),
+            index: index.clone(),
+        };
         let mut guard = guard;
-        self.store.catalog().commit_image(&image, Some(&tag), guard.lease.take())?;
-        progress.event(Event::Stored { manifest: manifest_digest.clone() });
+        self.store
+            .catalog()
+            .commit_image(&image, Some(&tag), guard.lease.take())?;
+        progress.event(Event::Stored {
+            manifest: manifest_digest.clone(),
+        });
         Ok(PulledImage {
             reference: reference.to_string(),
             manifest_digest,
@@ -249,7 +389,12 @@ impl Manager {
     /// What the tag names now, by a HEAD request. A registry that cannot
     /// answer HEAD (some answer 405) gets a full GET instead; a missing tag
     /// or refused credentials fail at once.
-    async fn remote_digest(&self, client: &RegistryClient, reference: &Reference, observer: &dyn RetryObserver) -> Result<Option<Digest>> {
+    async fn remote_digest(
+        &self,
+        client: &RegistryClient,
+        reference: &Reference,
+        observer: &dyn RetryObserver,
+    ) -> Result<Option<Digest>> {
         match client.head_manifest(reference, observer).await {
             Ok(digest) => Ok(digest),
             Err(kiln_oci::OciError::Status { .. }) => Ok(None),
@@ -259,8 +404,13 @@ impl Manager {
 
     /// `pull` with the `missing` policy and default options: the cached image
     /// when there is one, else a download.
-    pub async fn ensure(&self, reference: &str, progress: Arc<dyn Progress>) -> Result<PulledImage> {
-        self.pull(reference, &PullOptions::default(), progress).await
+    pub async fn ensure(
+        &self,
+        reference: &str,
+        progress: Arc<dyn Progress>,
+    ) -> Result<PulledImage> {
+        self.pull(reference, &PullOptions::default(), progress)
+            .await
     }
 
     fn registry_client(&self, reference: &Reference, options: &PullOptions) -> RegistryClient {
@@ -270,7 +420,11 @@ impl Manager {
         }
         providers.push(Arc::new(DockerConfig));
         RegistryClient::new(ClientOptions {
-            insecure_registries: if options.insecure { vec![reference.api_host().to_string()] } else { Vec::new() },
+            insecure_registries: if options.insecure {
+                vec![reference.api_host().to_string()]
+            } else {
+                Vec::new()
+            },
             ca_certs: options.ca_certs.clone(),
             credentials: Arc::new(ChainedCredentials(providers)),
             ..ClientOptions::default()
@@ -304,20 +458,41 @@ impl Manager {
             });
         }
         if descriptor.size > MAX_CONFIG_SIZE {
-            return Err(kiln_oci::OciError::TooLarge { host: reference.api_host().to_string(), what: format!("config {}", descriptor.digest), limit: MAX_CONFIG_SIZE }.into());
+            return Err(kiln_oci::OciError::TooLarge {
+                host: reference.api_host().to_string(),
+                what: format!("config {}", descriptor.digest),
+                limit: MAX_CONFIG_SIZE,
+            }
+            .into());
         }
         self.store.catalog().lease_blob(lease, &descriptor.digest)?;
-        let cached = if force { None } else { self.store.content().read_blob(&descriptor.digest).ok() };
+        let cached = if force {
+            None
+        } else {
+            self.store.content().read_blob(&descriptor.digest).ok()
+        };
         let bytes = match cached {
             Some(bytes) => Bytes::from(bytes),
             None => {
-                let bytes = client.fetch_small_blob(reference, &descriptor.digest, descriptor.size, observer.clone()).await?;
+                let bytes = client
+                    .fetch_small_blob(
+                        reference,
+                        &descriptor.digest,
+                        descriptor.size,
+                        observer.clone(),
+                    )
+                    .await?;
                 self.store.content().put_blob(&descriptor.digest, &bytes)?;
                 bytes
             }
         };
-        self.store.catalog().record_blob(&descriptor.digest, bytes.len() as u64)?;
-        let config = ImageConfig::from_slice(&bytes).map_err(|source| Error::Manifest { reference: reference.to_string(), source })?;
+        self.store
+            .catalog()
+            .record_blob(&descriptor.digest, bytes.len() as u64)?;
+        let config = ImageConfig::from_slice(&bytes).map_err(|source| Error::Manifest {
+            reference: reference.to_string(),
+            source,
+        })?;
         Ok((config, bytes.len() as u64))
     }
 
@@ -341,19 +516,36 @@ impl Manager {
         for attempt in 0..2 {
             let content = self.store.content().clone();
             let (ingest_digest, size, rewrite) = (digest.clone(), layer.size, fresh_start);
-            let start = tokio::task::spawn_blocking(move || content.ingest(&ingest_digest, Some(size), rewrite))
-                .await
-                .map_err(|e| Error::Task(e.to_string()))??;
+            let start = tokio::task::spawn_blocking(move || {
+                content.ingest(&ingest_digest, Some(size), rewrite)
+            })
+            .await
+            .map_err(|e| Error::Task(e.to_string()))??;
             let mut ingest = match start {
                 IngestStart::Committed { size } => {
-                    progress.event(Event::BlobExists { digest: digest.clone(), size });
-                    let (diff_id, uncompressed_size) = self.known_diff_id(&digest, compression).await?;
+                    progress.event(Event::BlobExists {
+                        digest: digest.clone(),
+                        size,
+                    });
+                    let (diff_id, uncompressed_size) =
+                        self.known_diff_id(&digest, compression).await?;
                     self.store.catalog().record_blob(&digest, size)?;
-                    return Ok(LayerOutcome { diff_id, uncompressed_size, downloaded: 0 });
+                    return Ok(LayerOutcome {
+                        diff_id,
+                        uncompressed_size,
+                        downloaded: 0,
+                    });
                 }
                 IngestStart::Writing(ingest) => ingest,
             };
-            let mut worker = DiffIdSink::new(compression, options.pipelined_diff_id).map_err(|source| Error::Decompress { layer: digest.clone(), compression: compression.as_str(), source })?;
+            let mut worker =
+                DiffIdSink::new(compression, options.pipelined_diff_id).map_err(|source| {
+                    Error::Decompress {
+                        layer: digest.clone(),
+                        compression: compression.as_str(),
+                        source,
+                    }
+                })?;
             let offset = ingest.offset();
             let (ingest, worker) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 if ingest.offset() > 0 {
@@ -363,7 +555,11 @@ impl Manager {
             })
             .await
             .map_err(|e| Error::Task(e.to_string()))??;
-            progress.event(Event::BlobStarted { digest: digest.clone(), size: layer.size, offset });
+            progress.event(Event::BlobStarted {
+                digest: digest.clone(),
+                size: layer.size,
+                offset,
+            });
 
             let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(16);
             let writer = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
@@ -380,7 +576,13 @@ impl Manager {
                 }
                 Ok((ingest, worker, worker_failed))
             });
-            let mut download = client.blob(reference, digest.clone(), Some(layer.size), offset, observer.clone());
+            let mut download = client.blob(
+                reference,
+                digest.clone(),
+                Some(layer.size),
+                offset,
+                observer.clone(),
+            );
             let mut network_error = None;
             loop {
                 match download.next_chunk().await {
@@ -388,7 +590,10 @@ impl Manager {
                         if sender.send(chunk).await.is_err() {
                             break; // the writer failed; its error follows
                         }
-                        progress.event(Event::BlobProgress { digest: digest.clone(), position: download.position() });
+                        progress.event(Event::BlobProgress {
+                            digest: digest.clone(),
+                            position: download.position(),
+                        });
                     }
                     Ok(None) => break,
                     Err(error) => {
@@ -398,25 +603,45 @@ impl Manager {
                 }
             }
             drop(sender);
-            let (ingest, worker, worker_failed) = writer.await.map_err(|e| Error::Task(e.to_string()))??;
+            let (ingest, worker, worker_failed) =
+                writer.await.map_err(|e| Error::Task(e.to_string()))??;
             if let Some(error) = network_error {
                 // The partial data stays for the next pull to resume.
                 drop(ingest);
                 return Err(error.into());
             }
-            let committed = tokio::task::spawn_blocking(move || ingest.commit()).await.map_err(|e| Error::Task(e.to_string()))?;
+            let committed = tokio::task::spawn_blocking(move || ingest.commit())
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?;
             match committed {
                 Ok(size) => {
                     self.store.catalog().record_blob(&digest, size)?;
-                    progress.event(Event::BlobDone { digest: digest.clone(), size });
+                    progress.event(Event::BlobDone {
+                        digest: digest.clone(),
+                        size,
+                    });
                     let (diff_id, uncompressed_size) = match worker_failed {
-                        Some(source) => return Err(Error::Decompress { layer: digest, compression: compression.as_str(), source }),
+                        Some(source) => {
+                            return Err(Error::Decompress {
+                                layer: digest,
+                                compression: compression.as_str(),
+                                source,
+                            });
+                        }
                         None => tokio::task::spawn_blocking(move || worker.finish())
                             .await
                             .map_err(|e| Error::Task(e.to_string()))?
-                            .map_err(|source| Error::Decompress { layer: digest.clone(), compression: compression.as_str(), source })?,
+                            .map_err(|source| Error::Decompress {
+                                layer: digest.clone(),
+                                compression: compression.as_str(),
+                                source,
+                            })?,
                     };
-                    return Ok(LayerOutcome { diff_id, uncompressed_size, downloaded: layer.size - offset });
+                    return Ok(LayerOutcome {
+                        diff_id,
+                        uncompressed_size,
+                        downloaded: layer.size - offset,
+                    });
                 }
                 Err(StoreError::DigestMismatch { .. }) if attempt == 0 => {
                     // Bad bytes (from the network or an old partial file) were
@@ -425,7 +650,9 @@ impl Manager {
                         what: format!("blob {digest}"),
                         attempt: 2,
                         delay: Duration::ZERO,
-                        reason: "content did not match its digest; downloading again from the start".into(),
+                        reason:
+                            "content did not match its digest; downloading again from the start"
+                                .into(),
                     });
                     fresh_start = true;
                     continue;
@@ -437,7 +664,11 @@ impl Manager {
     }
 
     /// The diff_id of a committed layer: from the catalog, else by reading it.
-    async fn known_diff_id(&self, digest: &Digest, compression: Compression) -> Result<(Digest, u64)> {
+    async fn known_diff_id(
+        &self,
+        digest: &Digest,
+        compression: Compression,
+    ) -> Result<(Digest, u64)> {
         if let Some(record) = self.store.catalog().layer(digest)?
             && let (Some(diff_id), Some(size)) = (record.diff_id, record.uncompressed_size)
         {
@@ -461,11 +692,19 @@ impl Manager {
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))?
-        .map_err(|source| Error::Decompress { layer, compression: compression.as_str(), source })
+        .map_err(|source| Error::Decompress {
+            layer,
+            compression: compression.as_str(),
+            source,
+        })
     }
 
     /// A complete cached image for `reference` on `platform`.
-    pub(crate) fn find_cached(&self, reference: &Reference, platform: &Platform) -> Result<Option<PulledImage>> {
+    pub(crate) fn find_cached(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+    ) -> Result<Option<PulledImage>> {
         let catalog = self.store.catalog();
         let mut candidates = catalog.tags_named(&tag_name(reference))?;
         if candidates.is_empty()
@@ -477,11 +716,15 @@ impl Manager {
             }
         }
         for tag in candidates {
-            let Ok(tag_platform) = tag.platform.parse::<Platform>() else { continue };
+            let Ok(tag_platform) = tag.platform.parse::<Platform>() else {
+                continue;
+            };
             if !platform.accepts(&tag_platform) {
                 continue;
             }
-            if let Some(hit) = self.complete_image(reference, tag.image_id, tag.index_digest.clone())? {
+            if let Some(hit) =
+                self.complete_image(reference, tag.image_id, tag.index_digest.clone())?
+            {
                 return Ok(Some(hit));
             }
         }
@@ -490,15 +733,25 @@ impl Manager {
 
     /// A cached image whose manifest or index has the digest the registry
     /// now reports for the reference.
-    fn find_cached_remote(&self, reference: &Reference, platform: &Platform, remote: &Digest) -> Result<Option<PulledImage>> {
+    fn find_cached_remote(
+        &self,
+        reference: &Reference,
+        platform: &Platform,
+        remote: &Digest,
+    ) -> Result<Option<PulledImage>> {
         for tag in self.store.catalog().tags_named(&tag_name(reference))? {
-            let Ok(tag_platform) = tag.platform.parse::<Platform>() else { continue };
+            let Ok(tag_platform) = tag.platform.parse::<Platform>() else {
+                continue;
+            };
             if !platform.accepts(&tag_platform) {
                 continue;
             }
-            let Some(image) = self.store.catalog().image(tag.image_id)? else { continue };
+            let Some(image) = self.store.catalog().image(tag.image_id)? else {
+                continue;
+            };
             if (image.manifest_digest == *remote || tag.index_digest.as_ref() == Some(remote))
-                && let Some(hit) = self.complete_image(reference, tag.image_id, tag.index_digest.clone())?
+                && let Some(hit) =
+                    self.complete_image(reference, tag.image_id, tag.index_digest.clone())?
             {
                 return Ok(Some(hit));
             }
@@ -506,9 +759,16 @@ impl Manager {
         Ok(None)
     }
 
-    fn complete_image(&self, reference: &Reference, image_id: i64, index_digest: Option<Digest>) -> Result<Option<PulledImage>> {
+    fn complete_image(
+        &self,
+        reference: &Reference,
+        image_id: i64,
+        index_digest: Option<Digest>,
+    ) -> Result<Option<PulledImage>> {
         let catalog = self.store.catalog();
-        let Some(image) = catalog.image(image_id)? else { return Ok(None) };
+        let Some(image) = catalog.image(image_id)? else {
+            return Ok(None);
+        };
         if !image.complete {
             return Ok(None);
         }
@@ -532,15 +792,26 @@ impl Manager {
 }
 
 /// Picks the index entry for `platform`.
-fn choose_platform<'a>(reference: &str, manifests: &'a [Descriptor], platform: &Platform, explicit: bool) -> Result<&'a Descriptor> {
+fn choose_platform<'a>(
+    reference: &str,
+    manifests: &'a [Descriptor],
+    platform: &Platform,
+    explicit: bool,
+) -> Result<&'a Descriptor> {
     let images: Vec<&Descriptor> = manifests
         .iter()
         .filter(|d| media_type::manifest_kind(&d.media_type) == Some(ManifestKind::Image))
         .filter(|d| d.platform.as_ref().is_some_and(|p| p.os != "unknown"))
         .collect();
     // An exact variant match beats a variant-less one.
-    let exact = images.iter().find(|d| d.platform.as_ref() == Some(platform));
-    let accepted = exact.or_else(|| images.iter().find(|d| d.platform.as_ref().is_some_and(|p| platform.accepts(p))));
+    let exact = images
+        .iter()
+        .find(|d| d.platform.as_ref() == Some(platform));
+    let accepted = exact.or_else(|| {
+        images
+            .iter()
+            .find(|d| d.platform.as_ref().is_some_and(|p| platform.accepts(p)))
+    });
     if let Some(descriptor) = accepted {
         return Ok(descriptor);
     }
@@ -548,7 +819,10 @@ fn choose_platform<'a>(reference: &str, manifests: &'a [Descriptor], platform: &
     Err(Error::PlatformNotFound {
         reference: reference.to_string(),
         platform: platform.to_string(),
-        available: images.iter().filter_map(|d| d.platform.as_ref().map(|p| p.to_string())).collect(),
+        available: images
+            .iter()
+            .filter_map(|d| d.platform.as_ref().map(|p| p.to_string()))
+            .collect(),
     })
 }
 
@@ -570,11 +844,30 @@ mod tests {
 
     #[test]
     fn chooses_the_platform_and_lists_alternatives() {
-        let manifests = vec![descriptor("linux/amd64", 1), descriptor("linux/arm64/v8", 2), descriptor("unknown/unknown", 3)];
+        let manifests = vec![
+            descriptor("linux/amd64", 1),
+            descriptor("linux/arm64/v8", 2),
+            descriptor("unknown/unknown", 3),
+        ];
         let p = |s: &str| s.parse::<Platform>().unwrap();
-        assert_eq!(choose_platform("x", &manifests, &p("linux/arm64"), false).unwrap().digest, Digest::sha256_of(&[2]));
-        assert_eq!(choose_platform("x", &manifests, &p("linux/amd64"), false).unwrap().digest, Digest::sha256_of(&[1]));
-        let error = choose_platform("x", &manifests, &p("linux/s390x"), true).unwrap_err().to_string();
-        assert!(error.contains("available: linux/amd64, linux/arm64/v8"), "{error}");
+        assert_eq!(
+            choose_platform("x", &manifests, &p("linux/arm64"), false)
+                .unwrap()
+                .digest,
+            Digest::sha256_of(&[2])
+        );
+        assert_eq!(
+            choose_platform("x", &manifests, &p("linux/amd64"), false)
+                .unwrap()
+                .digest,
+            Digest::sha256_of(&[1])
+        );
+        let error = choose_platform("x", &manifests, &p("linux/s390x"), true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("available: linux/amd64, linux/arm64/v8"),
+            "{error}"
+        );
     }
 }

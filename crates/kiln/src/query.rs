@@ -118,7 +118,9 @@ impl Manager {
             let layer_blobs: Vec<_> = blobs.iter().filter(|b| b.role == "layer").collect();
             let mut unpacked = Some(0u64);
             for blob in &layer_blobs {
-                let size = catalog.layer(&blob.digest)?.and_then(|l| l.uncompressed_size);
+                let size = catalog
+                    .layer(&blob.digest)?
+                    .and_then(|l| l.uncompressed_size);
                 unpacked = unpacked.zip(size).map(|(a, b)| a + b);
             }
             let holders = catalog.holders_of(image.id)?.len();
@@ -153,7 +155,10 @@ impl Manager {
     /// With `platform`, only images for it.
     pub fn find(&self, query: &str, platform: Option<&Platform>) -> Result<Vec<Found>> {
         let catalog = self.store.catalog();
-        let platform_ok = |image: &ImageRecord| match (platform, image.platform.as_deref().map(str::parse::<Platform>)) {
+        let platform_ok = |image: &ImageRecord| match (
+            platform,
+            image.platform.as_deref().map(str::parse::<Platform>),
+        ) {
             (None, _) => true,
             (Some(wanted), Some(Ok(actual))) => wanted.accepts(&actual),
             (Some(_), _) => false,
@@ -165,16 +170,42 @@ impl Manager {
                 .filter(|image| platform_ok(image))
                 .map(|image| Found { image, tag: None })
                 .collect();
-            return if found.is_empty() { Err(Error::ImageNotFound { query: query.to_string() }) } else { Ok(found) };
+            return if found.is_empty() {
+                Err(Error::ImageNotFound {
+                    query: query.to_string(),
+                })
+            } else {
+                Ok(found)
+            };
         }
         let hex = query.strip_prefix("sha256:").unwrap_or(query);
-        if hex.len() >= 4 && hex.len() <= 64 && hex.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
-            let matches: Vec<ImageRecord> = catalog.images_by_prefix(hex)?.into_iter().filter(|i| platform_ok(i)).collect();
+        if hex.len() >= 4
+            && hex.len() <= 64
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            let matches: Vec<ImageRecord> = catalog
+                .images_by_prefix(hex)?
+                .into_iter()
+                .filter(|i| platform_ok(i))
+                .collect();
             match matches.len() {
                 0 => {}
-                1 => return Ok(matches.into_iter().map(|image| Found { image, tag: None }).collect()),
+                1 => {
+                    return Ok(matches
+                        .into_iter()
+                        .map(|image| Found { image, tag: None })
+                        .collect());
+                }
                 _ => {
-                    return Err(Error::Ambiguous { query: query.to_string(), candidates: matches.iter().map(|i| i.manifest_digest.to_string()).collect() });
+                    return Err(Error::Ambiguous {
+                        query: query.to_string(),
+                        candidates: matches
+                            .iter()
+                            .map(|i| i.manifest_digest.to_string())
+                            .collect(),
+                    });
                 }
             }
         }
@@ -184,7 +215,10 @@ impl Manager {
             if let Some(image) = catalog.image(tag.image_id)?
                 && platform_ok(&image)
             {
-                found.push(Found { image, tag: Some(tag) });
+                found.push(Found {
+                    image,
+                    tag: Some(tag),
+                });
             }
         }
         if found.is_empty()
@@ -194,7 +228,10 @@ impl Manager {
                 if let Some(image) = catalog.image(tag.image_id)?
                     && platform_ok(&image)
                 {
-                    found.push(Found { image, tag: Some(tag) });
+                    found.push(Found {
+                        image,
+                        tag: Some(tag),
+                    });
                 }
             }
             if let Some(image) = catalog.image_by_digest(digest)?
@@ -205,7 +242,9 @@ impl Manager {
             }
         }
         if found.is_empty() {
-            return Err(Error::ImageNotFound { query: query.to_string() });
+            return Err(Error::ImageNotFound {
+                query: query.to_string(),
+            });
         }
         Ok(found)
     }
@@ -220,12 +259,19 @@ impl Manager {
             let config = match &image.config_digest {
                 Some(digest) => {
                     let bytes = self.store.content().read_blob(digest)?;
-                    ImageConfig::from_slice(&bytes).map_err(|source| Error::Manifest { reference: query.to_string(), source })?
+                    ImageConfig::from_slice(&bytes).map_err(|source| Error::Manifest {
+                        reference: query.to_string(),
+                        source,
+                    })?
                 }
                 None => ImageConfig::default(),
             };
             let mut layers = Vec::new();
-            for blob in catalog.image_blobs(image.id)?.into_iter().filter(|b| b.role == "layer") {
+            for blob in catalog
+                .image_blobs(image.id)?
+                .into_iter()
+                .filter(|b| b.role == "layer")
+            {
                 let record = catalog.layer(&blob.digest)?;
                 layers.push(LayerDetails {
                     position: blob.position,
@@ -236,7 +282,8 @@ impl Manager {
                     size: blob.size,
                 });
             }
-            let mut index_digests: Vec<Digest> = tags.iter().filter_map(|t| t.index_digest.clone()).collect();
+            let mut index_digests: Vec<Digest> =
+                tags.iter().filter_map(|t| t.index_digest.clone()).collect();
             index_digests.sort();
             index_digests.dedup();
             details.push(ImageDetails {
@@ -255,7 +302,11 @@ impl Manager {
                 pulled_at: image.created_at,
                 last_used_at: image.last_used_at,
                 complete: image.complete,
-                holders: catalog.holders_of(image.id)?.into_iter().map(|h| format!("{}:{}", h.kind, h.name)).collect(),
+                holders: catalog
+                    .holders_of(image.id)?
+                    .into_iter()
+                    .map(|h| format!("{}:{}", h.kind, h.name))
+                    .collect(),
             });
         }
         Ok(details)

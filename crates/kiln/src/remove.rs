@@ -27,7 +27,12 @@ impl Manager {
     /// other name points at it and no holder uses it. Shared layers stay.
     /// Without `force`, refuses an image a holder uses, and removing by
     /// digest an image that has several names.
-    pub fn remove(&self, queries: &[String], platform: Option<&Platform>, force: bool) -> Result<RemoveReport> {
+    pub fn remove(
+        &self,
+        queries: &[String],
+        platform: Option<&Platform>,
+        force: bool,
+    ) -> Result<RemoveReport> {
         let catalog = self.store.catalog();
         // Resolve everything first: fail before changing anything.
         let mut plans = Vec::new();
@@ -38,13 +43,19 @@ impl Manager {
                 if !holders.is_empty() && !force {
                     return Err(Error::InUse {
                         image: query.clone(),
-                        holders: holders.into_iter().map(|h| format!("{} {}", h.kind, h.name)).collect(),
+                        holders: holders
+                            .into_iter()
+                            .map(|h| format!("{} {}", h.kind, h.name))
+                            .collect(),
                     });
                 }
                 if item.tag.is_none() && !force {
                     let names = catalog.tags_of(item.image.id)?;
                     if names.len() > 1 {
-                        return Err(Error::MultipleNames { image: query.clone(), names: names.into_iter().map(|t| t.name).collect() });
+                        return Err(Error::MultipleNames {
+                            image: query.clone(),
+                            names: names.into_iter().map(|t| t.name).collect(),
+                        });
                     }
                 }
             }
@@ -59,7 +70,13 @@ impl Manager {
             };
             for tag in &tags {
                 if catalog.remove_tag(&tag.name, &tag.platform)? {
-                    report.untagged.push(if tags.len() > 1 || tag.platform.is_empty() { format!("{} ({})", tag.name, tag.platform) } else { tag.name.clone() });
+                    report
+                        .untagged
+                        .push(if tags.len() > 1 || tag.platform.is_empty() {
+                            format!("{} ({})", tag.name, tag.platform)
+                        } else {
+                            tag.name.clone()
+                        });
                 }
                 candidates.extend(tag.index_digest.clone());
             }
@@ -67,11 +84,15 @@ impl Manager {
                 continue;
             }
             let blobs = catalog.image_blobs(found.image.id)?;
+            let artifacts = catalog.artifacts_of(found.image.id)?;
             if catalog.remove_image(found.image.id)? {
                 report.deleted.push(found.image.manifest_digest.clone());
                 candidates.extend(blobs.into_iter().map(|b| b.digest));
+                candidates.extend(artifacts);
             } else {
-                report.kept_for_holders.push(found.image.manifest_digest.clone());
+                report
+                    .kept_for_holders
+                    .push(found.image.manifest_digest.clone());
             }
         }
         candidates.sort();
@@ -85,7 +106,11 @@ impl Manager {
     /// Removes images nothing references (`all`: every image no holder
     /// uses), unreferenced blobs and ingests abandoned for a day.
     pub fn prune(&self, all: bool, dry_run: bool) -> Result<GcReport> {
-        Ok(self.store.collect_garbage(&GcOptions { dry_run, all_unused: all, ..GcOptions::default() })?)
+        Ok(self.store.collect_garbage(&GcOptions {
+            dry_run,
+            all_unused: all,
+            ..GcOptions::default()
+        })?)
     }
 
     /// Re-hashes every blob and checks the catalog; see [`kiln_store::Store::fsck`].
@@ -106,29 +131,62 @@ mod tests {
         let put = |bytes: &[u8]| {
             let digest = Digest::sha256_of(bytes);
             store.content().put_blob(&digest, bytes).unwrap();
-            store.catalog().record_blob(&digest, bytes.len() as u64).unwrap();
+            store
+                .catalog()
+                .record_blob(&digest, bytes.len() as u64)
+                .unwrap();
             digest
         };
         let manifest_bytes = format!("manifest of {name}");
         let manifest = put(manifest_bytes.as_bytes());
         let config = put(format!("config of {name}").as_bytes());
-        let mut blobs = vec![ImageBlob { role: "config".into(), position: 0, digest: config, media_type: "c".into(), size: 1 }];
+        let mut blobs = vec![ImageBlob {
+            role: "config".into(),
+            position: 0,
+            digest: config,
+            media_type: "c".into(),
+            size: 1,
+        }];
         let mut records = Vec::new();
         for (i, layer) in layers.iter().enumerate() {
             let digest = put(layer);
-            blobs.push(ImageBlob { role: "layer".into(), position: i as u32, digest: digest.clone(), media_type: "l".into(), size: layer.len() as u64 });
-            records.push(LayerRecord { digest, media_type: "l".into(), diff_id: None, uncompressed_size: None });
+            blobs.push(ImageBlob {
+                role: "layer".into(),
+                position: i as u32,
+                digest: digest.clone(),
+                media_type: "l".into(),
+                size: layer.len() as u64,
+            });
+            records.push(LayerRecord {
+                digest,
+                media_type: "l".into(),
+                diff_id: None,
+                uncompressed_size: None,
+            });
         }
         let image = NewImage {
-            manifest: ImageBlob { role: "manifest".into(), position: 0, digest: manifest.clone(), media_type: "m".into(), size: manifest_bytes.len() as u64 },
+            manifest: ImageBlob {
+                role: "manifest".into(),
+                position: 0,
+                digest: manifest.clone(),
+                media_type: "m".into(),
+                size: manifest_bytes.len() as u64,
+            },
             kind: "oci".into(),
             platform: Some("linux/amd64".into()),
             image_created: None,
             blobs,
             layers: records,
         };
-        let tag = NewTag { name: format!("example.com/{name}:1"), platform: "linux/amd64".into(), index: None };
-        store.catalog().commit_image(&image, Some(&tag), None).unwrap();
+        let tag = NewTag {
+            name: format!("example.com/{name}:1"),
+            platform: "linux/amd64".into(),
+            index: None,
+        };
+        store
+            .catalog()
+            .commit_image(&image, Some(&tag), None)
+            .unwrap();
         manifest
     }
 
@@ -137,26 +195,54 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let manager = Manager::open(dir.path()).unwrap();
         let digest = add_image(&manager, "app", &[b"base layer", b"app layer"]);
-        let id = manager.store().catalog().image_by_digest(&digest).unwrap().unwrap().id;
-        manager.store().catalog().add_holder(id, "disk", "sandbox-1").unwrap();
+        let id = manager
+            .store()
+            .catalog()
+            .image_by_digest(&digest)
+            .unwrap()
+            .unwrap()
+            .id;
+        manager
+            .store()
+            .catalog()
+            .add_holder(id, "disk", "sandbox-1")
+            .unwrap();
 
-        let error = manager.remove(&["example.com/app:1".into()], None, false).unwrap_err();
+        let error = manager
+            .remove(&["example.com/app:1".into()], None, false)
+            .unwrap_err();
         assert!(matches!(error, Error::InUse { .. }), "{error}");
         assert!(error.to_string().contains("disk sandbox-1"), "{error}");
         assert_eq!(error.kind(), kiln_types::ErrorKind::FailedPrecondition);
 
         // --force removes the name; the image and its blobs stay for the disk.
-        let report = manager.remove(&["example.com/app:1".into()], None, true).unwrap();
+        let report = manager
+            .remove(&["example.com/app:1".into()], None, true)
+            .unwrap();
         assert_eq!(report.untagged, ["example.com/app:1"]);
         assert_eq!(report.kept_for_holders, [digest.clone()]);
         assert_eq!(report.blobs_removed, 0);
         let report = manager.prune(true, false).unwrap();
-        assert!(report.images_removed.is_empty(), "prune keeps what a disk needs");
+        assert!(
+            report.images_removed.is_empty(),
+            "prune keeps what a disk needs"
+        );
         assert_eq!(report.blobs_removed, 0);
-        assert!(manager.store().content().blob_size(&digest).unwrap().is_some());
+        assert!(
+            manager
+                .store()
+                .content()
+                .blob_size(&digest)
+                .unwrap()
+                .is_some()
+        );
 
         // Once the disk goes, prune collects it.
-        manager.store().catalog().remove_holder("disk", "sandbox-1").unwrap();
+        manager
+            .store()
+            .catalog()
+            .remove_holder("disk", "sandbox-1")
+            .unwrap();
         let report = manager.prune(false, false).unwrap();
         assert_eq!(report.images_removed, [digest]);
         assert_eq!(report.blobs_removed, 4);
@@ -187,10 +273,26 @@ mod tests {
         let manager = Manager::open(dir.path()).unwrap();
         add_image(&manager, "one", &[b"shared", b"only one"]);
         add_image(&manager, "two", &[b"shared", b"only two"]);
-        let report = manager.remove(&["example.com/one:1".into()], None, false).unwrap();
+        let report = manager
+            .remove(&["example.com/one:1".into()], None, false)
+            .unwrap();
         assert_eq!(report.deleted.len(), 1);
         assert_eq!(report.blobs_removed, 3, "manifest, config, own layer");
-        assert!(manager.store().content().blob_size(&Digest::sha256_of(b"shared")).unwrap().is_some());
-        assert!(manager.store().content().blob_size(&Digest::sha256_of(b"only one")).unwrap().is_none());
+        assert!(
+            manager
+                .store()
+                .content()
+                .blob_size(&Digest::sha256_of(b"shared"))
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            manager
+                .store()
+                .content()
+                .blob_size(&Digest::sha256_of(b"only one"))
+                .unwrap()
+                .is_none()
+        );
     }
 }

@@ -20,8 +20,15 @@ pub fn run(manager: &Manager, args: FsckArgs) -> anyhow::Result<ExitCode> {
         printer::json(&report)?;
     } else {
         for problem in &report.problems {
-            let repaired = problem.repaired.as_ref().map(|r| format!(" (repaired: {r})")).unwrap_or_default();
-            printer::out(format!("{}: {}: {}{repaired}", problem.kind, problem.digest, problem.detail))?;
+            let repaired = problem
+                .repaired
+                .as_ref()
+                .map(|r| format!(" (repaired: {r})"))
+                .unwrap_or_default();
+            printer::out(format!(
+                "{}: {}: {}{repaired}",
+                problem.kind, problem.digest, problem.detail
+            ))?;
         }
         if !args.quiet {
             printer::status(format!(

@@ -23,7 +23,11 @@ pub fn run(manager: &Manager, args: ImagesArgs) -> anyhow::Result<ExitCode> {
     let rows: Vec<Vec<String>> = images
         .iter()
         .map(|image| {
-            let digest = if args.no_trunc { image.manifest_digest.to_string() } else { image.manifest_digest.short().to_string() };
+            let digest = if args.no_trunc {
+                image.manifest_digest.to_string()
+            } else {
+                image.manifest_digest.short().to_string()
+            };
             let mut reference = image.reference.clone().unwrap_or_else(|| "<none>".into());
             if !image.complete {
                 reference.push_str(" (incomplete)");
@@ -34,11 +38,27 @@ pub fn run(manager: &Manager, args: ImagesArgs) -> anyhow::Result<ExitCode> {
                 image.platform.clone().unwrap_or_else(|| "-".into()),
                 image.layers.to_string(),
                 size(image.size),
-                image.created.as_deref().and_then(parse_rfc3339).map(ago).unwrap_or_else(|| "-".into()),
+                image
+                    .created
+                    .as_deref()
+                    .and_then(parse_rfc3339)
+                    .map(ago)
+                    .unwrap_or_else(|| "-".into()),
                 ago(image.last_used_at),
             ]
         })
         .collect();
-    printer::table(&["REFERENCE", "DIGEST", "PLATFORM", "LAYERS", "SIZE", "CREATED", "LAST USED"], &rows)?;
+    printer::table(
+        &[
+            "REFERENCE",
+            "DIGEST",
+            "PLATFORM",
+            "LAYERS",
+            "SIZE",
+            "CREATED",
+            "LAST USED",
+        ],
+        &rows,
+    )?;
     Ok(ExitCode::SUCCESS)
 }

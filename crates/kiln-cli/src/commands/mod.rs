@@ -6,6 +6,7 @@ mod inspect;
 mod prune;
 mod pull;
 mod rmi;
+mod rootfs;
 
 use std::process::ExitCode;
 
@@ -18,20 +19,41 @@ use crate::cli::{Cli, Command, ImageCommand};
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let open = || open_manager(cli.root.clone());
     match cli.command {
-        Command::Pull(args) | Command::Image { command: ImageCommand::Pull(args) } => pull::run(&open()?, args),
-        Command::Images(args) | Command::Image { command: ImageCommand::Ls(args) } => images::run(&open()?, args),
-        Command::Inspect(args) | Command::Image { command: ImageCommand::Inspect(args) } => inspect::run(&open()?, args),
-        Command::Rmi(args) | Command::Image { command: ImageCommand::Rm(args) } => rmi::run(&open()?, args),
-        Command::Prune(args) | Command::Image { command: ImageCommand::Prune(args) } => prune::run(&open()?, args),
+        Command::Pull(args)
+        | Command::Image {
+            command: ImageCommand::Pull(args),
+        } => pull::run(&open()?, args),
+        Command::Images(args)
+        | Command::Image {
+            command: ImageCommand::Ls(args),
+        } => images::run(&open()?, args),
+        Command::Inspect(args)
+        | Command::Image {
+            command: ImageCommand::Inspect(args),
+        } => inspect::run(&open()?, args),
+        Command::Rmi(args)
+        | Command::Image {
+            command: ImageCommand::Rm(args),
+        } => rmi::run(&open()?, args),
+        Command::Prune(args)
+        | Command::Image {
+            command: ImageCommand::Prune(args),
+        } => prune::run(&open()?, args),
         Command::Fsck(args) => fsck::run(&open()?, args),
+        Command::Rootfs(args) => rootfs::run(&open()?, args),
     }
 }
 
 fn open_manager(root: Option<std::path::PathBuf>) -> anyhow::Result<Manager> {
-    let root = kiln::resolve_root(root).context("no store directory: pass --root DIR or set KILN_ROOT (HOME is not set)")?;
-    Ok(Manager::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))?)
+    let root = kiln::resolve_root(root)
+        .context("no store directory: pass --root DIR or set KILN_ROOT (HOME is not set)")?;
+    Ok(Manager::open(&root)
+        .with_context(|| format!("cannot open the store at {}", root.display()))?)
 }
 
 fn parse_platform(text: Option<&str>) -> anyhow::Result<Option<Platform>> {
-    Ok(text.map(str::parse::<Platform>).transpose().map_err(kiln::Error::from)?)
+    Ok(text
+        .map(str::parse::<Platform>)
+        .transpose()
+        .map_err(kiln::Error::from)?)
 }

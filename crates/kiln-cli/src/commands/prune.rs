@@ -9,11 +9,19 @@ use crate::printer::{self, size};
 
 pub fn run(manager: &Manager, args: PruneArgs) -> anyhow::Result<ExitCode> {
     if !args.dry_run && !args.yes {
-        let what = if args.all { "every image no sandbox uses" } else { "images without a name" };
+        let what = if args.all {
+            "every image no sandbox uses"
+        } else {
+            "images without a name"
+        };
         if !std::io::stdin().is_terminal() {
-            bail!("prune removes {what}, unreferenced blobs and abandoned downloads; pass --yes to confirm (or --dry-run to see what would go)");
+            bail!(
+                "prune removes {what}, unreferenced blobs and abandoned downloads; pass --yes to confirm (or --dry-run to see what would go)"
+            );
         }
-        eprint!("This removes {what}, unreferenced blobs and downloads abandoned for a day. Continue? [y/N] ");
+        eprint!(
+            "This removes {what}, unreferenced blobs and downloads abandoned for a day. Continue? [y/N] "
+        );
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
         std::io::stdin().lock().read_line(&mut answer)?;
@@ -30,17 +38,29 @@ pub fn run(manager: &Manager, args: PruneArgs) -> anyhow::Result<ExitCode> {
         printer::json(&value)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let verb = if args.dry_run { "Would delete" } else { "Deleted" };
+    let verb = if args.dry_run {
+        "Would delete"
+    } else {
+        "Deleted"
+    };
     for digest in &report.images_removed {
         printer::out(format!("{verb}: {digest}"))?;
     }
     printer::out(format!(
         "{} {} images, {} blobs, {} abandoned downloads; {} space: {}",
-        if args.dry_run { "Would remove" } else { "Removed" },
+        if args.dry_run {
+            "Would remove"
+        } else {
+            "Removed"
+        },
         report.images_removed.len(),
         report.blobs_removed,
         report.ingests_removed,
-        if args.dry_run { "reclaimable" } else { "reclaimed" },
+        if args.dry_run {
+            "reclaimable"
+        } else {
+            "reclaimed"
+        },
         size(report.bytes_reclaimed())
     ))?;
     Ok(ExitCode::SUCCESS)

@@ -25,7 +25,10 @@ pub fn run(manager: &Manager, args: PullArgs) -> anyhow::Result<ExitCode> {
     };
     let reporter = Arc::new(Reporter::new(args.quiet || args.format == Format::Json));
     let started = Instant::now();
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let pulled = runtime.block_on(manager.pull(&args.reference, &options, reporter))?;
     if args.format == Format::Json {
         printer::json(&pulled)?;
@@ -35,9 +38,16 @@ pub fn run(manager: &Manager, args: PullArgs) -> anyhow::Result<ExitCode> {
         let how = if pulled.cached {
             "already in the store".to_string()
         } else {
-            format!("downloaded {} in {:.1}s", size(pulled.bytes_downloaded), started.elapsed().as_secs_f64())
+            format!(
+                "downloaded {} in {:.1}s",
+                size(pulled.bytes_downloaded),
+                started.elapsed().as_secs_f64()
+            )
         };
-        printer::status(format!("pulled {} ({}): {how}", pulled.reference, pulled.platform));
+        printer::status(format!(
+            "pulled {} ({}): {how}",
+            pulled.reference, pulled.platform
+        ));
     }
     printer::out(&pulled.manifest_digest)?;
     Ok(ExitCode::SUCCESS)

@@ -22,7 +22,11 @@ pub fn run(manager: &Manager, args: RmiArgs) -> anyhow::Result<ExitCode> {
         printer::status(format!("kept {digest}: a sandbox disk still uses it"));
     }
     if report.blobs_removed > 0 {
-        printer::status(format!("freed {} in {} blobs", size(report.bytes_freed), report.blobs_removed));
+        printer::status(format!(
+            "freed {} in {} blobs",
+            size(report.bytes_freed),
+            report.blobs_removed
+        ));
     }
     Ok(ExitCode::SUCCESS)
 }

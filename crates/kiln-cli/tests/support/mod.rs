@@ -56,17 +56,26 @@ pub struct Run {
 
 impl Run {
     pub fn ok(self) -> Run {
-        assert_eq!(self.status, 0, "kiln failed:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.status, 0,
+            "kiln failed:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     pub fn fails(self, code: i32) -> Run {
-        assert_eq!(self.status, code, "expected exit {code}:\nstdout: {}\nstderr: {}", self.stdout, self.stderr);
+        assert_eq!(
+            self.status, code,
+            "expected exit {code}:\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
         self
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
     }
 }
 
@@ -88,7 +97,10 @@ impl Kiln {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
         command.arg("--root").arg(self.root()).args(args);
-        command.env("DOCKER_CONFIG", self.docker_config()).env_remove("KILN_ROOT").env("NO_COLOR", "1");
+        command
+            .env("DOCKER_CONFIG", self.docker_config())
+            .env_remove("KILN_ROOT")
+            .env("NO_COLOR", "1");
         command.stdin(Stdio::null());
         command
     }
@@ -113,13 +125,17 @@ impl Kiln {
     /// Committed blob files in the store.
     pub fn blob_files(&self) -> Vec<PathBuf> {
         let dir = self.root().join("content-v1/blobs/sha256");
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
         files.sort();
         files
     }
 
     pub fn blob_path(&self, digest: &str) -> PathBuf {
-        self.root().join("content-v1/blobs/sha256").join(digest.trim_start_matches("sha256:"))
+        self.root()
+            .join("content-v1/blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
     }
 
     pub fn partial_files(&self) -> Vec<(PathBuf, u64)> {
@@ -142,23 +158,39 @@ pub fn skopeo_inspect(reference: &str, raw: bool) -> serde_json::Value {
     if raw {
         command.arg("--raw");
     }
-    let output = command.arg(format!("docker://{reference}")).output().expect("skopeo is installed (.ci/run installs it)");
-    assert!(output.status.success(), "skopeo inspect {reference}: {}", String::from_utf8_lossy(&output.stderr));
+    let output = command
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo is installed (.ci/run installs it)");
+    assert!(
+        output.status.success(),
+        "skopeo inspect {reference}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
 /// The manifest digest the registry serves for a reference (sha256 of the raw bytes).
 pub fn registry_digest(reference: &str) -> String {
     let output = Command::new("skopeo")
-        .args(["inspect", "--tls-verify=false", "--raw", &format!("docker://{reference}")])
+        .args([
+            "inspect",
+            "--tls-verify=false",
+            "--raw",
+            &format!("docker://{reference}"),
+        ])
         .output()
         .expect("skopeo is installed");
     assert!(output.status.success());
-    let digest = Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().and_then(|mut child| {
-        use std::io::Write;
-        child.stdin.take().unwrap().write_all(&output.stdout)?;
-        child.wait_with_output()
-    });
+    let digest = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(&output.stdout)?;
+            child.wait_with_output()
+        });
     let text = String::from_utf8(digest.unwrap().stdout).unwrap();
     format!("sha256:{}", text.split_whitespace().next().unwrap())
 }
@@ -166,7 +198,14 @@ pub fn registry_digest(reference: &str) -> String {
 /// `skopeo copy` between two plain-HTTP registry references.
 pub fn skopeo_copy(from: &str, to: &str) {
     let status = Command::new("skopeo")
-        .args(["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", &format!("docker://{from}"), &format!("docker://{to}")])
+        .args([
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            &format!("docker://{from}"),
+            &format!("docker://{to}"),
+        ])
         .status()
         .expect("skopeo is installed");
     assert!(status.success(), "skopeo copy {from} {to}");

@@ -74,7 +74,11 @@ impl Proxy {
         let (sender, receiver) = std::sync::mpsc::channel();
         let upstream = upstream.to_string();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
             runtime.block_on(async move {
                 let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
                 let storage = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -86,7 +90,10 @@ impl Proxy {
                     shutdown: Arc::new(tokio::sync::Notify::new()),
                 };
                 sender.send(proxy.clone()).unwrap();
-                let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+                let client = reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .unwrap();
                 loop {
                     let accepted = tokio::select! {
                         a = listener.accept() => a,
@@ -110,7 +117,12 @@ impl Proxy {
     }
 
     pub fn add_rule(&self, path_contains: &str, method: Option<&str>, fault: Fault, times: usize) {
-        self.state.lock().unwrap().rules.push(Rule { path_contains: path_contains.into(), method: method.map(Into::into), fault, times });
+        self.state.lock().unwrap().rules.push(Rule {
+            path_contains: path_contains.into(),
+            method: method.map(Into::into),
+            fault,
+            times,
+        });
     }
 
     pub fn throttle(&self, bytes_per_second: Option<u64>) {
@@ -119,7 +131,8 @@ impl Proxy {
 
     /// Demand a bearer token; the token endpoint wants these basic credentials (if any).
     pub fn require_bearer(&self, credentials: Option<(&str, &str)>) {
-        self.state.lock().unwrap().bearer = Some((TOKEN.into(), credentials.map(|(u, p)| (u.into(), p.into()))));
+        self.state.lock().unwrap().bearer =
+            Some((TOKEN.into(), credentials.map(|(u, p)| (u.into(), p.into()))));
     }
 
     pub fn redirect_blobs(&self) {
@@ -132,7 +145,14 @@ impl Proxy {
 
     /// Body bytes sent for paths containing `fragment`.
     pub fn bytes_for(&self, fragment: &str) -> u64 {
-        self.state.lock().unwrap().body_bytes.iter().filter(|(p, _)| p.contains(fragment)).map(|(_, b)| *b).sum()
+        self.state
+            .lock()
+            .unwrap()
+            .body_bytes
+            .iter()
+            .filter(|(p, _)| p.contains(fragment))
+            .map(|(_, b)| *b)
+            .sum()
     }
 
     pub fn stop(&self) {
@@ -150,7 +170,13 @@ impl Proxy {
             if head.is_empty() && byte[0] == 0x16 {
                 // A TLS handshake on this plain-HTTP port: answer as HTTP
                 // servers do, so an --insecure client falls back to HTTP.
-                return respond(&mut stream, 400, &[], b"Client sent an HTTPS request to an HTTP server").await;
+                return respond(
+                    &mut stream,
+                    400,
+                    &[],
+                    b"Client sent an HTTPS request to an HTTP server",
+                )
+                .await;
             }
             head.push(byte[0]);
         }
@@ -165,7 +191,12 @@ impl Proxy {
                 headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
             }
         }
-        let header = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone());
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
         let authorization = header("authorization");
         self.state.lock().unwrap().requests.push(Request {
             method: method.clone(),
@@ -183,26 +214,57 @@ impl Proxy {
             };
             if let Some((user, password)) = credentials {
                 use base64::Engine as _;
-                let wanted = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+                let wanted = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+                );
                 if authorization.as_deref() != Some(wanted.as_str()) {
-                    return respond(&mut stream, 401, &[], br#"{"details":"incorrect username or password"}"#).await;
+                    return respond(
+                        &mut stream,
+                        401,
+                        &[],
+                        br#"{"details":"incorrect username or password"}"#,
+                    )
+                    .await;
                 }
             }
             let body = format!(r#"{{"token":"{token}","expires_in":300}}"#);
-            return respond(&mut stream, 200, &[("Content-Type".into(), "application/json".into())], body.as_bytes()).await;
+            return respond(
+                &mut stream,
+                200,
+                &[("Content-Type".into(), "application/json".into())],
+                body.as_bytes(),
+            )
+            .await;
         }
 
         // Bearer demand on the registry port.
         let is_storage = local_port == self.storage_address.port();
         let bearer = self.state.lock().unwrap().bearer.clone();
         if !is_storage && let Some((token, _)) = bearer {
-            if authorization.as_deref() != Some(&format!("Bearer {token}")) && path.starts_with("/v2/") {
-                let repository = path.trim_start_matches("/v2/").split("/manifests/").next().unwrap_or("").split("/blobs/").next().unwrap_or("").to_string();
+            if authorization.as_deref() != Some(&format!("Bearer {token}"))
+                && path.starts_with("/v2/")
+            {
+                let repository = path
+                    .trim_start_matches("/v2/")
+                    .split("/manifests/")
+                    .next()
+                    .unwrap_or("")
+                    .split("/blobs/")
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
                 let challenge = format!(
                     r#"Bearer realm="http://{}/token",service="kiln-test",scope="repository:{repository}:pull""#,
                     self.address
                 );
-                return respond(&mut stream, 401, &[("WWW-Authenticate".into(), challenge)], br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#).await;
+                return respond(
+                    &mut stream,
+                    401,
+                    &[("WWW-Authenticate".into(), challenge)],
+                    br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+                )
+                .await;
             }
         }
 
@@ -216,7 +278,11 @@ impl Proxy {
         // Faults that replace the answer.
         let fault = {
             let mut state = self.state.lock().unwrap();
-            let found = state.rules.iter_mut().find(|r| r.times > 0 && path.contains(&r.path_contains) && r.method.as_ref().is_none_or(|m| *m == method));
+            let found = state.rules.iter_mut().find(|r| {
+                r.times > 0
+                    && path.contains(&r.path_contains)
+                    && r.method.as_ref().is_none_or(|m| *m == method)
+            });
             found.map(|rule| {
                 if rule.times != usize::MAX {
                     rule.times -= 1;
@@ -241,15 +307,29 @@ impl Proxy {
         };
         let status = response.status().as_u16();
         let mut forwarded = Vec::new();
-        for name in ["content-type", "docker-content-digest", "content-range", "location", "www-authenticate", "accept-ranges"] {
+        for name in [
+            "content-type",
+            "docker-content-digest",
+            "content-range",
+            "location",
+            "www-authenticate",
+            "accept-ranges",
+        ] {
             if let Some(value) = response.headers().get(name).and_then(|v| v.to_str().ok()) {
                 forwarded.push((name.to_string(), value.to_string()));
             }
         }
         let declared_length = response.content_length();
-        let mut body = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+        let mut body = response
+            .bytes()
+            .await
+            .map(|b| b.to_vec())
+            .unwrap_or_default();
         if method == "HEAD" {
-            forwarded.push(("content-length".into(), declared_length.unwrap_or(0).to_string()));
+            forwarded.push((
+                "content-length".into(),
+                declared_length.unwrap_or(0).to_string(),
+            ));
             return respond_head(&mut stream, status, &forwarded).await;
         }
         let full_length = body.len();
@@ -272,10 +352,18 @@ impl Proxy {
         write_head(&mut stream, status, &forwarded).await?;
         let send = &body[..cut.unwrap_or(full_length)];
         let throttle = self.state.lock().unwrap().throttle;
-        let chunk_size = throttle.map(|rate| (rate / 20).max(1024) as usize).unwrap_or(1 << 16);
+        let chunk_size = throttle
+            .map(|rate| (rate / 20).max(1024) as usize)
+            .unwrap_or(1 << 16);
         for chunk in send.chunks(chunk_size) {
             stream.write_all(chunk).await?;
-            *self.state.lock().unwrap().body_bytes.entry(path.clone()).or_default() += chunk.len() as u64;
+            *self
+                .state
+                .lock()
+                .unwrap()
+                .body_bytes
+                .entry(path.clone())
+                .or_default() += chunk.len() as u64;
             if throttle.is_some() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
@@ -296,8 +384,15 @@ fn socket2_linger_zero(stream: TcpStream) -> TcpStream {
     stream
 }
 
-async fn write_head(stream: &mut TcpStream, status: u16, headers: &[(String, String)]) -> std::io::Result<()> {
-    let mut head = format!("HTTP/1.1 {status} {}\r\nConnection: close\r\n", reason(status));
+async fn write_head(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: &[(String, String)],
+) -> std::io::Result<()> {
+    let mut head = format!(
+        "HTTP/1.1 {status} {}\r\nConnection: close\r\n",
+        reason(status)
+    );
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -305,12 +400,21 @@ async fn write_head(stream: &mut TcpStream, status: u16, headers: &[(String, Str
     stream.write_all(head.as_bytes()).await
 }
 
-async fn respond_head(stream: &mut TcpStream, status: u16, headers: &[(String, String)]) -> std::io::Result<()> {
+async fn respond_head(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: &[(String, String)],
+) -> std::io::Result<()> {
     write_head(stream, status, headers).await?;
     stream.flush().await
 }
 
-async fn respond(stream: &mut TcpStream, status: u16, headers: &[(String, String)], body: &[u8]) -> std::io::Result<()> {
+async fn respond(
+    stream: &mut TcpStream,
+    status: u16,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> std::io::Result<()> {
     let mut all = headers.to_vec();
     all.push(("content-length".into(), body.len().to_string()));
     write_head(stream, status, &all).await?;

@@ -1,0 +1,42 @@
+use std::process::ExitCode;
+
+use anyhow::Context;
+use kiln::{Manager, RootfsFormat};
+
+use crate::cli::{RootfsArgs, RootfsFormatArg};
+use crate::printer::{self, size};
+
+pub fn run(manager: &Manager, args: RootfsArgs) -> anyhow::Result<ExitCode> {
+    let platform = super::parse_platform(args.platform.as_deref())?;
+    let format = match args.format {
+        RootfsFormatArg::Initramfs => RootfsFormat::Initramfs,
+    };
+    let artifact = manager.rootfs(&args.reference, platform.as_ref(), format)?;
+    let path = match &args.output {
+        Some(output) => {
+            kiln::copy_out(&artifact.path, output)
+                .with_context(|| format!("cannot write {}", output.display()))?;
+            output.clone()
+        }
+        None => artifact.path.clone(),
+    };
+    if args.json {
+        let mut value = serde_json::to_value(&artifact)?;
+        value["path"] = path.display().to_string().into();
+        printer::json(&value)?;
+    } else {
+        let how = if artifact.cached {
+            "from the store"
+        } else {
+            "built"
+        };
+        printer::status(format!(
+            "{} of {} ({}): {how}",
+            format.as_str(),
+            artifact.image,
+            size(artifact.size)
+        ));
+        printer::out(path.display())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,281 @@
+//! `kiln rootfs`: the tree a microVM gets must be the tree `umoci raw unpack`
+//! (run as root) makes of the same image, and the same whoever runs kiln.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::process::Command;
+
+use support::{Kiln, env};
+
+/// Everything a user of the root filesystem relies on, per path.
+#[derive(Debug, PartialEq, Eq)]
+struct Entry {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    size: u64,
+    content: Option<String>,
+    target: Option<String>,
+    rdev: u64,
+    mtime: Option<i64>,
+}
+
+/// Walks a directory: path → entry, plus hardlink groups (sets of paths).
+fn snapshot(root: &Path) -> (BTreeMap<String, Entry>, Vec<Vec<String>>) {
+    let mut entries = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for item in std::fs::read_dir(&dir).unwrap() {
+            let path = item.unwrap().path();
+            let metadata = std::fs::symlink_metadata(&path).unwrap();
+            let relative = path
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            let file_type = metadata.file_type();
+            let kind = if file_type.is_dir() {
+                stack.push(path.clone());
+                "dir"
+            } else if file_type.is_symlink() {
+                "symlink"
+            } else if file_type.is_file() {
+                "file"
+            } else if file_type.is_char_device() {
+                "char"
+            } else if file_type.is_block_device() {
+                "block"
+            } else {
+                "fifo"
+            };
+            if kind == "file" && metadata.nlink() > 1 {
+                inodes
+                    .entry(metadata.ino())
+                    .or_default()
+                    .push(relative.clone());
+            }
+            entries.insert(
+                relative,
+                Entry {
+                    kind,
+                    mode: metadata.mode() & 0o7777,
+                    uid: metadata.uid(),
+                    gid: metadata.gid(),
+                    size: if kind == "dir" { 0 } else { metadata.size() },
+                    content: (kind == "file").then(|| sha256(&path)),
+                    target: (kind == "symlink").then(|| {
+                        std::fs::read_link(&path)
+                            .unwrap()
+                            .to_string_lossy()
+                            .to_string()
+                    }),
+                    rdev: metadata.rdev(),
+                    mtime: (kind == "file").then(|| metadata.mtime()),
+                },
+            );
+        }
+    }
+    let mut groups: Vec<Vec<String>> = inodes
+        .into_values()
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect();
+    groups.sort();
+    (entries, groups)
+}
+
+fn sha256(path: &Path) -> String {
+    let output = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn umoci_unpack(layout_tag: &str, target: &Path) {
+    let status = Command::new("umoci")
+        .args(["raw", "unpack", "--image", layout_tag])
+        .arg(target)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "umoci raw unpack {layout_tag}: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+}
+
+fn cpio_unpack(initramfs: &Path, target: &Path) {
+    std::fs::create_dir_all(target).unwrap();
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "zcat '{}' | cpio -idm --quiet --no-absolute-filenames",
+            initramfs.display()
+        ))
+        .current_dir(target)
+        .status()
+        .unwrap();
+    assert!(status.success(), "cpio unpack of {}", initramfs.display());
+}
+
+#[test]
+fn initramfs_holds_exactly_the_tree_umoci_unpacks() {
+    let env = env();
+    let fixtures =
+        std::env::var("KILN_TEST_FIXTURES").expect("KILN_TEST_FIXTURES from .ci/testenv.sh");
+    let kiln = Kiln::new();
+    for (tag, layout_tag) in [
+        ("busybox:multi", "busybox-multi"),
+        ("busybox:zstd", "busybox-multi"),
+        ("busybox:plain", "busybox-multi"),
+        ("shared:1", "shared-1"),
+    ] {
+        let reference = format!("{}/{tag}", env.registry);
+        kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
+        let output = kiln
+            .dir
+            .path()
+            .join(format!("{layout_tag}-{}.img", tag.replace(':', "-")));
+        let run = kiln
+            .run(&[
+                "rootfs",
+                "--format",
+                "initramfs",
+                &reference,
+                "-o",
+                output.to_str().unwrap(),
+            ])
+            .ok();
+        assert_eq!(run.stdout.trim(), output.to_str().unwrap());
+        let ours = kiln
+            .dir
+            .path()
+            .join(format!("ours-{}", tag.replace(':', "-")));
+        cpio_unpack(&output, &ours);
+        let theirs = kiln
+            .dir
+            .path()
+            .join(format!("umoci-{}", tag.replace(':', "-")));
+        if !theirs.exists() {
+            umoci_unpack(&format!("{fixtures}/images:{layout_tag}"), &theirs);
+        }
+        let (our_entries, our_links) = snapshot(&ours);
+        let (their_entries, their_links) = snapshot(&theirs);
+        for (path, theirs) in &their_entries {
+            assert_eq!(our_entries.get(path), Some(theirs), "{tag}: {path}");
+        }
+        assert_eq!(
+            our_entries.len(),
+            their_entries.len(),
+            "{tag}: {:?}",
+            our_entries
+                .keys()
+                .filter(|k| !their_entries.contains_key(*k))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(our_links, their_links, "{tag}: hardlink groups");
+        if tag == "busybox:multi" {
+            assert!(
+                our_entries["data/suid"].mode & 0o4000 != 0,
+                "setuid survives"
+            );
+            assert_eq!(our_entries["data/owned"].uid, 1000);
+            assert!(!our_entries.contains_key("data/b.txt"), "whiteout applied");
+            assert!(
+                !our_entries.contains_key("data/dir/x"),
+                "opaque directory applied"
+            );
+            assert_eq!(
+                our_links,
+                vec![vec!["data/a.txt".to_string(), "data/hard".to_string()]]
+            );
+        }
+    }
+}
+
+#[test]
+fn rootfs_is_cached_identical_for_any_user_and_collected_with_its_image() {
+    let env = env();
+    let reference = format!("{}/busybox:multi", env.registry);
+    let kiln = Kiln::new();
+    kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
+    let first = kiln
+        .run(&["rootfs", "--format", "initramfs", "--json", &reference])
+        .ok()
+        .json();
+    assert_eq!(first["cached"], false);
+    let second = kiln
+        .run(&["rootfs", "--format", "initramfs", "--json", &reference])
+        .ok()
+        .json();
+    assert_eq!(
+        second["cached"], true,
+        "a second request is served from the store"
+    );
+    assert_eq!(first["digest"], second["digest"]);
+    let path = first["path"].as_str().unwrap();
+    assert!(std::fs::metadata(path).unwrap().permissions().readonly());
+    kiln.run(&["fsck"]).ok();
+
+    // An ordinary user gets the same bytes (ownership comes from the layers,
+    // not from what the host lets a user do).
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let root = shared.path().join("nobody-root");
+    let as_nobody = |args: &[&str]| {
+        let output = Command::new("runuser")
+            .args([
+                "-u",
+                "nobody",
+                "--",
+                env!("CARGO_BIN_EXE_kiln"),
+                "--root",
+                root.to_str().unwrap(),
+            ])
+            .args(args)
+            .env("DOCKER_CONFIG", shared.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "as nobody {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    as_nobody(&["pull", "--insecure", "-q", &reference]);
+    let theirs: serde_json::Value = serde_json::from_str(&as_nobody(&[
+        "rootfs",
+        "--format",
+        "initramfs",
+        "--json",
+        &reference,
+    ]))
+    .unwrap();
+    assert_eq!(
+        theirs["digest"], first["digest"],
+        "root and an ordinary user build the same initramfs"
+    );
+
+    // rmi takes the artifact with the image.
+    kiln.run(&["rmi", &reference]).ok();
+    assert!(!Path::new(path).exists());
+    assert!(kiln.blob_files().is_empty());
+    let missing = kiln
+        .run(&["rootfs", "--format", "initramfs", &reference])
+        .fails(1);
+    assert!(missing.stderr.contains("no image"), "{}", missing.stderr);
+}

@@ -1,0 +1,246 @@
+//! Images → what a microVM boots. Results are derived artifacts in the
+//! store: a blob plus an `artifacts` row keyed by the image's manifest,
+//! the format, the options and the converter version, so a second request
+//! is instant, `prune`/`rmi` remove them with their image and `fsck`
+//! re-hashes them like every blob.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use kiln_rootfs::{ObjectDir, Tree, apply_layer, layer_reader, write_initramfs};
+use kiln_store::ArtifactRecord;
+use kiln_types::media_type;
+use kiln_types::{Algorithm, Digest, Hasher, Platform};
+use serde::Serialize;
+
+use crate::Manager;
+use crate::error::{Error, Result};
+
+/// Bumped whenever a writer's output for the same input changes.
+pub const CONVERTER_VERSION: &str = "kiln-rootfs-1";
+
+/// What to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsFormat {
+    /// gzip-compressed newc cpio, for `-initrd`.
+    Initramfs,
+}
+
+impl RootfsFormat {
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RootfsFormat::Initramfs => "initramfs",
+        }
+    }
+}
+
+/// A built (or cached) root filesystem.
+#[derive(Debug, Clone, Serialize)]
+pub struct RootfsArtifact {
+    /// Manifest digest of the image it was made from.
+    pub image: Digest,
+    /// Format.
+    pub format: RootfsFormat,
+    /// Digest of the file.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// Where it lives in the store (read-only; copy it to change it).
+    pub path: PathBuf,
+    /// True when it was already in the store.
+    pub cached: bool,
+}
+
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Hasher,
+    size: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(bytes)?;
+        self.hasher.update(&bytes[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Removes a scratch directory however the conversion ends.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Manager {
+    /// Builds (or finds) the root filesystem of the image `query` names.
+    pub fn rootfs(
+        &self,
+        query: &str,
+        platform: Option<&Platform>,
+        format: RootfsFormat,
+    ) -> Result<RootfsArtifact> {
+        let image = self.one_image(query, platform)?;
+        let catalog = self.store.catalog();
+        let options = "";
+        if let Some(found) =
+            catalog.artifact(image.id, format.as_str(), options, CONVERTER_VERSION)?
+            && self.store.content().blob_size(&found.digest)? == Some(found.size)
+        {
+            catalog.touch_image(image.id)?;
+            return Ok(RootfsArtifact {
+                image: image.manifest_digest,
+                format,
+                path: self.store.content().blob_path(&found.digest),
+                digest: found.digest,
+                size: found.size,
+                cached: true,
+            });
+        }
+        if !image.complete {
+            return Err(Error::ImageNotFound {
+                query: format!("{query} (incomplete: pull it again)"),
+            });
+        }
+        let lease = catalog.create_lease()?;
+        let scratch = Scratch(self.store.content().scratch_dir()?);
+        let mut objects =
+            ObjectDir::open(&scratch.0.join("objects")).map_err(kiln_store::StoreError::from)?;
+        let mut tree = Tree::new();
+        let layers: Vec<_> = catalog
+            .image_blobs(image.id)?
+            .into_iter()
+            .filter(|b| b.role == "layer")
+            .collect();
+        for (index, layer) in layers.iter().enumerate() {
+            catalog.lease_blob(&lease, &layer.digest)?;
+            let compression =
+                media_type::layer_compression(&layer.media_type).ok_or_else(|| {
+                    Error::UnsupportedMediaType {
+                        reference: query.to_string(),
+                        what: format!("layer {index}"),
+                        media_type: layer.media_type.clone(),
+                    }
+                })?;
+            let blob = self.store.content().open_blob(&layer.digest)?;
+            let reader = layer_reader(blob, compression).map_err(kiln_store::StoreError::from)?;
+            apply_layer(&mut tree, index, reader, &mut objects)?;
+        }
+        let output = scratch.0.join("output");
+        let (digest, size) = write_output(&output, |writer| match format {
+            RootfsFormat::Initramfs => write_initramfs(&tree, &objects, writer),
+        })
+        .map_err(kiln_store::StoreError::from)?;
+        catalog.lease_blob(&lease, &digest)?;
+        if self.store.content().blob_size(&digest)? != Some(size) {
+            self.store.content().adopt_file(&output, &digest, size)?;
+        }
+        let record = ArtifactRecord {
+            image_id: image.id,
+            format: format.as_str().to_string(),
+            options: options.to_string(),
+            converter_version: CONVERTER_VERSION.to_string(),
+            digest: digest.clone(),
+            size,
+            created_at: kiln_store::fsutil::now(),
+        };
+        catalog.add_artifact(&record, Some(lease))?;
+        catalog.touch_image(image.id)?;
+        Ok(RootfsArtifact {
+            image: image.manifest_digest,
+            format,
+            path: self.store.content().blob_path(&digest),
+            digest,
+            size,
+            cached: false,
+        })
+    }
+
+    /// The single image `query` names (the host's platform when several match).
+    fn one_image(
+        &self,
+        query: &str,
+        platform: Option<&Platform>,
+    ) -> Result<kiln_store::ImageRecord> {
+        let mut found = self.find(query, platform)?;
+        if found.len() > 1 {
+            let host = Platform::host();
+            if let Some(position) = found.iter().position(|f| {
+                f.image
+                    .platform
+                    .as_deref()
+                    .and_then(|p| p.parse::<Platform>().ok())
+                    .is_some_and(|p| host.accepts(&p))
+            }) {
+                return Ok(found.swap_remove(position).image);
+            }
+            return Err(Error::Ambiguous {
+                query: query.to_string(),
+                candidates: found
+                    .iter()
+                    .map(|f| f.image.platform.clone().unwrap_or_default())
+                    .collect(),
+            });
+        }
+        Ok(found.remove(0).image)
+    }
+}
+
+/// Writes a file through `write`, hashing it; returns digest and size.
+fn write_output(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<(Digest, u64)> {
+    let file = fs_err::File::create(path)?;
+    let mut writer = HashingWriter {
+        inner: std::io::BufWriter::with_capacity(1 << 20, file),
+        hasher: Hasher::new(Algorithm::Sha256),
+        size: 0,
+    };
+    write(&mut writer)?;
+    writer.flush()?;
+    Ok((writer.hasher.finish(), writer.size))
+}
+
+/// Copies `from` to `to`: a reflink (copy-on-write clone) where the
+/// filesystem supports it, else an ordinary copy. Atomic: temp + rename.
+pub fn copy_out(from: &Path, to: &Path) -> std::io::Result<()> {
+    let directory = to
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let temp = directory.join(kiln_store::fsutil::temp_name("kiln-out"));
+    let result = (|| {
+        let source = fs_err::File::open(from)?;
+        let target = fs_err::File::create(&temp)?;
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: both descriptors are open for the duration of the call.
+            let cloned =
+                unsafe { libc::ioctl(target.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) } == 0;
+            if !cloned {
+                std::io::copy(&mut &source, &mut &target)?;
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        std::io::copy(&mut &source, &mut &target)?;
+        use std::os::unix::fs::PermissionsExt;
+        target.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        target.sync_all()?;
+        fs_err::rename(&temp, to)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    result
+}
