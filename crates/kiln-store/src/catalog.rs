@@ -196,9 +196,14 @@ impl Catalog {
         };
         let mut connection = Connection::open(path).map_err(wrap)?;
         connection.busy_timeout(BUSY_TIMEOUT).map_err(wrap)?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
+        let journal: String = connection
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
             .map_err(wrap)?;
+        if !journal.eq_ignore_ascii_case("wal") {
+            connection
+                .pragma_update(None, "journal_mode", "WAL")
+                .map_err(wrap)?;
+        }
         connection
             .pragma_update(None, "synchronous", "FULL")
             .map_err(wrap)?;

@@ -15,6 +15,7 @@
 //!     quarantine/<alg>-<hex>-<t>   blobs `fsck --repair` found corrupt
 //!   tmp/                      scratch space of conversions (removed when they end)
 //!   locks/gc.lock             exclusive while garbage is collected or fsck repairs
+//!   locks/open.lock           exclusive while a process opens (creates, migrates) the catalog
 //! ```
 //!
 //! The version is in the names (`content-v1`, `catalog-v1.db`): an
@@ -75,7 +76,12 @@ impl Store {
     pub fn open(root: &Path) -> Result<Store> {
         fs_err::create_dir_all(root.join("locks"))?;
         let content = ContentStore::open(root.join("content-v1"))?;
+        // Creating the database, switching it to WAL and migrating it are not
+        // safe for two processes at once (SQLite answers "database is locked"
+        // without waiting): one opener at a time.
+        let opening = lock::LockFile::acquire(&root.join("locks").join("open.lock"), lock::LockMode::Exclusive)?;
         let catalog = Catalog::open(&root.join("catalog-v1.db"))?;
+        drop(opening);
         Ok(Store {
             root: root.to_path_buf(),
             content,
@@ -100,5 +106,29 @@ impl Store {
 
     fn gc_lock_path(&self) -> PathBuf {
         self.root.join("locks").join("gc.lock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: two `kiln` processes starting on a new store at once got
+    /// "database is locked" while one of them switched the catalog to WAL.
+    #[test]
+    fn concurrent_opens_of_a_new_store_all_succeed() {
+        for _ in 0..10 {
+            let dir = tempfile::tempdir().unwrap();
+            let root = dir.path().join("root");
+            let threads: Vec<_> = (0..6)
+                .map(|_| {
+                    let root = root.clone();
+                    std::thread::spawn(move || Store::open(&root).map(|_| ()))
+                })
+                .collect();
+            for thread in threads {
+                thread.join().unwrap().unwrap();
+            }
+        }
     }
 }
