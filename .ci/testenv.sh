@@ -92,6 +92,7 @@ build_fixtures() {
   printf '#!/bin/sh\necho suid\n' >"$extra/data/suid"
   echo "owned by 1000" >"$extra/data/owned"; chown -R 0:0 "$extra"; chown 1000:1000 "$extra/data/owned"
   chmod 4755 "$extra/data/suid"   # after chown, which clears setuid
+  mknod "$extra/data/null" c 1 3; mknod "$extra/data/loop9" b 7 9; mkfifo "$extra/data/fifo"
 
   # Layer 3: a whiteout and an opaque directory.
   local wh=$src/whiteouts

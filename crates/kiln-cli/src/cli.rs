@@ -187,6 +187,8 @@ pub struct FsckArgs {
 pub enum RootfsFormatArg {
     /// gzip-compressed newc cpio archive (`-initrd`)
     Initramfs,
+    /// ext4 raw disk image (root block device)
+    Ext4,
 }
 
 #[derive(Debug, Args)]
@@ -202,7 +204,42 @@ pub struct RootfsArgs {
     /// The image for this platform
     #[arg(long)]
     pub platform: Option<String>,
+    /// Size of an ext4 image (e.g. 512M, 2G) [default: content plus headroom]
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+}
+
+/// `512M`, `2G`, `1048576`: binary units, as disk tools count.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size (e.g. 512M, 2G)"))?;
+    let factor: u64 = match unit
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?} (use K, M, G or T)"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("{text:?} is out of range"))
 }

@@ -127,8 +127,75 @@ fn cpio_unpack(initramfs: &Path, target: &Path) {
     assert!(status.success(), "cpio unpack of {}", initramfs.display());
 }
 
+/// Mounts an ext4 image read-only (loop) for as long as it lives.
+struct Mounted(std::path::PathBuf);
+
+impl Mounted {
+    fn ext4(image: &Path, target: &Path) -> Mounted {
+        std::fs::create_dir_all(target).unwrap();
+        let output = Command::new("mount")
+            .args(["-o", "loop,ro", "-t", "ext4"])
+            .arg(image)
+            .arg(target)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "mount {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Mounted(target.to_path_buf())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn e2fsck_clean(image: &Path) {
+    let output = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(image)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "e2fsck -fn {}: {}{}",
+        image.display(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+type Snapshot = (BTreeMap<String, Entry>, Vec<Vec<String>>);
+
+/// The tree inside an output: unpacked (initramfs) or mounted (ext4).
+fn tree_of(format: &str, image: &Path, work: &Path) -> Snapshot {
+    let target = work.join(format!(
+        "{}-tree",
+        image.file_name().unwrap().to_string_lossy()
+    ));
+    if format == "initramfs" {
+        cpio_unpack(image, &target);
+        snapshot(&target)
+    } else {
+        e2fsck_clean(image);
+        let _mounted = Mounted::ext4(image, &target);
+        let (mut entries, links) = snapshot(&target);
+        assert_eq!(
+            entries.remove("lost+found").map(|e| e.kind),
+            Some("dir"),
+            "mke2fs makes lost+found"
+        );
+        (entries, links)
+    }
+}
+
 #[test]
-fn initramfs_holds_exactly_the_tree_umoci_unpacks() {
+fn initramfs_and_ext4_hold_exactly_the_tree_umoci_unpacks() {
     let env = env();
     let fixtures =
         std::env::var("KILN_TEST_FIXTURES").expect("KILN_TEST_FIXTURES from .ci/testenv.sh");
@@ -141,63 +208,61 @@ fn initramfs_holds_exactly_the_tree_umoci_unpacks() {
     ] {
         let reference = format!("{}/{tag}", env.registry);
         kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
-        let output = kiln
-            .dir
-            .path()
-            .join(format!("{layout_tag}-{}.img", tag.replace(':', "-")));
-        let run = kiln
-            .run(&[
-                "rootfs",
-                "--format",
-                "initramfs",
-                &reference,
-                "-o",
-                output.to_str().unwrap(),
-            ])
-            .ok();
-        assert_eq!(run.stdout.trim(), output.to_str().unwrap());
-        let ours = kiln
-            .dir
-            .path()
-            .join(format!("ours-{}", tag.replace(':', "-")));
-        cpio_unpack(&output, &ours);
-        let theirs = kiln
-            .dir
-            .path()
-            .join(format!("umoci-{}", tag.replace(':', "-")));
+        let theirs = kiln.dir.path().join(format!("umoci-{layout_tag}"));
         if !theirs.exists() {
             umoci_unpack(&format!("{fixtures}/images:{layout_tag}"), &theirs);
         }
-        let (our_entries, our_links) = snapshot(&ours);
         let (their_entries, their_links) = snapshot(&theirs);
-        for (path, theirs) in &their_entries {
-            assert_eq!(our_entries.get(path), Some(theirs), "{tag}: {path}");
-        }
-        assert_eq!(
-            our_entries.len(),
-            their_entries.len(),
-            "{tag}: {:?}",
-            our_entries
+        for format in ["initramfs", "ext4"] {
+            let output = kiln
+                .dir
+                .path()
+                .join(format!("{}.{format}", tag.replace(':', "-")));
+            let run = kiln
+                .run(&[
+                    "rootfs",
+                    "--format",
+                    format,
+                    &reference,
+                    "-o",
+                    output.to_str().unwrap(),
+                ])
+                .ok();
+            assert_eq!(run.stdout.trim(), output.to_str().unwrap());
+            let (our_entries, our_links) = tree_of(format, &output, kiln.dir.path());
+            for (path, theirs) in &their_entries {
+                assert_eq!(
+                    our_entries.get(path),
+                    Some(theirs),
+                    "{tag} {format}: {path}"
+                );
+            }
+            let extra: Vec<_> = our_entries
                 .keys()
                 .filter(|k| !their_entries.contains_key(*k))
-                .collect::<Vec<_>>()
-        );
-        assert_eq!(our_links, their_links, "{tag}: hardlink groups");
-        if tag == "busybox:multi" {
-            assert!(
-                our_entries["data/suid"].mode & 0o4000 != 0,
-                "setuid survives"
-            );
-            assert_eq!(our_entries["data/owned"].uid, 1000);
-            assert!(!our_entries.contains_key("data/b.txt"), "whiteout applied");
-            assert!(
-                !our_entries.contains_key("data/dir/x"),
-                "opaque directory applied"
-            );
-            assert_eq!(
-                our_links,
-                vec![vec!["data/a.txt".to_string(), "data/hard".to_string()]]
-            );
+                .collect();
+            assert!(extra.is_empty(), "{tag} {format}: extra entries {extra:?}");
+            assert_eq!(our_links, their_links, "{tag} {format}: hardlink groups");
+            if tag == "busybox:multi" {
+                assert!(
+                    our_entries["data/suid"].mode & 0o4000 != 0,
+                    "{format}: setuid survives"
+                );
+                assert_eq!(our_entries["data/owned"].uid, 1000);
+                assert_eq!(our_entries["data/null"].kind, "char");
+                assert_eq!(our_entries["data/null"].rdev, 0x103, "{format}: device 1:3");
+                assert_eq!(our_entries["data/loop9"].kind, "block");
+                assert_eq!(our_entries["data/fifo"].kind, "fifo");
+                assert!(!our_entries.contains_key("data/b.txt"), "whiteout applied");
+                assert!(
+                    !our_entries.contains_key("data/dir/x"),
+                    "opaque directory applied"
+                );
+                assert_eq!(
+                    our_links,
+                    vec![vec!["data/a.txt".to_string(), "data/hard".to_string()]]
+                );
+            }
         }
     }
 }
@@ -269,8 +334,45 @@ fn rootfs_is_cached_identical_for_any_user_and_collected_with_its_image() {
         theirs["digest"], first["digest"],
         "root and an ordinary user build the same initramfs"
     );
+    let ext4_root = kiln.dir.path().join("root.ext4");
+    kiln.run(&[
+        "rootfs",
+        "--format",
+        "ext4",
+        &reference,
+        "-o",
+        ext4_root.to_str().unwrap(),
+    ])
+    .ok();
+    let ext4_nobody = shared.path().join("nobody.ext4");
+    as_nobody(&[
+        "rootfs",
+        "--format",
+        "ext4",
+        &reference,
+        "-o",
+        ext4_nobody.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        tree_of("ext4", &ext4_root, kiln.dir.path()),
+        tree_of("ext4", &ext4_nobody, kiln.dir.path()),
+        "root and an ordinary user build the same ext4 tree"
+    );
 
-    // rmi takes the artifact with the image.
+    // --size is honoured; a size too small fails with an error, not a panic.
+    let sized = kiln
+        .run(&[
+            "rootfs", "--format", "ext4", "--size", "64M", "--json", &reference,
+        ])
+        .ok()
+        .json();
+    assert_eq!(sized["size"], 64 << 20);
+    let tiny = kiln
+        .run(&["rootfs", "--format", "ext4", "--size", "1M", &reference])
+        .fails(1);
+    assert!(tiny.stderr.starts_with("error:"), "{}", tiny.stderr);
+
+    // rmi takes the artifacts with the image.
     kiln.run(&["rmi", &reference]).ok();
     assert!(!Path::new(path).exists());
     assert!(kiln.blob_files().is_empty());

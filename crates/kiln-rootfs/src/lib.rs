@@ -6,7 +6,8 @@
 //! host filesystem allows, so the output is the same for root and for an
 //! ordinary user.
 //!
-//! Today: initramfs (gzip newc cpio). ext4 and EROFS writers follow.
+//! Today: initramfs (gzip newc cpio) and ext4 (through e2fsprogs). An EROFS
+//! writer follows.
 //!
 //! ```no_run
 //! use kiln_rootfs::{ObjectDir, Tree, apply_layer, write_initramfs};
@@ -20,12 +21,14 @@
 
 mod apply;
 mod error;
+mod ext4;
 mod initramfs;
 pub mod objects;
 pub mod tree;
 
 pub use apply::{apply_layer, layer_reader};
 pub use error::{Result, RootfsError};
+pub use ext4::{default_ext4_size, write_ext4};
 pub use initramfs::{write_cpio, write_initramfs};
 pub use objects::{ContentRef, ObjectDir};
 pub use tree::{Inode, Kind, Tree};

@@ -63,6 +63,23 @@ impl GcReport {
     }
 }
 
+/// Deletes the leases whose process died (or that outlived their expiry).
+fn expire_dead_leases(transaction: &rusqlite::Transaction<'_>) -> rusqlite::Result<u64> {
+    let leases: Vec<(String, i64, Option<i64>, i64)> = transaction
+        .prepare("SELECT id, pid, process_start, expires_at FROM leases")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let time = now();
+    let mut expired = 0;
+    for (id, pid, start, expires_at) in leases {
+        if expires_at < time || !crate::process::is_alive(pid as u32, start) {
+            transaction.execute("DELETE FROM leases WHERE id = ?1", params![id])?;
+            expired += 1;
+        }
+    }
+    Ok(expired)
+}
+
 impl Store {
     /// Removes unreferenced images, blobs, dead leases and abandoned ingests.
     pub fn collect_garbage(&self, options: &GcOptions) -> Result<GcReport> {
@@ -81,22 +98,7 @@ impl Store {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .map_err(&wrap)?;
 
-            let leases: Vec<(String, i64, Option<i64>, i64)> = transaction
-                .prepare("SELECT id, pid, process_start, expires_at FROM leases")
-                .and_then(|mut s| {
-                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                        .collect()
-                })
-                .map_err(&wrap)?;
-            let time = now();
-            for (id, pid, start, expires_at) in leases {
-                if expires_at < time || !crate::process::is_alive(pid as u32, start) {
-                    transaction
-                        .execute("DELETE FROM leases WHERE id = ?1", params![id])
-                        .map_err(&wrap)?;
-                    report.leases_expired += 1;
-                }
-            }
+            report.leases_expired = expire_dead_leases(&transaction).map_err(&wrap)?;
 
             let condition = if options.all_unused {
                 "NOT EXISTS (SELECT 1 FROM holders h WHERE h.image_id = images.id)"
@@ -191,6 +193,7 @@ impl Store {
         let transaction = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(&wrap)?;
+        expire_dead_leases(&transaction).map_err(&wrap)?;
         let (mut count, mut bytes) = (0, 0);
         for digest in candidates {
             let text = digest.to_string();

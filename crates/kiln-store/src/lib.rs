@@ -79,7 +79,10 @@ impl Store {
         // Creating the database, switching it to WAL and migrating it are not
         // safe for two processes at once (SQLite answers "database is locked"
         // without waiting): one opener at a time.
-        let opening = lock::LockFile::acquire(&root.join("locks").join("open.lock"), lock::LockMode::Exclusive)?;
+        let opening = lock::LockFile::acquire(
+            &root.join("locks").join("open.lock"),
+            lock::LockMode::Exclusive,
+        )?;
         let catalog = Catalog::open(&root.join("catalog-v1.db"))?;
         drop(opening);
         Ok(Store {

@@ -120,6 +120,7 @@ impl Error {
     pub fn hint(&self) -> Option<String> {
         match self {
             Error::Store(error) => error.hint(),
+            Error::Rootfs(error) => error.hint(),
             Error::Registry(error) => error.hint(),
             Error::NotCached { reference } => Some(format!("run `kiln pull {reference}` while the registry is reachable")),
             Error::ImageNotFound { .. } => Some("`kiln images` lists what the store holds".into()),

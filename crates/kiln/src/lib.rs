@@ -66,3 +66,23 @@ pub(crate) fn tag_name(reference: &Reference) -> String {
         None => reference.to_string(),
     }
 }
+
+/// Releases a lease on every exit path that did not hand it to the catalog.
+pub(crate) struct LeaseGuard<'m> {
+    pub(crate) manager: &'m Manager,
+    pub(crate) lease: Option<kiln_store::Lease>,
+}
+
+impl LeaseGuard<'_> {
+    pub(crate) fn lease(&self) -> &kiln_store::Lease {
+        self.lease.as_ref().expect("lease is held until taken")
+    }
+}
+
+impl Drop for LeaseGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            let _ = self.manager.store.catalog().release_lease(lease);
+        }
+    }
+}

@@ -19,7 +19,7 @@ use kiln_types::{Descriptor, Digest, ImageConfig, ImageManifest, Platform, Refer
 
 use crate::error::{Error, Result};
 use crate::progress::{Event, Progress};
-use crate::{Manager, tag_name};
+use crate::{LeaseGuard, Manager, tag_name};
 
 /// Largest image config kiln reads.
 const MAX_CONFIG_SIZE: u64 = 16 << 20;
@@ -106,26 +106,6 @@ impl RetryObserver for Observer {
             delay,
             reason: reason.to_string(),
         });
-    }
-}
-
-/// Releases a lease on every exit path that did not hand it to the catalog.
-struct LeaseGuard<'m> {
-    manager: &'m Manager,
-    lease: Option<Lease>,
-}
-
-impl LeaseGuard<'_> {
-    fn lease(&self) -> &Lease {
-        self.lease.as_ref().expect("lease is held until taken")
-    }
-}
-
-impl Drop for LeaseGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            let _ = self.manager.store.catalog().release_lease(lease);
-        }
     }
 }
 

@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kiln_rootfs::{ObjectDir, Tree, apply_layer, layer_reader, write_initramfs};
+use kiln_rootfs::{ObjectDir, Tree, apply_layer, layer_reader, write_ext4, write_initramfs};
 use kiln_store::ArtifactRecord;
 use kiln_types::media_type;
 use kiln_types::{Algorithm, Digest, Hasher, Platform};
@@ -25,6 +25,8 @@ pub const CONVERTER_VERSION: &str = "kiln-rootfs-1";
 pub enum RootfsFormat {
     /// gzip-compressed newc cpio, for `-initrd`.
     Initramfs,
+    /// ext4 raw disk image, for a root block device.
+    Ext4,
 }
 
 impl RootfsFormat {
@@ -32,6 +34,7 @@ impl RootfsFormat {
     pub fn as_str(self) -> &'static str {
         match self {
             RootfsFormat::Initramfs => "initramfs",
+            RootfsFormat::Ext4 => "ext4",
         }
     }
 }
@@ -83,15 +86,21 @@ impl Drop for Scratch {
 
 impl Manager {
     /// Builds (or finds) the root filesystem of the image `query` names.
+    /// `size` (ext4 only) is the image size in bytes; default: content plus headroom.
     pub fn rootfs(
         &self,
         query: &str,
         platform: Option<&Platform>,
         format: RootfsFormat,
+        size: Option<u64>,
     ) -> Result<RootfsArtifact> {
         let image = self.one_image(query, platform)?;
         let catalog = self.store.catalog();
-        let options = "";
+        let options = match (format, size) {
+            (RootfsFormat::Ext4, Some(size)) => format!("size={size}"),
+            _ => String::new(),
+        };
+        let options = options.as_str();
         if let Some(found) =
             catalog.artifact(image.id, format.as_str(), options, CONVERTER_VERSION)?
             && self.store.content().blob_size(&found.digest)? == Some(found.size)
@@ -111,7 +120,10 @@ impl Manager {
                 query: format!("{query} (incomplete: pull it again)"),
             });
         }
-        let lease = catalog.create_lease()?;
+        let mut guard = crate::LeaseGuard {
+            manager: self,
+            lease: Some(catalog.create_lease()?),
+        };
         let scratch = Scratch(self.store.content().scratch_dir()?);
         let mut objects =
             ObjectDir::open(&scratch.0.join("objects")).map_err(kiln_store::StoreError::from)?;
@@ -122,7 +134,7 @@ impl Manager {
             .filter(|b| b.role == "layer")
             .collect();
         for (index, layer) in layers.iter().enumerate() {
-            catalog.lease_blob(&lease, &layer.digest)?;
+            catalog.lease_blob(guard.lease(), &layer.digest)?;
             let compression =
                 media_type::layer_compression(&layer.media_type).ok_or_else(|| {
                     Error::UnsupportedMediaType {
@@ -136,11 +148,18 @@ impl Manager {
             apply_layer(&mut tree, index, reader, &mut objects)?;
         }
         let output = scratch.0.join("output");
-        let (digest, size) = write_output(&output, |writer| match format {
-            RootfsFormat::Initramfs => write_initramfs(&tree, &objects, writer),
-        })
-        .map_err(kiln_store::StoreError::from)?;
-        catalog.lease_blob(&lease, &digest)?;
+        let (digest, size) = match format {
+            RootfsFormat::Initramfs => {
+                write_output(&output, |writer| write_initramfs(&tree, &objects, writer))
+                    .map_err(kiln_store::StoreError::from)?
+            }
+            RootfsFormat::Ext4 => {
+                write_ext4(&tree, &objects, &output, size, &scratch.0)?;
+                let file = fs_err::File::open(&output).map_err(kiln_store::StoreError::from)?;
+                kiln_store::content::hash_reader(file, Algorithm::Sha256)?
+            }
+        };
+        catalog.lease_blob(guard.lease(), &digest)?;
         if self.store.content().blob_size(&digest)? != Some(size) {
             self.store.content().adopt_file(&output, &digest, size)?;
         }
@@ -153,7 +172,7 @@ impl Manager {
             size,
             created_at: kiln_store::fsutil::now(),
         };
-        catalog.add_artifact(&record, Some(lease))?;
+        catalog.add_artifact(&record, guard.lease.take())?;
         catalog.touch_image(image.id)?;
         Ok(RootfsArtifact {
             image: image.manifest_digest,

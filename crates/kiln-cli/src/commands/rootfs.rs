@@ -10,8 +10,12 @@ pub fn run(manager: &Manager, args: RootfsArgs) -> anyhow::Result<ExitCode> {
     let platform = super::parse_platform(args.platform.as_deref())?;
     let format = match args.format {
         RootfsFormatArg::Initramfs => RootfsFormat::Initramfs,
+        RootfsFormatArg::Ext4 => RootfsFormat::Ext4,
     };
-    let artifact = manager.rootfs(&args.reference, platform.as_ref(), format)?;
+    if args.size.is_some() && format != RootfsFormat::Ext4 {
+        anyhow::bail!("--size applies to ext4 images only");
+    }
+    let artifact = manager.rootfs(&args.reference, platform.as_ref(), format, args.size)?;
     let path = match &args.output {
         Some(output) => {
             kiln::copy_out(&artifact.path, output)

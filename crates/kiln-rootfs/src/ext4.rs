@@ -1,0 +1,246 @@
+//! Tree → ext4 raw image, the root disk Firecracker, cloud-hypervisor and
+//! QEMU boot. e2fsprogs does the filesystem: the tree is staged as plain
+//! directories, files (hardlinked from the object store where it can) and
+//! symlinks, `mke2fs -d` copies it in, then one `debugfs -w` script sets
+//! what an ordinary user cannot create on the host: ownership, modes with
+//! setuid bits, device nodes, fifos, mtimes and xattrs. So the image is the
+//! same whether kiln runs as root or not.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use fs_err as fs;
+
+use crate::error::{Result, RootfsError};
+use crate::objects::ObjectDir;
+use crate::tree::{InodeId, Kind, ROOT, Tree};
+
+const BLOCK: u64 = 4096;
+const MIN_SIZE: u64 = 32 << 20;
+
+/// The size kiln gives an image by default: content, inode tables and
+/// journal, plus 25% headroom and at least 32 MiB.
+pub fn default_ext4_size(tree: &Tree) -> u64 {
+    let mut data = 0u64;
+    let mut inodes = 0u64;
+    let links = tree.link_counts();
+    for (id, inode) in tree.inodes.iter().enumerate() {
+        if links[id] == 0 {
+            continue;
+        }
+        inodes += 1;
+        data += match &inode.kind {
+            Kind::File(content) => content.size.div_ceil(BLOCK) * BLOCK,
+            Kind::Directory(entries) => (entries.len() as u64 * 64).div_ceil(BLOCK).max(1) * BLOCK,
+            Kind::Symlink(target) if target.len() >= 60 => BLOCK,
+            _ => 0,
+        };
+    }
+    // Inode tables (256 bytes an inode, mke2fs reserves ~1 per 16 KiB) and a journal.
+    let overhead = inodes * 256 + data / 16 + (16 << 20);
+    let size = (data + overhead) * 5 / 4;
+    size.max(MIN_SIZE).div_ceil(1 << 20) << 20
+}
+
+fn tool(name: &str) -> Result<PathBuf> {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let path = Path::new(dir).join(name);
+        if path.exists() {
+            return Ok(path);
+        }
+    }
+    Err(RootfsError::MissingTool {
+        tool: name.to_string(),
+        package: "e2fsprogs".to_string(),
+    })
+}
+
+/// Writes `tree` as an ext4 image of `size` bytes (default:
+/// [`default_ext4_size`]) at `output`, using `scratch` for staging.
+pub fn write_ext4(
+    tree: &Tree,
+    objects: &ObjectDir,
+    output: &Path,
+    size: Option<u64>,
+    scratch: &Path,
+) -> Result<()> {
+    let mke2fs = tool("mke2fs")?;
+    let debugfs = tool("debugfs")?;
+    let staging = scratch.join("staging");
+    fs::create_dir_all(&staging)?;
+    let script = stage(tree, objects, &staging, scratch)?;
+
+    let size = size.unwrap_or_else(|| default_ext4_size(tree));
+    {
+        let file = fs::File::create(output)?;
+        file.set_len(size)?;
+    }
+    let result = Command::new(&mke2fs)
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-b",
+            "4096",
+            "-L",
+            "rootfs",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
+        .arg(&staging)
+        .arg(output)
+        .output()?;
+    if !result.status.success() {
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        if stderr.contains("Could not allocate")
+            || stderr.contains("too small")
+            || stderr.contains("No space")
+        {
+            return Err(RootfsError::TooSmall {
+                size,
+                needed: default_ext4_size(tree),
+            });
+        }
+        let detail = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(RootfsError::Tool {
+            tool: "mke2fs".into(),
+            detail,
+            hint: None,
+        });
+    }
+    let script_path = scratch.join("debugfs.script");
+    fs::write(&script_path, script)?;
+    let result = Command::new(&debugfs)
+        .arg("-w")
+        .arg("-f")
+        .arg(&script_path)
+        .arg(output)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    // debugfs reports command failures on stderr but exits 0.
+    let failures: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("debugfs ") && !l.trim().is_empty())
+        .collect();
+    if !result.status.success() || !failures.is_empty() {
+        return Err(RootfsError::Tool {
+            tool: "debugfs".into(),
+            detail: failures.join("; "),
+            hint: None,
+        });
+    }
+    Ok(())
+}
+
+fn quote(path: &[Vec<u8>]) -> Result<String> {
+    let mut text = String::from("/");
+    text.push_str(&String::from_utf8_lossy(&path.join(&b'/')));
+    if text.contains('"') || text.chars().any(char::is_control) {
+        return Err(RootfsError::Unrepresentable {
+            path: text,
+            reason: "a name with a double quote or a control character".into(),
+        });
+    }
+    Ok(format!("\"{text}\""))
+}
+
+/// Creates the staging tree and returns the debugfs script that finishes it.
+fn stage(tree: &Tree, objects: &ObjectDir, staging: &Path, scratch: &Path) -> Result<String> {
+    let mut script = String::new();
+    let mut first_path: HashMap<InodeId, PathBuf> = HashMap::new();
+    let mut objects_used: HashMap<&kiln_types::Digest, ()> = HashMap::new();
+    let mut xattr_files = 0usize;
+    for (components, id) in tree.walk() {
+        let inode = &tree.inodes[id];
+        let host = components.iter().fold(staging.to_path_buf(), |path, c| {
+            path.join(std::ffi::OsStr::from_bytes(c))
+        });
+        let quoted = quote(&components)?;
+        if id != ROOT {
+            if let Some(existing) = first_path.get(&id) {
+                fs::hard_link(existing, &host)?;
+                continue;
+            }
+            first_path.insert(id, host.clone());
+            match &inode.kind {
+                Kind::Directory(_) => fs::create_dir(&host)?,
+                Kind::File(content) => {
+                    // The first file with a content takes the object itself; later ones copy.
+                    if objects_used.insert(&content.digest, ()).is_none() {
+                        fs::hard_link(objects.path(&content.digest), &host)?;
+                    } else {
+                        fs::copy(objects.path(&content.digest), &host)?;
+                    }
+                    fs::set_permissions(&host, std::fs::Permissions::from_mode(0o644))?;
+                }
+                Kind::Symlink(target) => {
+                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &host)?
+                }
+                Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+                    let (parent, name) = components.split_at(components.len() - 1);
+                    let kind = if matches!(inode.kind, Kind::CharDevice { .. }) {
+                        'c'
+                    } else {
+                        'b'
+                    };
+                    let _ = writeln!(script, "cd {}", quote(parent)?);
+                    let _ = writeln!(
+                        script,
+                        "mknod {} {kind} {major} {minor}",
+                        quote_name(&name[0])?
+                    );
+                }
+                Kind::Fifo => {
+                    let (parent, name) = components.split_at(components.len() - 1);
+                    let _ = writeln!(script, "cd {}", quote(parent)?);
+                    let _ = writeln!(script, "mknod {} p", quote_name(&name[0])?);
+                }
+            }
+        }
+        let mode = inode.type_bits() | inode.mode;
+        let _ = writeln!(script, "sif {quoted} mode 0{mode:o}");
+        let _ = writeln!(script, "sif {quoted} uid {}", inode.uid);
+        let _ = writeln!(script, "sif {quoted} gid {}", inode.gid);
+        let _ = writeln!(script, "sif {quoted} mtime @{}", inode.mtime.max(0));
+        for (name, value) in &inode.xattrs {
+            xattr_files += 1;
+            let value_path = scratch.join(format!("xattr-{xattr_files}"));
+            fs::write(&value_path, value)?;
+            let name = String::from_utf8_lossy(name);
+            if name.contains('"') || name.chars().any(char::is_control) || name.contains(' ') {
+                return Err(RootfsError::Unrepresentable {
+                    path: format!("{quoted} xattr {name}"),
+                    reason: "an odd xattr name".into(),
+                });
+            }
+            let _ = writeln!(
+                script,
+                "ea_set -f \"{}\" {quoted} {name}",
+                value_path.display()
+            );
+        }
+    }
+    Ok(script)
+}
+
+fn quote_name(name: &[u8]) -> Result<String> {
+    let text = String::from_utf8_lossy(name).into_owned();
+    if text.contains('"') || text.chars().any(char::is_control) {
+        return Err(RootfsError::Unrepresentable {
+            path: text,
+            reason: "a name with a double quote or a control character".into(),
+        });
+    }
+    Ok(format!("\"{text}\""))
+}
