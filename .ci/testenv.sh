@@ -3,29 +3,48 @@
 # HTTP; basic auth; TLS with a private CA) holding fixture images built
 # offline from busybox-static.
 #
-#   bash .ci/testenv.sh up DIR     start everything, write DIR/env
-#   bash .ci/testenv.sh down DIR   stop every process it started (by PID)
+#   bash .ci/testenv.sh up DIR       start everything, write DIR/env and DIR/digests.json
+#   bash .ci/testenv.sh down DIR     stop every process it started (by PID)
+#   bash .ci/testenv.sh digests DIR  rewrite DIR/digests.json from the running registries
 #
-# Tests read DIR/env (export lines). Every process started is listed in
-# DIR/pids and stopped by `down`.
+# Tests read DIR/env (export lines) and DIR/digests.json (for each fixture in
+# KILN_TEST_REGISTRY: the manifest digest as served, config, layer digests,
+# diff_ids; for multiarch:1 the index digest and one entry per platform).
+# Every process started is listed in DIR/pids and stopped by `down`.
 set -euo pipefail
 
 cmd=${1:-}
 dir=${2:-/tmp/kiln-testenv}
+dir=$(realpath -m "$dir")   # absolute: it is in every registry's command line, which down checks
 
 log() { printf 'testenv: %s\n' "$*" >&2; }
 
+# is_ours PID: a live process whose command line names $dir/ (a PID in
+# $dir/pids may have been reused by an unrelated process since `up`)
+is_ours() {
+  [ -r "/proc/$1/cmdline" ] && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$dir/"
+}
+
+# down: TERM every process in $dir/pids, KILL what is left after 5 s.
 down() {
-  if [ -f "$dir/pids" ]; then
-    while read -r pid; do
-      [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
-    done <"$dir/pids"
-    sleep 0.5
-    while read -r pid; do
-      [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
-    done <"$dir/pids"
-    rm -f "$dir/pids"
+  [ -f "$dir/pids" ] || return 0
+  local pid live=()
+  while read -r pid; do
+    [[ $pid =~ ^[0-9]+$ ]] && is_ours "$pid" && live+=("$pid")
+  done <"$dir/pids"
+  if [ ${#live[@]} -gt 0 ]; then
+    kill -TERM "${live[@]}" 2>/dev/null || true
+    for _ in $(seq 1 50); do
+      local left=()
+      for pid in "${live[@]}"; do is_ours "$pid" && left+=("$pid"); done
+      [ ${#left[@]} -eq 0 ] && break
+      sleep 0.1
+    done
+    for pid in "${live[@]}"; do
+      if is_ours "$pid"; then log "pid $pid ignored TERM, sending KILL"; kill -KILL "$pid" 2>/dev/null || true; fi
+    done
   fi
+  rm -f "$dir/pids"
 }
 
 free_ports() { # N distinct free ports on 127.0.0.1
@@ -54,16 +73,20 @@ $top_extra
 YAML
   docker-registry serve "$dir/$name/config.yml" >"$dir/$name.log" 2>&1 &
   echo $! >>"$dir/pids"
+  echo $! >"$dir/$name/pid"
 }
 
-wait_registry() { # url [curl args]
-  local url=$1; shift
+wait_registry() { # name url [curl args]: up to 20 s for GET /v2/ to answer 200 or 401
+  local name=$1 url=$2 code pid; shift 2
+  pid=$(cat "$dir/$name/pid")
   for _ in $(seq 1 100); do
     code=$(curl -s -o /dev/null -w '%{http_code}' "$@" "$url" || true)
     if [ "$code" = 200 ] || [ "$code" = 401 ]; then return 0; fi
+    is_ours "$pid" || break   # exited: no point waiting
     sleep 0.2
   done
-  log "registry $url did not come up"; cat "$dir"/*.log >&2; return 1
+  log "registry $name ($url, pid $pid) did not come up; $dir/$name.log:"
+  cat "$dir/$name.log" >&2; return 1
 }
 
 . "$(dirname "${BASH_SOURCE[0]}")/lib/oci.sh"
@@ -108,6 +131,12 @@ build_fixtures() {
     mkdir -p "$src/big$n"; head -c 25165824 /dev/urandom >"$src/big$n/blob$n.bin"
   done
 
+  # boot:1's init: prints a marker, powers the VM off.
+  mkdir -p "$src/boot"
+  printf '#!/bin/sh\nmount -t proc proc /proc 2>/dev/null\necho KILN-BOOT-OK "$(cat /etc/kiln-marker)"\npoweroff -f\n' >"$src/boot/init"
+  chmod 755 "$src/boot/init"; mkdir -p "$src/boot/etc" "$src/boot/proc" "$src/boot/dev" "$src/boot/sys"
+  echo "from-the-image" >"$src/boot/etc/kiln-marker"
+
   # arch marker layers.
   for arch in amd64 arm64; do mkdir -p "$src/arch-$arch"; echo "$arch" >"$src/arch-$arch/arch"; done
 
@@ -118,6 +147,7 @@ build_fixtures() {
   build_image "$L" busybox-plain amd64 none "$base" "$extra" "$wh" >/dev/null
   build_image "$L" shared-1 amd64 gzip "$base" "$src/shared" >/dev/null
   build_image "$L" big-1 amd64 gzip "$base" "$src/big1" "$src/big2" "$src/big3" >/dev/null
+  build_image "$L" boot-1 amd64 gzip "$base" "$src/boot" >/dev/null
 
   # A two-platform index.
   local M=$layouts/multiarch
@@ -133,7 +163,57 @@ build_fixtures() {
     "$M/index.json" >"$M/index.json.new" && mv "$M/index.json.new" "$M/index.json"
 }
 
+# describe REGISTRY REPO REF -> JSON of a manifest as the registry serves it:
+# {digest, mediaType, size, config, layers, layer_media_types, diff_ids}, or
+# for an index {digest, mediaType, size, manifests: {"os/arch[/variant]": {...}}}.
+accept_all='application/vnd.oci.image.index.v1+json,application/vnd.oci.image.manifest.v1+json,application/vnd.docker.distribution.manifest.list.v2+json,application/vnd.docker.distribution.manifest.v2+json'
+describe() {
+  local registry=$1 repo=$2 ref=$3 body headers digest served
+  body=$(mktemp "$dir/manifest.XXXX"); headers=$(mktemp "$dir/headers.XXXX")
+  # (explicit `|| return`: set -e does not apply inside `v=$(describe ...) || ...`)
+  curl -fsS -H "Accept: $accept_all" -D "$headers" -o "$body" "http://$registry/v2/$repo/manifests/$ref" || return 1
+  digest=sha256:$(sha256sum "$body" | cut -d' ' -f1)
+  served=$(tr -d '\r' <"$headers" | sed -n 's/^[Dd]ocker-[Cc]ontent-[Dd]igest: //p')
+  if [ -n "$served" ] && [ "$served" != "$digest" ]; then
+    log "$repo:$ref: Docker-Content-Digest $served but the body hashes to $digest"; return 1
+  fi
+  local media size; media=$(jq -r .mediaType "$body"); size=$(stat -c %s "$body")
+  case $media in
+    *index*|*manifest.list*)
+      local entries='{}' key child v
+      while IFS=$'\t' read -r key child; do
+        v=$(describe "$registry" "$repo" "$child") || return 1
+        entries=$(jq -c --arg k "$key" --argjson v "$v" '.[$k] = $v' <<<"$entries")
+      done < <(jq -r '.manifests[] | [(.platform | [.os, .architecture, .variant // empty] | join("/")), .digest] | @tsv' "$body")
+      [ "$entries" != '{}' ] || return 1
+      jq -n --arg d "$digest" --arg m "$media" --argjson s "$size" --argjson e "$entries" \
+        '{digest: $d, mediaType: $m, size: $s, manifests: $e}' ;;
+    *)
+      local config; config=$(jq -r .config.digest "$body")
+      curl -fsS "http://$registry/v2/$repo/blobs/$config" >"$body.config" || return 1
+      jq -c --arg d "$digest" --arg m "$media" --argjson s "$size" --slurpfile man "$body" '{
+          digest: $d, mediaType: $m, size: $s, config: $man[0].config.digest,
+          layers: [$man[0].layers[].digest], layer_media_types: [$man[0].layers[].mediaType],
+          diff_ids: .rootfs.diff_ids, platform: ([.os, .architecture, .variant // empty] | join("/"))}' "$body.config" || return 1 ;;
+  esac
+  rm -f "$body" "$body.config" "$headers"
+}
+
+fixtures="busybox:1 busybox:multi busybox:zstd busybox:plain busybox:docker multiarch:1 shared:1 big:1 boot:1"
+
+# write_digests REGISTRY: $dir/digests.json, {"repo:tag": describe, ...}
+write_digests() {
+  local all='{}' ref v
+  for ref in $fixtures; do
+    v=$(describe "$1" "${ref%%:*}" "${ref#*:}") || { log "cannot describe $ref on $1"; return 1; }
+    all=$(jq -c --arg r "$ref" --argjson v "$v" '.[$r] = $v' <<<"$all")
+  done
+  jq . <<<"$all" >"$dir/digests.json.new" && mv "$dir/digests.json.new" "$dir/digests.json"
+}
+
 up() {
+  # A failed `up` stops what it started; its logs stay in $dir.
+  trap 'rc=$?; if [ $rc -ne 0 ]; then log "up failed (exit $rc); stopping what was started"; down; fi' EXIT
   down
   rm -rf "$dir"; mkdir -p "$dir"
   local plain auth tls
@@ -157,9 +237,9 @@ up() {
   start_registry tls "$tls" "  tls:
     certificate: $dir/server.pem
     key: $dir/server.key" ""
-  wait_registry "http://127.0.0.1:$plain/v2/"
-  wait_registry "http://127.0.0.1:$auth/v2/"
-  wait_registry "https://127.0.0.1:$tls/v2/" --cacert "$dir/ca.pem"
+  wait_registry plain "http://127.0.0.1:$plain/v2/"
+  wait_registry auth "http://127.0.0.1:$auth/v2/"
+  wait_registry tls "https://127.0.0.1:$tls/v2/" --cacert "$dir/ca.pem"
   log "registries up: plain $plain, auth $auth, tls $tls"
 
   build_fixtures
@@ -171,11 +251,13 @@ up() {
   push "$L:busybox-1" "$R/busybox:docker" --format v2s2
   push "$L:shared-1" "$R/shared:1"
   push "$L:big-1" "$R/big:1"
+  push "$L:boot-1" "$R/boot:1"
   skopeo copy --quiet --all --dest-tls-verify=false "oci:$dir/layouts/multiarch:multiarch" "docker://$R/multiarch:1" >/dev/null
   push "$L:busybox-1" "127.0.0.1:$auth/busybox:1" --dest-creds kilnuser:kilnpass
   mkdir -p "$dir/certs.d"; cp "$dir/ca.pem" "$dir/certs.d/ca.crt"
   skopeo copy --quiet --dest-cert-dir "$dir/certs.d" "oci:$L:busybox-1" "docker://127.0.0.1:$tls/busybox:1" >/dev/null
   log "fixtures pushed"
+  write_digests "$R"
 
   cat >"$dir/env" <<ENV
 export KILN_TEST_ENV_DIR=$dir
@@ -192,5 +274,6 @@ ENV
 case $cmd in
   up) up ;;
   down) down ;;
-  *) echo "usage: $0 up|down DIR" >&2; exit 2 ;;
+  digests) . "$dir/env"; write_digests "$KILN_TEST_REGISTRY" ;;  # rewrite digests.json of a running env
+  *) echo "usage: $0 up|down|digests DIR" >&2; exit 2 ;;
 esac

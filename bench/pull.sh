@@ -4,6 +4,7 @@
 # cached kiln pull, peak RSS. Results replace the "Pull" section of
 # docs/benchmarks.md.
 #   bash bench/pull.sh            (RUNS=5 CACHED_RUNS=20 by default)
+#   BENCH_INSTALL_PODMAN=1 installs podman (apt) to measure it too; otherwise it is skipped if missing.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -33,7 +34,7 @@ compressed=$(jq -r '.manifests[0].digest' "$layout/index.json" | sed 's/sha256:/
 start_bench_registry
 skopeo copy --quiet --dest-tls-verify=false "oci:$layout:bench" "docker://$REGISTRY/bench:1" >/dev/null
 ref=$REGISTRY/bench:1
-work=$BENCH_DIR/work
+work=$BENCH_DIR/work; mkdir -p "$work"
 
 kiln_cold() { rm -rf "$work/kiln"; "$KILN" --root "$work/kiln" pull --insecure -q "$ref"; }
 kiln_inline_cold() { rm -rf "$work/kiln"; "$KILN" --root "$work/kiln" pull --insecure -q --inline-diff-id "$ref"; }
@@ -43,7 +44,11 @@ podman_cold() { podman --root "$work/podman" --runroot "$work/podman-run" --stor
 
 kiln_times=(); inline_times=(); skopeo_times=(); podman_times=()
 have_podman=false
+if ! command -v podman >/dev/null 2>&1 && [ "${BENCH_INSTALL_PODMAN:-0}" = 1 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends podman >/dev/null
+fi
 command -v podman >/dev/null 2>&1 && podman --version >/dev/null 2>&1 && have_podman=true
+$have_podman || echo "note: podman is not installed; skipping it (BENCH_INSTALL_PODMAN=1 installs it)" >&2
 for _ in $(seq 1 "$RUNS"); do
   kiln_times+=("$(seconds kiln_cold)")
   inline_times+=("$(seconds kiln_inline_cold)")
