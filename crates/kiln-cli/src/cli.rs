@@ -39,6 +39,11 @@ pub enum Command {
     Fsck(FsckArgs),
     /// Build what a microVM boots from an image (cached in the store)
     Rootfs(RootfsArgs),
+    /// Writable disks for sandboxes, made from images
+    Disk {
+        #[command(subcommand)]
+        command: DiskCommand,
+    },
     /// Image commands, docker style (`kiln image ls|rm|inspect|prune|pull`)
     Image {
         #[command(subcommand)]
@@ -242,4 +247,66 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .checked_mul(factor)
         .filter(|s| *s > 0)
         .ok_or_else(|| format!("{text:?} is out of range"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DiskCommand {
+    /// Create a sandbox disk from an image
+    Create(DiskCreateArgs),
+    /// List disks
+    #[command(alias = "list")]
+    Ls(DiskLsArgs),
+    /// Print a disk's path
+    Path {
+        /// Disk name
+        name: String,
+    },
+    /// Remove a disk
+    #[command(alias = "remove")]
+    Rm {
+        /// Disk names
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiskFormatArg {
+    /// Reflink where the filesystem can, else qcow2 overlay, else sparse copy
+    Auto,
+    /// Raw image (reflink, else sparse copy)
+    Raw,
+    /// qcow2 overlay on the cached raw image
+    Qcow2,
+}
+
+#[derive(Debug, Args)]
+pub struct DiskCreateArgs {
+    /// Disk name (letters, digits, '_', '.', '-')
+    pub name: String,
+    /// Image name, digest or digest prefix
+    #[arg(long)]
+    pub image: String,
+    /// How to make the disk
+    #[arg(long, value_enum, default_value_t = DiskFormatArg::Auto)]
+    pub format: DiskFormatArg,
+    /// Size of the ext4 filesystem (e.g. 2G) [default: content plus headroom]
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// The image for this platform
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Print the disk as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DiskLsArgs {
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    /// Only print names
+    #[arg(short, long)]
+    pub quiet: bool,
 }

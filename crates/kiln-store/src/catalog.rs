@@ -137,6 +137,27 @@ pub struct ArtifactRecord {
     pub created_at: i64,
 }
 
+/// A sandbox disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskRecord {
+    /// Its name.
+    pub name: String,
+    /// The image it was made from (a holder of it).
+    pub image_id: i64,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    /// `reflink`, `overlay` or `sparse-copy`.
+    pub method: String,
+    /// Its file.
+    pub path: PathBuf,
+    /// Digest of the ext4 artifact blob it was made from.
+    pub backing: Digest,
+    /// Virtual size.
+    pub size: u64,
+    /// When it was made.
+    pub created_at: i64,
+}
+
 /// An image to record.
 #[derive(Debug, Clone)]
 pub struct NewImage {
@@ -789,6 +810,113 @@ impl Catalog {
             .collect()
     }
 
+    /// Records a disk and its hold on the image, in one transaction.
+    pub fn add_disk(&self, disk: &DiskRecord) -> Result<()> {
+        let mut connection = self.lock();
+        let transaction = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.wrap())?;
+        transaction
+            .execute(
+                "INSERT INTO disks (name, image_id, format, method, path, backing, size, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    disk.name,
+                    disk.image_id,
+                    disk.format,
+                    disk.method,
+                    disk.path.to_string_lossy(),
+                    disk.backing.to_string(),
+                    disk.size as i64,
+                    disk.created_at
+                ],
+            )
+            .map_err(self.wrap())?;
+        transaction
+            .execute(
+                "INSERT INTO holders (image_id, kind, name, created_at) VALUES (?1, 'disk', ?2, ?3)",
+                params![disk.image_id, disk.name, disk.created_at],
+            )
+            .map_err(self.wrap())?;
+        transaction.commit().map_err(self.wrap())?;
+        Ok(())
+    }
+
+    /// Removes a disk's row and its hold; returns whether it existed.
+    pub fn remove_disk(&self, name: &str) -> Result<bool> {
+        let mut connection = self.lock();
+        let transaction = connection
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(self.wrap())?;
+        let count = transaction
+            .execute("DELETE FROM disks WHERE name = ?1", params![name])
+            .map_err(self.wrap())?;
+        transaction
+            .execute(
+                "DELETE FROM holders WHERE kind = 'disk' AND name = ?1",
+                params![name],
+            )
+            .map_err(self.wrap())?;
+        transaction.commit().map_err(self.wrap())?;
+        Ok(count > 0)
+    }
+
+    fn query_disks(
+        &self,
+        tail: &str,
+        parameters: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<DiskRecord>> {
+        type Row = (String, i64, String, String, String, String, i64, i64);
+        let connection = self.lock();
+        let sql = format!(
+            "SELECT name, image_id, format, method, path, backing, size, created_at FROM disks {tail}"
+        );
+        let mut statement = connection.prepare_cached(&sql).map_err(self.wrap())?;
+        let rows: Vec<Row> = statement
+            .query_map(parameters, |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            })
+            .map_err(self.wrap())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.wrap())?;
+        drop(statement);
+        drop(connection);
+        rows.into_iter()
+            .map(
+                |(name, image_id, format, method, path, backing, size, created_at)| {
+                    Ok(DiskRecord {
+                        name,
+                        image_id,
+                        format,
+                        method,
+                        path: PathBuf::from(path),
+                        backing: self.digest("disks.backing", backing)?,
+                        size: size as u64,
+                        created_at,
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// One disk.
+    pub fn disk(&self, name: &str) -> Result<Option<DiskRecord>> {
+        Ok(self.query_disks("WHERE name = ?1", params![name])?.pop())
+    }
+
+    /// Every disk, by name.
+    pub fn disks(&self) -> Result<Vec<DiskRecord>> {
+        self.query_disks("ORDER BY name", params![])
+    }
+
     /// Marks an image incomplete (a blob it needs is missing).
     pub fn mark_incomplete(&self, image_id: i64) -> Result<()> {
         self.lock()
@@ -1021,6 +1149,43 @@ mod tests {
             catalog.artifacts_of(image.id).unwrap().is_empty(),
             "artifacts go with their image"
         );
+    }
+
+    #[test]
+    fn migration_v2_to_v3_adds_disks_that_hold_their_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let mut connection = Connection::open(&path).unwrap();
+        migrate(&mut connection, &path, 2).unwrap();
+        connection
+            .execute("INSERT INTO images (manifest_digest, media_type, size, created_at, last_used_at) VALUES (?1, 'm', 1, 0, 0)", params![digest(1).to_string()])
+            .unwrap();
+        drop(connection);
+        let catalog = Catalog::open(&path).unwrap();
+        let image = catalog
+            .image_by_digest(&digest(1))
+            .unwrap()
+            .expect("v2 rows survive");
+        let disk = DiskRecord {
+            name: "sandbox-1".into(),
+            image_id: image.id,
+            format: "raw".into(),
+            method: "reflink".into(),
+            path: "/store/disks-v1/sandbox-1/disk.raw".into(),
+            backing: digest(7),
+            size: 1 << 30,
+            created_at: 9,
+        };
+        catalog.add_disk(&disk).unwrap();
+        assert_eq!(catalog.disk("sandbox-1").unwrap(), Some(disk.clone()));
+        assert!(catalog.add_disk(&disk).is_err(), "names are unique");
+        assert!(
+            !catalog.remove_image(image.id).unwrap(),
+            "a disk holds its image"
+        );
+        assert!(catalog.remove_disk("sandbox-1").unwrap());
+        assert!(catalog.holders_of(image.id).unwrap().is_empty());
+        assert!(catalog.remove_image(image.id).unwrap());
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl Store {
             let live: HashSet<String> = transaction
                 .prepare(
                     "SELECT digest FROM image_blobs UNION SELECT digest FROM indexes UNION SELECT digest FROM lease_blobs
-                     UNION SELECT digest FROM artifacts",
+                     UNION SELECT digest FROM artifacts UNION SELECT backing FROM disks",
                 )
                 .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
                 .map_err(&wrap)?;
@@ -202,7 +202,8 @@ impl Store {
                     "SELECT EXISTS (SELECT 1 FROM image_blobs WHERE digest = ?1)
                          OR EXISTS (SELECT 1 FROM lease_blobs WHERE digest = ?1)
                          OR EXISTS (SELECT 1 FROM tags WHERE index_digest = ?1)
-                         OR EXISTS (SELECT 1 FROM artifacts WHERE digest = ?1)",
+                         OR EXISTS (SELECT 1 FROM artifacts WHERE digest = ?1)
+                         OR EXISTS (SELECT 1 FROM disks WHERE backing = ?1)",
                     params![text],
                     |r| r.get(0),
                 )

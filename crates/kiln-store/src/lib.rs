@@ -12,8 +12,10 @@
 //!     blobs/sha512/<hex>
 //!     ingest/<alg>-<hex>.partial   bytes of a blob being written (resumable)
 //!     ingest/<alg>-<hex>.lock      held (flock, exclusive) by that blob's writer
+//!     ingest/.work-*.tmp/          scratch of a running conversion (removed when it ends)
 //!     quarantine/<alg>-<hex>-<t>   blobs `fsck --repair` found corrupt
-//!   tmp/                      scratch space of conversions (removed when they end)
+//!   disks-v1/<name>/disk.raw|disk.qcow2   sandbox disks (writable; a qcow2 overlay
+//!                             reads its backing blob under content-v1/blobs)
 //!   locks/gc.lock             exclusive while garbage is collected or fsck repairs
 //!   locks/open.lock           exclusive while a process opens (creates, migrates) the catalog
 //! ```
@@ -55,8 +57,8 @@ pub mod schema;
 use std::path::{Path, PathBuf};
 
 pub use catalog::{
-    ArtifactRecord, Catalog, HolderRecord, ImageBlob, ImageRecord, IndexRecord, LayerRecord, Lease,
-    NewImage, NewTag, TagRecord,
+    ArtifactRecord, Catalog, DiskRecord, HolderRecord, ImageBlob, ImageRecord, IndexRecord,
+    LayerRecord, Lease, NewImage, NewTag, TagRecord,
 };
 pub use content::{ContentStore, Ingest, IngestStart};
 pub use error::{Result, StoreError};

@@ -24,13 +24,19 @@
 //! |---|---|---|
 //! | `artifacts` | file derived from an image (a root filesystem) | keyed by image, `format`, `options`, `converter_version`; the file is the blob `digest`; goes with its image (cascade) and keeps its blob alive |
 //!
+//! # Version 3
+//!
+//! | table | one row per | notes |
+//! |---|---|---|
+//! | `disks` | sandbox disk | `name` unique; `path` of its file under `disks-v1/`; `backing` = digest of the ext4 artifact blob it was made from (kept while the disk exists: a qcow2 overlay reads it); a `holders` row (`kind = 'disk'`) is written with it |
+//!
 //! All timestamps are seconds since the Unix epoch.
 
 /// The schema version this kiln writes.
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 const V1: &str = r#"
 CREATE TABLE blobs (
@@ -126,4 +132,18 @@ CREATE TABLE artifacts (
     UNIQUE (image_id, format, options, converter_version)
 ) STRICT;
 CREATE INDEX artifacts_by_digest ON artifacts(digest);
+"#;
+
+const V3: &str = r#"
+CREATE TABLE disks (
+    name       TEXT PRIMARY KEY,
+    image_id   INTEGER NOT NULL REFERENCES images(id),
+    format     TEXT NOT NULL,
+    method     TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    backing    TEXT NOT NULL,
+    size       INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+) STRICT;
+CREATE INDEX disks_by_backing ON disks(backing);
 "#;

@@ -88,6 +88,20 @@ pub enum Error {
     /// A layer could not be turned into a filesystem tree.
     #[error(transparent)]
     Rootfs(#[from] kiln_rootfs::RootfsError),
+    /// A disk name kiln refuses.
+    #[error(
+        "invalid disk name {name:?}: use letters, digits, '_', '.', '-' (at most 128, starting with a letter or digit, no '..')"
+    )]
+    InvalidDiskName { name: String },
+    /// A disk of that name exists.
+    #[error("disk {name:?} exists already")]
+    DiskExists { name: String },
+    /// No disk of that name.
+    #[error("no disk {name:?}")]
+    DiskNotFound { name: String },
+    /// A disk tool failed.
+    #[error("{tool} failed: {detail}")]
+    DiskTool { tool: String, detail: String },
     /// A background task died.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -112,6 +126,10 @@ impl Error {
             }
             Error::InUse { .. } | Error::MultipleNames { .. } => ErrorKind::FailedPrecondition,
             Error::Rootfs(error) => error.kind(),
+            Error::InvalidDiskName { .. } => ErrorKind::InvalidArgument,
+            Error::DiskExists { .. } => ErrorKind::AlreadyExists,
+            Error::DiskNotFound { .. } => ErrorKind::NotFound,
+            Error::DiskTool { .. } => ErrorKind::FailedPrecondition,
             Error::Task(_) => ErrorKind::Internal,
         }
     }
@@ -124,10 +142,13 @@ impl Error {
             Error::Registry(error) => error.hint(),
             Error::NotCached { reference } => Some(format!("run `kiln pull {reference}` while the registry is reachable")),
             Error::ImageNotFound { .. } => Some("`kiln images` lists what the store holds".into()),
+            Error::DiskExists { .. } => Some("choose another name, or `kiln disk rm` the old disk first".into()),
+            Error::DiskNotFound { .. } => Some("`kiln disk ls` lists the disks".into()),
+            Error::DiskTool { .. } => Some("install qemu-utils, or pass --format raw".into()),
             Error::Ambiguous { .. } => Some("give more digest characters".into()),
             Error::PlatformNotFound { .. } => Some("choose one of the available platforms with --platform".into()),
             Error::PlatformMismatch { .. } => Some("drop --platform to accept the image as published".into()),
-            Error::InUse { .. } => Some("remove what uses it first, or pass --force to remove only the name (the image stays for its users)".into()),
+            Error::InUse { .. } => Some("remove the disks first (`kiln disk rm NAME`), or pass --force to remove only the name (the image stays for its disks)".into()),
             Error::MultipleNames { .. } => Some("remove it by name, or pass --force to remove every name".into()),
             Error::DiffIdMismatch { .. } | Error::LayerCount { .. } | Error::Decompress { .. } => {
                 Some("the published image is inconsistent; nothing was recorded for it".into())

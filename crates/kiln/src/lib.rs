@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod disk;
 mod error;
 mod progress;
 mod pull;
@@ -27,6 +28,7 @@ mod rootfs;
 
 use std::path::Path;
 
+pub use disk::{Disk, DiskFormat, validate_disk_name};
 pub use error::{Error, Result};
 pub use kiln_oci::{Credential, CredentialProvider, StaticCredentials};
 pub use kiln_store::{FsckReport, GcReport, Problem, Store};

@@ -1,5 +1,6 @@
 //! One module per command.
 
+mod disk;
 mod fsck;
 mod images;
 mod inspect;
@@ -41,6 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => prune::run(&open()?, args),
         Command::Fsck(args) => fsck::run(&open()?, args),
         Command::Rootfs(args) => rootfs::run(&open()?, args),
+        Command::Disk { command } => disk::run(&open()?, command),
     }
 }
 

@@ -1,0 +1,86 @@
+use std::process::ExitCode;
+
+use kiln::{Disk, DiskFormat, Manager};
+
+use crate::cli::{DiskCommand, DiskFormatArg, Format};
+use crate::printer::{self, ago, size};
+
+pub fn run(manager: &Manager, command: DiskCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DiskCommand::Create(args) => {
+            let platform = super::parse_platform(args.platform.as_deref())?;
+            let format = match args.format {
+                DiskFormatArg::Auto => DiskFormat::Auto,
+                DiskFormatArg::Raw => DiskFormat::Raw,
+                DiskFormatArg::Qcow2 => DiskFormat::Qcow2,
+            };
+            let disk = manager.create_disk(
+                &args.name,
+                &args.image,
+                platform.as_ref(),
+                format,
+                args.size,
+            )?;
+            if args.json {
+                printer::json(&disk)?;
+            } else {
+                printer::status(format!(
+                    "disk {} ({}, {}, {}) from {}",
+                    disk.name,
+                    disk.format,
+                    disk.method,
+                    size(disk.size),
+                    disk.image
+                ));
+                printer::out(disk.path.display())?;
+            }
+        }
+        DiskCommand::Ls(args) => {
+            let disks = manager.disks()?;
+            if args.format == Format::Json {
+                printer::json(&disks)?;
+            } else if args.quiet {
+                for disk in &disks {
+                    printer::out(&disk.name)?;
+                }
+            } else {
+                let rows: Vec<Vec<String>> = disks.iter().map(row).collect();
+                printer::table(
+                    &[
+                        "NAME",
+                        "IMAGE",
+                        "FORMAT",
+                        "SIZE",
+                        "ALLOCATED",
+                        "CREATED",
+                        "PATH",
+                    ],
+                    &rows,
+                )?;
+            }
+        }
+        DiskCommand::Path { name } => printer::out(manager.disk(&name)?.path.display())?,
+        DiskCommand::Rm { names } => {
+            for name in names {
+                manager.remove_disk(&name)?;
+                printer::out(format!("Removed: {name}"))?;
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn row(disk: &Disk) -> Vec<String> {
+    vec![
+        disk.name.clone(),
+        disk.references
+            .first()
+            .cloned()
+            .unwrap_or_else(|| disk.image.short().to_string()),
+        format!("{} ({})", disk.format, disk.method),
+        size(disk.size),
+        size(disk.allocated),
+        ago(disk.created_at),
+        disk.path.display().to_string(),
+    ]
+}

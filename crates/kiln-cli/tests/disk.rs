@@ -1,0 +1,244 @@
+//! Sandbox disks: cheap writable copies of an image's ext4 root filesystem,
+//! isolated from each other and from the base, holding their image.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use support::{Kiln, env};
+
+fn mount(image: &Path, target: &Path, options: &str) {
+    std::fs::create_dir_all(target).unwrap();
+    let output = Command::new("mount")
+        .args(["-o", options, "-t", "ext4"])
+        .arg(image)
+        .arg(target)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "mount {}: {}",
+        image.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn umount(target: &Path) {
+    assert!(
+        Command::new("umount")
+            .arg(target)
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+fn qemu_img_info(path: &str) -> serde_json::Value {
+    let output = Command::new("qemu-img")
+        .args(["info", "--output", "json", path])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "qemu-img info {path}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn raw_disks_are_isolated_from_each_other_and_from_the_base() {
+    let env = env();
+    let kiln = Kiln::new();
+    let reference = format!("{}/busybox:multi", env.registry);
+    kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
+    let one = kiln
+        .run(&[
+            "disk", "create", "one", "--image", &reference, "--format", "raw",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let two = kiln
+        .run(&[
+            "disk", "create", "two", "--image", &reference, "--format", "raw", "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(two["format"], "raw");
+    assert!(["reflink", "sparse-copy"].contains(&two["method"].as_str().unwrap()));
+    assert_eq!(kiln.run(&["disk", "path", "one"]).ok().stdout.trim(), one);
+
+    let mnt = kiln.dir.path().join("mnt");
+    mount(Path::new(&one), &mnt, "loop,rw");
+    std::fs::write(mnt.join("written-in-one"), b"sandbox state").unwrap();
+    assert_eq!(
+        std::fs::read(mnt.join("data/a.txt")).unwrap(),
+        b"file a\n",
+        "the disk holds the image"
+    );
+    umount(&mnt);
+    mount(Path::new(two["path"].as_str().unwrap()), &mnt, "loop,ro");
+    assert!(
+        !mnt.join("written-in-one").exists(),
+        "another disk does not see it"
+    );
+    umount(&mnt);
+    // The base image in the store is unchanged: fsck re-hashes it.
+    kiln.run(&["fsck"]).ok();
+    let base = kiln
+        .run(&["rootfs", "--format", "ext4", "--json", &reference])
+        .ok()
+        .json();
+    assert_eq!(base["cached"], true);
+    mount(Path::new(base["path"].as_str().unwrap()), &mnt, "loop,ro");
+    assert!(!mnt.join("written-in-one").exists(), "nor does the base");
+    umount(&mnt);
+}
+
+#[test]
+fn disks_hold_their_image_and_overlays_keep_their_backing_file() {
+    let env = env();
+    let kiln = Kiln::new();
+    let reference = format!("{}/busybox:1", env.registry);
+    kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
+    let overlay = kiln
+        .run(&[
+            "disk",
+            "create",
+            "sandbox-1",
+            "--image",
+            &reference,
+            "--format",
+            "qcow2",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let base = kiln
+        .run(&["rootfs", "--format", "ext4", "--json", &reference])
+        .ok()
+        .json();
+    let info = qemu_img_info(&overlay);
+    assert_eq!(info["format"], "qcow2");
+    assert_eq!(
+        info["backing-filename"], base["path"],
+        "the overlay reads the cached raw image"
+    );
+    kiln.run(&[
+        "disk",
+        "create",
+        "sandbox-2",
+        "--image",
+        &reference,
+        "--format",
+        "raw",
+    ])
+    .ok();
+
+    let listed = kiln.run(&["disk", "ls", "--format", "json"]).ok().json();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["sandbox-1", "sandbox-2"]);
+    assert_eq!(listed[0]["references"][0], reference.as_str());
+
+    // rmi refuses while disks exist, and names them.
+    let refused = kiln.run(&["rmi", &reference]).fails(1);
+    assert!(
+        refused.stderr.contains("disk sandbox-1") && refused.stderr.contains("disk sandbox-2"),
+        "{}",
+        refused.stderr
+    );
+    // --force removes the name; the image and the overlay's backing file stay.
+    let forced = kiln.run(&["rmi", "--force", &reference]).ok();
+    assert!(forced.stdout.contains("Untagged:"), "{}", forced.stdout);
+    kiln.run(&["prune", "--all", "--yes"]).ok();
+    assert!(
+        Path::new(base["path"].as_str().unwrap()).exists(),
+        "prune keeps what a disk needs"
+    );
+    let check = Command::new("qemu-img")
+        .args(["check", &overlay])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "the overlay is intact: {}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let images = kiln.run(&["images", "--format", "json"]).ok().json();
+    assert_eq!(images.as_array().unwrap().len(), 1);
+    assert!(images[0]["reference"].is_null());
+
+    // When the last disk goes, prune collects the image and everything it had.
+    kiln.run(&["disk", "rm", "sandbox-1"]).ok();
+    kiln.run(&["prune", "--all", "--yes"]).ok();
+    assert!(
+        Path::new(base["path"].as_str().unwrap()).exists(),
+        "sandbox-2 still holds the image"
+    );
+    kiln.run(&["disk", "rm", "sandbox-2"]).ok();
+    let pruned = kiln
+        .run(&["prune", "--all", "--yes", "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(pruned["images_removed"].as_array().unwrap().len(), 1);
+    assert!(kiln.blob_files().is_empty(), "{:?}", kiln.blob_files());
+    assert!(!kiln.root().join("disks-v1/sandbox-1").exists());
+    kiln.run(&["fsck"]).ok();
+}
+
+#[test]
+fn disk_names_and_errors() {
+    let env = env();
+    let kiln = Kiln::new();
+    let reference = format!("{}/busybox:1", env.registry);
+    kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
+    for bad in [
+        "../escape",
+        "a/b",
+        "..",
+        ".hidden",
+        "x".repeat(129).as_str(),
+        "",
+    ] {
+        let run = kiln
+            .run(&["disk", "create", bad, "--image", &reference])
+            .fails(1);
+        assert!(
+            run.stderr.contains("invalid disk name"),
+            "{bad:?}: {}",
+            run.stderr
+        );
+    }
+    kiln.run(&["disk", "create", "ok.name_1-2", "--image", &reference])
+        .ok();
+    let again = kiln
+        .run(&["disk", "create", "ok.name_1-2", "--image", &reference])
+        .fails(1);
+    assert!(again.stderr.contains("exists already"), "{}", again.stderr);
+    let missing = kiln.run(&["disk", "rm", "nope"]).fails(1);
+    assert!(
+        missing.stderr.contains("no disk \"nope\""),
+        "{}",
+        missing.stderr
+    );
+    let no_image = kiln
+        .run(&["disk", "create", "x", "--image", "127.0.0.1:1/none:1"])
+        .fails(1);
+    assert!(no_image.stderr.contains("no image"), "{}", no_image.stderr);
+    assert_eq!(
+        std::fs::read_dir(kiln.root().join("disks-v1"))
+            .unwrap()
+            .count(),
+        1,
+        "failed creates leave nothing behind"
+    );
+}

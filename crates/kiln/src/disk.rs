@@ -1,0 +1,322 @@
+//! Sandbox disks: a writable ext4 disk per sandbox, made cheaply from the
+//! image's cached ext4 root filesystem, and a holder of that image.
+//!
+//! How a disk is made (`DiskFormat::Auto`): a reflink (copy-on-write clone)
+//! where the filesystem supports it; else a qcow2 overlay whose backing file
+//! is the cached raw image; else a sparse copy. `Raw` never makes an
+//! overlay, `Qcow2` always does. Disks live in `ROOT/disks-v1/<name>/` and
+//! in the catalog's `disks` table; the image they came from cannot be removed
+//! (without `--force`, which removes only its name) and the raw image an
+//! overlay reads stays until its last disk goes.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kiln_store::DiskRecord;
+use kiln_types::Platform;
+use serde::Serialize;
+
+use crate::Manager;
+use crate::error::{Error, Result};
+use crate::rootfs::RootfsFormat;
+
+/// How to make a disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    /// Reflink, else qcow2 overlay, else sparse copy.
+    Auto,
+    /// A raw image: reflink, else sparse copy.
+    Raw,
+    /// A qcow2 overlay on the cached raw image.
+    Qcow2,
+}
+
+/// A sandbox disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct Disk {
+    /// Its name.
+    pub name: String,
+    /// `raw` or `qcow2`.
+    pub format: String,
+    /// How it was made: `reflink`, `overlay`, `sparse-copy`.
+    pub method: String,
+    /// The file to hand to the VMM.
+    pub path: PathBuf,
+    /// Manifest digest of its image.
+    pub image: kiln_types::Digest,
+    /// Names of its image, when it has any.
+    pub references: Vec<String>,
+    /// Virtual size in bytes.
+    pub size: u64,
+    /// Bytes it takes on disk now.
+    pub allocated: u64,
+    /// Seconds since the epoch.
+    pub created_at: i64,
+}
+
+/// `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 128 characters, not `.`/`..`-like.
+pub fn validate_disk_name(name: &str) -> Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= 128
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        && !name.contains("..");
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidDiskName {
+            name: name.to_string(),
+        })
+    }
+}
+
+impl Manager {
+    fn disks_dir(&self) -> PathBuf {
+        self.store.root().join("disks-v1")
+    }
+
+    /// Creates disk `name` from the image `query` names.
+    pub fn create_disk(
+        &self,
+        name: &str,
+        query: &str,
+        platform: Option<&Platform>,
+        format: DiskFormat,
+        size: Option<u64>,
+    ) -> Result<Disk> {
+        validate_disk_name(name)?;
+        let catalog = self.store.catalog();
+        if catalog.disk(name)?.is_some() {
+            return Err(Error::DiskExists {
+                name: name.to_string(),
+            });
+        }
+        let base = self.rootfs(query, platform, RootfsFormat::Ext4, size)?;
+        let image = catalog
+            .image_by_digest(&base.image)?
+            .ok_or_else(|| Error::ImageNotFound {
+                query: query.to_string(),
+            })?;
+        let directory = self.disks_dir().join(name);
+        let staging = self.disks_dir().join(kiln_store::fsutil::temp_name(name));
+        fs_err::create_dir_all(&staging).map_err(kiln_store::StoreError::from)?;
+        let cleanup = StagingGuard(staging.clone());
+        let (file_name, disk_format, method) = make_disk(&base.path, &staging, format)?;
+        // Publish: the directory appears whole, then the catalog row; a
+        // concurrent create of the same name loses at the unique key.
+        if directory.exists() {
+            return Err(Error::DiskExists {
+                name: name.to_string(),
+            });
+        }
+        fs_err::rename(&staging, &directory).map_err(kiln_store::StoreError::from)?;
+        std::mem::forget(cleanup);
+        let path = directory.join(&file_name);
+        let record = DiskRecord {
+            name: name.to_string(),
+            image_id: image.id,
+            format: disk_format.to_string(),
+            method: method.to_string(),
+            path: path.clone(),
+            backing: base.digest.clone(),
+            size: base.size,
+            created_at: kiln_store::fsutil::now(),
+        };
+        if let Err(error) = catalog.add_disk(&record) {
+            let _ = std::fs::remove_dir_all(&directory);
+            return Err(match error {
+                kiln_store::StoreError::Catalog { .. }
+                    if catalog.disk(name).ok().flatten().is_some() =>
+                {
+                    Error::DiskExists {
+                        name: name.to_string(),
+                    }
+                }
+                other => other.into(),
+            });
+        }
+        self.disk(name)
+    }
+
+    /// One disk.
+    pub fn disk(&self, name: &str) -> Result<Disk> {
+        let record = self
+            .store
+            .catalog()
+            .disk(name)?
+            .ok_or_else(|| Error::DiskNotFound {
+                name: name.to_string(),
+            })?;
+        self.describe_disk(record)
+    }
+
+    fn describe_disk(&self, record: DiskRecord) -> Result<Disk> {
+        let catalog = self.store.catalog();
+        let image = catalog.image(record.image_id)?;
+        let references = catalog
+            .tags_of(record.image_id)?
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        let allocated = {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(&record.path)
+                .map(|m| m.blocks() * 512)
+                .unwrap_or(0)
+        };
+        Ok(Disk {
+            name: record.name,
+            format: record.format,
+            method: record.method,
+            path: record.path,
+            image: image.map(|i| i.manifest_digest).unwrap_or(record.backing),
+            references,
+            size: record.size,
+            allocated,
+            created_at: record.created_at,
+        })
+    }
+
+    /// Every disk.
+    pub fn disks(&self) -> Result<Vec<Disk>> {
+        self.store
+            .catalog()
+            .disks()?
+            .into_iter()
+            .map(|record| self.describe_disk(record))
+            .collect()
+    }
+
+    /// Removes a disk (its file, its row, its hold on the image).
+    pub fn remove_disk(&self, name: &str) -> Result<()> {
+        validate_disk_name(name)?;
+        let catalog = self.store.catalog();
+        if catalog.disk(name)?.is_none() {
+            return Err(Error::DiskNotFound {
+                name: name.to_string(),
+            });
+        }
+        catalog.remove_disk(name)?;
+        let directory = self.disks_dir().join(name);
+        match std::fs::remove_dir_all(&directory) {
+            Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                Err(kiln_store::StoreError::from(error).into())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+struct StagingGuard(PathBuf);
+
+impl Drop for StagingGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Makes the disk file in `directory`; returns (file name, format, method).
+fn make_disk(
+    base: &Path,
+    directory: &Path,
+    format: DiskFormat,
+) -> Result<(&'static str, &'static str, &'static str)> {
+    let raw = directory.join("disk.raw");
+    if format != DiskFormat::Qcow2 && reflink(base, &raw)? {
+        return Ok(("disk.raw", "raw", "reflink"));
+    }
+    if format != DiskFormat::Raw {
+        let qcow2 = directory.join("disk.qcow2");
+        let output = Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+            .arg(base)
+            .arg(&qcow2)
+            .output();
+        match output {
+            Ok(output) if output.status.success() => return Ok(("disk.qcow2", "qcow2", "overlay")),
+            Ok(output) if format == DiskFormat::Qcow2 => {
+                return Err(Error::DiskTool {
+                    tool: "qemu-img".into(),
+                    detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+                });
+            }
+            Err(_) if format == DiskFormat::Qcow2 => {
+                return Err(Error::DiskTool {
+                    tool: "qemu-img".into(),
+                    detail: "not installed (Debian package qemu-utils)".into(),
+                });
+            }
+            _ => {}
+        }
+    }
+    sparse_copy(base, &raw).map_err(kiln_store::StoreError::from)?;
+    Ok(("disk.raw", "raw", "sparse-copy"))
+}
+
+/// A copy-on-write clone (FICLONE); false when the filesystem cannot.
+fn reflink(from: &Path, to: &Path) -> Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let source = fs_err::File::open(from).map_err(kiln_store::StoreError::from)?;
+        let target = fs_err::File::create(to).map_err(kiln_store::StoreError::from)?;
+        // SAFETY: both descriptors are open for the duration of the call.
+        let cloned =
+            unsafe { libc::ioctl(target.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) } == 0;
+        if cloned {
+            use std::os::unix::fs::PermissionsExt;
+            target
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .map_err(kiln_store::StoreError::from)?;
+            target.sync_all().map_err(kiln_store::StoreError::from)?;
+            return Ok(true);
+        }
+        drop(target);
+        let _ = std::fs::remove_file(to);
+    }
+    let _ = (from, to);
+    Ok(false)
+}
+
+/// Copies only the data of `from` (holes stay holes), as `cp --sparse=always`
+/// does for a file that is mostly holes: SEEK_DATA/SEEK_HOLE walk the extents.
+fn sparse_copy(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::fd::AsRawFd;
+    let mut source = fs_err::File::open(from)?;
+    let length = source.metadata()?.len();
+    let mut target = fs_err::File::create(to)?;
+    target.set_len(length)?;
+    let fd = source.as_raw_fd();
+    let mut offset: i64 = 0;
+    let mut buffer = vec![0u8; 1 << 20];
+    while (offset as u64) < length {
+        // SAFETY: lseek on a valid descriptor.
+        let data = unsafe { libc::lseek(fd, offset, libc::SEEK_DATA) };
+        if data < 0 {
+            break; // only holes remain
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+        let end = if hole < 0 { length as i64 } else { hole };
+        source.seek(SeekFrom::Start(data as u64))?;
+        target.seek(SeekFrom::Start(data as u64))?;
+        let mut remaining = (end - data) as u64;
+        while remaining > 0 {
+            let want = remaining.min(buffer.len() as u64) as usize;
+            let n = source.read(&mut buffer[..want])?;
+            if n == 0 {
+                break;
+            }
+            target.write_all(&buffer[..n])?;
+            remaining -= n as u64;
+        }
+        offset = end;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    target.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    target.sync_all()
+}
