@@ -109,3 +109,31 @@ doc = pattern.sub(lambda m: section + "\n", doc) if pattern.search(doc) else doc
 open(path, "w").write(doc)
 PY
 }
+
+# bench_image: builds (once, cached in $BENCH_DIR) the benchmark image, an
+# OCI layout of 8 gzip layers of ~60 MB; sets $layout and $compressed (bytes).
+bench_image() {
+  # The image: 8 layers, each 45 MB of random bytes plus 20 MB of base64 text.
+  layout=$BENCH_DIR/layout
+  if [ ! -f "$layout/index.json" ]; then
+    echo "building the benchmark image (once)..." >&2
+    rm -rf "$layout" "$BENCH_DIR/src"
+    layers=()
+    for n in 1 2 3 4 5 6 7 8; do
+      d=$BENCH_DIR/src/layer$n; mkdir -p "$d"
+      head -c 47185920 /dev/urandom >"$d/random.bin"
+      head -c 15728640 /dev/urandom | base64 >"$d/text.txt"
+      layers+=("$d")
+    done
+    build_image "$layout" bench amd64 gzip "${layers[@]}" >/dev/null
+    rm -rf "$BENCH_DIR/src"
+  fi
+  compressed=$(jq -r '.manifests[0].digest' "$layout/index.json" | sed 's/sha256://' | xargs -I{} jq '[.layers[].size] | add' "$layout/blobs/sha256/{}")
+}
+
+# push_bench_image: starts a loopback registry holding it; sets $REGISTRY and $ref.
+push_bench_image() {
+  start_bench_registry
+  skopeo copy --quiet --dest-tls-verify=false "oci:$layout:bench" "docker://$REGISTRY/bench:1" >/dev/null
+  ref=$REGISTRY/bench:1
+}

@@ -14,26 +14,8 @@ need bc bc
 need /usr/bin/time time
 ensure_kiln
 
-# The image: 8 layers, each 45 MB of random bytes plus 20 MB of base64 text.
-layout=$BENCH_DIR/layout
-if [ ! -f "$layout/index.json" ]; then
-  echo "building the benchmark image (once)..." >&2
-  rm -rf "$layout" "$BENCH_DIR/src"
-  layers=()
-  for n in 1 2 3 4 5 6 7 8; do
-    d=$BENCH_DIR/src/layer$n; mkdir -p "$d"
-    head -c 47185920 /dev/urandom >"$d/random.bin"
-    head -c 15728640 /dev/urandom | base64 >"$d/text.txt"
-    layers+=("$d")
-  done
-  build_image "$layout" bench amd64 gzip "${layers[@]}" >/dev/null
-  rm -rf "$BENCH_DIR/src"
-fi
-compressed=$(jq -r '.manifests[0].digest' "$layout/index.json" | sed 's/sha256://' | xargs -I{} jq '[.layers[].size] | add' "$layout/blobs/sha256/{}")
-
-start_bench_registry
-skopeo copy --quiet --dest-tls-verify=false "oci:$layout:bench" "docker://$REGISTRY/bench:1" >/dev/null
-ref=$REGISTRY/bench:1
+bench_image   # $layout, $compressed
+push_bench_image   # $REGISTRY, $ref
 work=$BENCH_DIR/work; mkdir -p "$work"
 
 kiln_cold() { rm -rf "$work/kiln"; "$KILN" --root "$work/kiln" pull --insecure -q "$ref"; }

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Benchmark of `kiln rootfs` and `kiln disk create` (issue 3), in one run:
+#   - pull + ext4 of the ~500 MB benchmark image vs the peer pipeline
+#     skopeo copy + umoci raw unpack + mke2fs -d, and vs podman pull;
+#   - disk create from the cached ext4 vs cp --sparse=always of it;
+#   - peak RSS of a conversion.
+# Results replace the "Root filesystems and disks" section of docs/benchmarks.md.
+#   bash bench/rootfs.sh          (RUNS=3, DISK_RUNS=10 by default)
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+
+RUNS=${RUNS:-3}
+DISK_RUNS=${DISK_RUNS:-10}
+need bc bc
+need /usr/bin/time time
+need umoci umoci
+need mke2fs e2fsprogs
+ensure_kiln
+bench_image
+push_bench_image
+work=$BENCH_DIR/work; mkdir -p "$work"
+
+kiln_ext4() { rm -rf "$work/kiln"; "$KILN" --root "$work/kiln" pull --insecure -q "$ref" && "$KILN" --root "$work/kiln" rootfs --format ext4 "$ref" >/dev/null; }
+peer_ext4() {
+  rm -rf "$work/oci" "$work/unpacked" "$work/peer.ext4"
+  skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/oci:bench"
+  umoci raw unpack --image "$work/oci:bench" "$work/unpacked" 2>/dev/null
+  local kb; kb=$(du -sk "$work/unpacked" | cut -f1)
+  mke2fs -q -F -t ext4 -d "$work/unpacked" "$work/peer.ext4" "$(( kb * 5 / 4 / 1024 + 64 ))M"
+}
+podman_pull() { podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs rmi -af >/dev/null 2>&1 || true;
+                podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs pull -q --tls-verify=false "$ref"; }
+
+kiln_times=(); peer_times=(); podman_times=()
+have_podman=false
+command -v podman >/dev/null 2>&1 && have_podman=true
+for _ in $(seq 1 "$RUNS"); do
+  kiln_times+=("$(seconds kiln_ext4)")
+  peer_times+=("$(seconds peer_ext4)")
+  if $have_podman; then podman_times+=("$(seconds podman_pull)"); fi
+done
+kiln_median=$(printf '%s\n' "${kiln_times[@]}" | median)
+peer_median=$(printf '%s\n' "${peer_times[@]}" | median)
+rss=$(peak_rss_mb "$KILN" --root "$work/kiln" rootfs --format ext4 --size 2G "$ref")
+
+# Disks from the cached ext4 (the last kiln run left it in the store).
+base=$("$KILN" --root "$work/kiln" rootfs --format ext4 "$ref")
+base_size=$(stat -c %s "$base")
+n=0
+disk_once() { n=$((n + 1)); "$KILN" --root "$work/kiln" disk create "bench-$n" --image "$ref" >/dev/null; }
+cp_once() { rm -f "$work/copy.ext4"; cp --sparse=always "$base" "$work/copy.ext4"; }
+disk_ms=$(for _ in $(seq 1 "$DISK_RUNS"); do seconds disk_once; done | median | awk '{printf "%.1f", $1 * 1000}')
+cp_ms=$(for _ in $(seq 1 "$DISK_RUNS"); do seconds cp_once; done | median | awk '{printf "%.1f", $1 * 1000}')
+method=$("$KILN" --root "$work/kiln" disk ls --format json | jq -r '.[0].method')
+
+verdict() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo pass; else echo FAIL; fi; }
+ratio_ext4=$(ratio "$kiln_median" "$peer_median")
+body=$(mktemp)
+{
+  echo "Command: \`bash bench/rootfs.sh\` (RUNS=$RUNS, DISK_RUNS=$DISK_RUNS), $(date -u +%Y-%m-%d), $(machine)."
+  echo
+  echo "Image: the pull benchmark's 8 gzip layers, $((compressed / 1000000)) MB compressed; ext4 image $((base_size / 1000000)) MB."
+  echo
+  echo "| pipeline | median (s) | ratio to the peer pipeline |"
+  echo "|---|---|---|"
+  echo "| kiln pull + kiln rootfs --format ext4 (cold store) | $kiln_median | $ratio_ext4 |"
+  echo "| skopeo copy + umoci raw unpack + mke2fs -d | $peer_median | 1.00 |"
+  if $have_podman; then
+    podman_median=$(printf '%s\n' "${podman_times[@]}" | median)
+    echo "| podman pull (vfs: pulls and unpacks) | $podman_median | $(ratio "$podman_median" "$peer_median") |"
+  fi
+  echo
+  echo "| disk from the cached ext4 | median (ms) |"
+  echo "|---|---|"
+  echo "| kiln disk create (method here: $method) | $disk_ms |"
+  echo "| cp --sparse=always | $cp_ms |"
+  echo
+  echo "| target | measured | verdict |"
+  echo "|---|---|---|"
+  echo "| pull + ext4 ≤ 0.25× the skopeo+umoci+mke2fs pipeline | ${ratio_ext4}× | $(verdict "$ratio_ext4 <= 0.25") |"
+  echo "| pull + EROFS ≤ 0.25× | not built yet (no EROFS writer) | FAIL |"
+  echo "| disk create ≤ 50 ms | ${disk_ms} ms | $(verdict "$disk_ms <= 50") |"
+  echo "| peak RSS of a conversion ≤ 200 MB | ${rss} MB | $(verdict "$rss <= 200") |"
+  echo
+  echo "Raw runs (s): kiln ${kiln_times[*]}; peer ${peer_times[*]}${podman_times:+; podman ${podman_times[*]}}."
+} >"$body"
+cat "$body"
+write_section "Root filesystems and disks (issue 3)" "$body"
+rm -f "$body"
