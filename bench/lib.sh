@@ -113,16 +113,17 @@ PY
 # bench_image: builds (once, cached in $BENCH_DIR) the benchmark image, an
 # OCI layout of 8 gzip layers of ~60 MB; sets $layout and $compressed (bytes).
 bench_image() {
-  # The image: 8 layers, each 45 MB of random bytes plus 20 MB of base64 text.
-  layout=$BENCH_DIR/layout
+  # The image: 8 layers, each adding 45 MB of random bytes and 20 MB of base64
+  # text under its own directory (so the final tree holds all of it).
+  layout=$BENCH_DIR/layout-v2
   if [ ! -f "$layout/index.json" ]; then
     echo "building the benchmark image (once)..." >&2
     rm -rf "$layout" "$BENCH_DIR/src"
     layers=()
     for n in 1 2 3 4 5 6 7 8; do
-      d=$BENCH_DIR/src/layer$n; mkdir -p "$d"
-      head -c 47185920 /dev/urandom >"$d/random.bin"
-      head -c 15728640 /dev/urandom | base64 >"$d/text.txt"
+      d=$BENCH_DIR/src/layer$n; mkdir -p "$d/data/layer$n"
+      head -c 47185920 /dev/urandom >"$d/data/layer$n/random.bin"
+      head -c 15728640 /dev/urandom | base64 >"$d/data/layer$n/text.txt"
       layers+=("$d")
     done
     build_image "$layout" bench amd64 gzip "${layers[@]}" >/dev/null
