@@ -194,6 +194,8 @@ pub enum RootfsFormatArg {
     Initramfs,
     /// ext4 raw disk image (root block device)
     Ext4,
+    /// EROFS image (read-only root filesystem)
+    Erofs,
 }
 
 #[derive(Debug, Args)]

@@ -127,14 +127,14 @@ fn cpio_unpack(initramfs: &Path, target: &Path) {
     assert!(status.success(), "cpio unpack of {}", initramfs.display());
 }
 
-/// Mounts an ext4 image read-only (loop) for as long as it lives.
+/// Mounts a filesystem image read-only (loop) for as long as it lives.
 struct Mounted(std::path::PathBuf);
 
 impl Mounted {
-    fn ext4(image: &Path, target: &Path) -> Mounted {
+    fn image(image: &Path, target: &Path, filesystem: &str) -> Mounted {
         std::fs::create_dir_all(target).unwrap();
         let output = Command::new("mount")
-            .args(["-o", "loop,ro", "-t", "ext4"])
+            .args(["-o", "loop,ro", "-t", filesystem])
             .arg(image)
             .arg(target)
             .output()
@@ -181,9 +181,19 @@ fn tree_of(format: &str, image: &Path, work: &Path) -> Snapshot {
     if format == "initramfs" {
         cpio_unpack(image, &target);
         snapshot(&target)
+    } else if format == "erofs" {
+        let check = Command::new("fsck.erofs").arg(image).output().unwrap();
+        assert!(
+            check.status.success(),
+            "fsck.erofs {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let _mounted = Mounted::image(image, &target, "erofs");
+        snapshot(&target)
     } else {
         e2fsck_clean(image);
-        let _mounted = Mounted::ext4(image, &target);
+        let _mounted = Mounted::image(image, &target, "ext4");
         let (mut entries, links) = snapshot(&target);
         assert_eq!(
             entries.remove("lost+found").map(|e| e.kind),
@@ -195,7 +205,7 @@ fn tree_of(format: &str, image: &Path, work: &Path) -> Snapshot {
 }
 
 #[test]
-fn initramfs_and_ext4_hold_exactly_the_tree_umoci_unpacks() {
+fn initramfs_ext4_and_erofs_hold_exactly_the_tree_umoci_unpacks() {
     let env = env();
     let fixtures =
         std::env::var("KILN_TEST_FIXTURES").expect("KILN_TEST_FIXTURES from .ci/testenv.sh");
@@ -213,7 +223,7 @@ fn initramfs_and_ext4_hold_exactly_the_tree_umoci_unpacks() {
             umoci_unpack(&format!("{fixtures}/images:{layout_tag}"), &theirs);
         }
         let (their_entries, their_links) = snapshot(&theirs);
-        for format in ["initramfs", "ext4"] {
+        for format in ["initramfs", "ext4", "erofs"] {
             let output = kiln
                 .dir
                 .path()
@@ -357,6 +367,31 @@ fn rootfs_is_cached_identical_for_any_user_and_collected_with_its_image() {
         tree_of("ext4", &ext4_root, kiln.dir.path()),
         tree_of("ext4", &ext4_nobody, kiln.dir.path()),
         "root and an ordinary user build the same ext4 tree"
+    );
+
+    let erofs_root = kiln.dir.path().join("root.erofs");
+    kiln.run(&[
+        "rootfs",
+        "--format",
+        "erofs",
+        &reference,
+        "-o",
+        erofs_root.to_str().unwrap(),
+    ])
+    .ok();
+    let erofs_nobody = shared.path().join("nobody.erofs");
+    as_nobody(&[
+        "rootfs",
+        "--format",
+        "erofs",
+        &reference,
+        "-o",
+        erofs_nobody.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        tree_of("erofs", &erofs_root, kiln.dir.path()),
+        tree_of("erofs", &erofs_nobody, kiln.dir.path()),
+        "root and an ordinary user build the same EROFS tree"
     );
 
     // --size is honoured; a size too small fails with an error, not a panic.

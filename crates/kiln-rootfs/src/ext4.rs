@@ -6,18 +6,16 @@
 //! setuid bits, device nodes, fifos, mtimes and xattrs. So the image is the
 //! same whether kiln runs as root or not.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use fs_err as fs;
 
 use crate::error::{Result, RootfsError};
 use crate::objects::ObjectDir;
-use crate::tree::{InodeId, Kind, ROOT, Tree};
+use crate::staging::{stage_plain, tool};
+use crate::tree::{Kind, Tree};
 
 const BLOCK: u64 = 4096;
 const MIN_SIZE: u64 = 32 << 20;
@@ -46,19 +44,6 @@ pub fn default_ext4_size(tree: &Tree) -> u64 {
     size.max(MIN_SIZE).div_ceil(1 << 20) << 20
 }
 
-fn tool(name: &str) -> Result<PathBuf> {
-    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
-        let path = Path::new(dir).join(name);
-        if path.exists() {
-            return Ok(path);
-        }
-    }
-    Err(RootfsError::MissingTool {
-        tool: name.to_string(),
-        package: "e2fsprogs".to_string(),
-    })
-}
-
 /// Writes `tree` as an ext4 image of `size` bytes (default:
 /// [`default_ext4_size`]) at `output`, using `scratch` for staging.
 pub fn write_ext4(
@@ -68,8 +53,8 @@ pub fn write_ext4(
     size: Option<u64>,
     scratch: &Path,
 ) -> Result<()> {
-    let mke2fs = tool("mke2fs")?;
-    let debugfs = tool("debugfs")?;
+    let mke2fs = tool("mke2fs", "e2fsprogs")?;
+    let debugfs = tool("debugfs", "e2fsprogs")?;
     let staging = scratch.join("staging");
     fs::create_dir_all(&staging)?;
     let script = stage(tree, objects, &staging, scratch)?;
@@ -158,55 +143,35 @@ fn quote(path: &[Vec<u8>]) -> Result<String> {
 /// Creates the staging tree and returns the debugfs script that finishes it.
 fn stage(tree: &Tree, objects: &ObjectDir, staging: &Path, scratch: &Path) -> Result<String> {
     let mut script = String::new();
-    let mut first_path: HashMap<InodeId, PathBuf> = HashMap::new();
-    let mut objects_used: HashMap<&kiln_types::Digest, ()> = HashMap::new();
     let mut xattr_files = 0usize;
-    for (components, id) in tree.walk() {
-        let inode = &tree.inodes[id];
-        let host = components.iter().fold(staging.to_path_buf(), |path, c| {
-            path.join(std::ffi::OsStr::from_bytes(c))
-        });
-        let quoted = quote(&components)?;
-        if id != ROOT {
-            if let Some(existing) = first_path.get(&id) {
-                fs::hard_link(existing, &host)?;
-                continue;
+    for entry in stage_plain(tree, objects, staging)? {
+        if !entry.first {
+            continue;
+        }
+        let components = &entry.components;
+        let inode = &tree.inodes[entry.inode];
+        let quoted = quote(components)?;
+        match &inode.kind {
+            Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+                let (parent, name) = components.split_at(components.len() - 1);
+                let kind = if matches!(inode.kind, Kind::CharDevice { .. }) {
+                    'c'
+                } else {
+                    'b'
+                };
+                let _ = writeln!(script, "cd {}", quote(parent)?);
+                let _ = writeln!(
+                    script,
+                    "mknod {} {kind} {major} {minor}",
+                    quote_name(&name[0])?
+                );
             }
-            first_path.insert(id, host.clone());
-            match &inode.kind {
-                Kind::Directory(_) => fs::create_dir(&host)?,
-                Kind::File(content) => {
-                    // The first file with a content takes the object itself; later ones copy.
-                    if objects_used.insert(&content.digest, ()).is_none() {
-                        fs::hard_link(objects.path(&content.digest), &host)?;
-                    } else {
-                        fs::copy(objects.path(&content.digest), &host)?;
-                    }
-                    fs::set_permissions(&host, std::fs::Permissions::from_mode(0o644))?;
-                }
-                Kind::Symlink(target) => {
-                    std::os::unix::fs::symlink(std::ffi::OsStr::from_bytes(target), &host)?
-                }
-                Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
-                    let (parent, name) = components.split_at(components.len() - 1);
-                    let kind = if matches!(inode.kind, Kind::CharDevice { .. }) {
-                        'c'
-                    } else {
-                        'b'
-                    };
-                    let _ = writeln!(script, "cd {}", quote(parent)?);
-                    let _ = writeln!(
-                        script,
-                        "mknod {} {kind} {major} {minor}",
-                        quote_name(&name[0])?
-                    );
-                }
-                Kind::Fifo => {
-                    let (parent, name) = components.split_at(components.len() - 1);
-                    let _ = writeln!(script, "cd {}", quote(parent)?);
-                    let _ = writeln!(script, "mknod {} p", quote_name(&name[0])?);
-                }
+            Kind::Fifo => {
+                let (parent, name) = components.split_at(components.len() - 1);
+                let _ = writeln!(script, "cd {}", quote(parent)?);
+                let _ = writeln!(script, "mknod {} p", quote_name(&name[0])?);
             }
+            _ => {}
         }
         let mode = inode.type_bits() | inode.mode;
         let _ = writeln!(script, "sif {quoted} mode 0{mode:o}");

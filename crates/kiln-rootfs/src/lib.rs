@@ -20,13 +20,16 @@
 //! ```
 
 mod apply;
+mod erofs;
 mod error;
 mod ext4;
 mod initramfs;
 pub mod objects;
+mod staging;
 pub mod tree;
 
 pub use apply::{apply_layer, layer_reader};
+pub use erofs::write_erofs;
 pub use error::{Result, RootfsError};
 pub use ext4::{default_ext4_size, write_ext4};
 pub use initramfs::{write_cpio, write_initramfs};

@@ -7,7 +7,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kiln_rootfs::{ObjectDir, Tree, apply_layer, layer_reader, write_ext4, write_initramfs};
+use kiln_rootfs::{
+    ObjectDir, Tree, apply_layer, layer_reader, write_erofs, write_ext4, write_initramfs,
+};
 use kiln_store::ArtifactRecord;
 use kiln_types::media_type;
 use kiln_types::{Algorithm, Digest, Hasher, Platform};
@@ -27,6 +29,8 @@ pub enum RootfsFormat {
     Initramfs,
     /// ext4 raw disk image, for a root block device.
     Ext4,
+    /// EROFS image (uncompressed), a read-only root filesystem.
+    Erofs,
 }
 
 impl RootfsFormat {
@@ -35,6 +39,7 @@ impl RootfsFormat {
         match self {
             RootfsFormat::Initramfs => "initramfs",
             RootfsFormat::Ext4 => "ext4",
+            RootfsFormat::Erofs => "erofs",
         }
     }
 }
@@ -152,6 +157,11 @@ impl Manager {
             RootfsFormat::Initramfs => {
                 write_output(&output, |writer| write_initramfs(&tree, &objects, writer))
                     .map_err(kiln_store::StoreError::from)?
+            }
+            RootfsFormat::Erofs => {
+                write_erofs(&tree, &objects, &output, &scratch.0)?;
+                let file = fs_err::File::open(&output).map_err(kiln_store::StoreError::from)?;
+                kiln_store::content::hash_reader(file, Algorithm::Sha256)?
             }
             RootfsFormat::Ext4 => {
                 write_ext4(&tree, &objects, &output, size, &scratch.0)?;

@@ -11,6 +11,7 @@ pub fn run(manager: &Manager, args: RootfsArgs) -> anyhow::Result<ExitCode> {
     let format = match args.format {
         RootfsFormatArg::Initramfs => RootfsFormat::Initramfs,
         RootfsFormatArg::Ext4 => RootfsFormat::Ext4,
+        RootfsFormatArg::Erofs => RootfsFormat::Erofs,
     };
     if args.size.is_some() && format != RootfsFormat::Ext4 {
         anyhow::bail!("--size applies to ext4 images only");
