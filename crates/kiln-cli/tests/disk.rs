@@ -6,32 +6,10 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::{Kiln, env};
+use support::{Kiln, env, umount};
 
 fn mount(image: &Path, target: &Path, options: &str) {
-    std::fs::create_dir_all(target).unwrap();
-    let output = Command::new("mount")
-        .args(["-o", options, "-t", "ext4"])
-        .arg(image)
-        .arg(target)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "mount {}: {}",
-        image.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn umount(target: &Path) {
-    assert!(
-        Command::new("umount")
-            .arg(target)
-            .status()
-            .unwrap()
-            .success()
-    );
+    support::mount(image, target, options, "ext4");
 }
 
 fn qemu_img_info(path: &str) -> serde_json::Value {

@@ -132,19 +132,7 @@ struct Mounted(std::path::PathBuf);
 
 impl Mounted {
     fn image(image: &Path, target: &Path, filesystem: &str) -> Mounted {
-        std::fs::create_dir_all(target).unwrap();
-        let output = Command::new("mount")
-            .args(["-o", "loop,ro", "-t", filesystem])
-            .arg(image)
-            .arg(target)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "mount {}: {}",
-            image.display(),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        support::mount(image, target, "loop,ro", filesystem);
         Mounted(target.to_path_buf())
     }
 }

@@ -311,14 +311,7 @@ fn resolve_directory(
                 }
             },
             None if create => {
-                let inode = tree.add(Inode {
-                    kind: Kind::Directory(BTreeMap::new()),
-                    mode: 0o755,
-                    uid: 0,
-                    gid: 0,
-                    mtime: 0,
-                    xattrs: BTreeMap::new(),
-                });
+                let inode = tree.add(Inode::implicit_directory());
                 insert(tree, current, component.clone(), inode, layer);
                 inode
             }

@@ -15,7 +15,7 @@ use fs_err as fs;
 
 use crate::error::{Result, RootfsError};
 use crate::objects::ObjectDir;
-use crate::staging::{stage_plain, tool};
+use crate::staging::{stage_plain, tool, tool_failed};
 use crate::tree::{Kind, Tree};
 
 /// Single-quotes a path for sh.
@@ -106,17 +106,7 @@ pub fn write_erofs(tree: &Tree, objects: &ObjectDir, output: &Path, scratch: &Pa
         .arg(&script_path)
         .output()?;
     if !result.status.success() {
-        let detail = String::from_utf8_lossy(&result.stderr)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(RootfsError::Tool {
-            tool: "mkfs.erofs (under fakeroot)".into(),
-            detail,
-            hint: None,
-        });
+        return Err(tool_failed("mkfs.erofs (under fakeroot)", &result.stderr));
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use fs_err as fs;
 
 use crate::error::{Result, RootfsError};
 use crate::objects::ObjectDir;
-use crate::staging::{stage_plain, tool};
+use crate::staging::{stage_plain, tool, tool_failed};
 use crate::tree::{Kind, Tree};
 
 const BLOCK: u64 = 4096;
@@ -92,17 +92,7 @@ pub fn write_ext4(
                 needed: default_ext4_size(tree),
             });
         }
-        let detail = stderr
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; ");
-        return Err(RootfsError::Tool {
-            tool: "mke2fs".into(),
-            detail,
-            hint: None,
-        });
+        return Err(tool_failed("mke2fs", &result.stderr));
     }
     let script_path = scratch.join("debugfs.script");
     fs::write(&script_path, script)?;

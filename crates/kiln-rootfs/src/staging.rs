@@ -95,3 +95,18 @@ pub(crate) fn tool(name: &str, package: &str) -> Result<PathBuf> {
         package: package.to_string(),
     })
 }
+
+/// The error for a tool that failed: its stderr folded onto one line.
+pub(crate) fn tool_failed(tool: &str, stderr: &[u8]) -> RootfsError {
+    let detail = String::from_utf8_lossy(stderr)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
+    RootfsError::Tool {
+        tool: tool.to_string(),
+        detail,
+        hint: None,
+    }
+}

@@ -55,6 +55,19 @@ pub struct Inode {
 }
 
 impl Inode {
+    /// An empty directory with docker's defaults for directories a layer
+    /// implies but does not list: 0755, owned by root.
+    pub fn implicit_directory() -> Inode {
+        Inode {
+            kind: Kind::Directory(BTreeMap::new()),
+            mode: 0o755,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            xattrs: BTreeMap::new(),
+        }
+    }
+
     /// The `S_IF*` type bits.
     pub fn type_bits(&self) -> u32 {
         match self.kind {
@@ -88,14 +101,7 @@ impl Tree {
     /// An empty root directory (0755, root-owned).
     pub fn new() -> Tree {
         Tree {
-            inodes: vec![Inode {
-                kind: Kind::Directory(BTreeMap::new()),
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-                mtime: 0,
-                xattrs: BTreeMap::new(),
-            }],
+            inodes: vec![Inode::implicit_directory()],
         }
     }
 

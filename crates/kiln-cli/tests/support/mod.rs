@@ -224,3 +224,33 @@ pub fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
 pub fn exists(path: &Path) -> bool {
     path.exists()
 }
+
+/// Loop-mounts a filesystem image (`options` e.g. `loop,ro`).
+pub fn mount(image: &Path, target: &Path, options: &str, filesystem: &str) {
+    std::fs::create_dir_all(target).unwrap();
+    let output = Command::new("mount")
+        .args(["-o", options, "-t", filesystem])
+        .arg(image)
+        .arg(target)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "mount {}: {}",
+        image.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Unmounts what [`mount`] mounted.
+pub fn umount(target: &Path) {
+    assert!(
+        Command::new("umount")
+            .arg(target)
+            .status()
+            .unwrap()
+            .success(),
+        "umount {}",
+        target.display()
+    );
+}
