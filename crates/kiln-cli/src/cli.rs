@@ -9,7 +9,6 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "kiln",
     version,
-    about,
     propagate_version = true,
     disable_help_subcommand = true
 )]
