@@ -298,13 +298,16 @@ fn rootfs_is_cached_identical_for_any_user_and_collected_with_its_image() {
     )
     .unwrap();
     let root = shared.path().join("nobody-root");
+    // A copy of the binary nobody can reach, wherever the checkout lives.
+    let binary = shared.path().join("kiln");
+    std::fs::copy(env!("CARGO_BIN_EXE_kiln"), &binary).unwrap();
     let as_nobody = |args: &[&str]| {
         let output = Command::new("runuser")
             .args([
                 "-u",
                 "nobody",
                 "--",
-                env!("CARGO_BIN_EXE_kiln"),
+                binary.to_str().unwrap(),
                 "--root",
                 root.to_str().unwrap(),
             ])
