@@ -38,6 +38,16 @@ pub enum Command {
     Fsck(FsckArgs),
     /// Build what a microVM boots from an image (cached in the store)
     Rootfs(RootfsArgs),
+    /// Make a disk's current content a new image (its image plus one layer)
+    Snapshot {
+        /// Disk name
+        disk: String,
+        /// Name of the new image (e.g. localhost/my-sandbox:1)
+        reference: String,
+        /// Print the result as JSON
+        #[arg(long)]
+        json: bool,
+    },
     /// Writable disks for sandboxes, made from images
     Disk {
         #[command(subcommand)]

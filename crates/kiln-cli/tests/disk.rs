@@ -220,3 +220,108 @@ fn disk_names_and_errors() {
         "failed creates leave nothing behind"
     );
 }
+
+#[test]
+fn snapshot_round_trip() {
+    let env = env();
+    let kiln = Kiln::new();
+    let reference = format!("{}/busybox:multi", env.registry);
+    kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
+    let disk = kiln
+        .run(&[
+            "disk", "create", "work", "--image", &reference, "--format", "raw",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let mnt = kiln.dir.path().join("mnt");
+    mount(Path::new(&disk), &mnt, "loop,rw");
+    std::fs::write(mnt.join("made-in-the-sandbox"), b"state").unwrap();
+    std::fs::remove_file(mnt.join("data/a.txt")).unwrap();
+    std::fs::set_permissions(
+        mnt.join("etc"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    umount(&mnt);
+
+    let snapshot = kiln
+        .run(&["snapshot", "work", "localhost/work-snap:1", "--json"])
+        .ok()
+        .json();
+    assert_eq!(snapshot["changed"], 2, "{snapshot}");
+    assert_eq!(snapshot["removed"], 1, "{snapshot}");
+    let image = &kiln
+        .run(&["inspect", "--format", "json", "localhost/work-snap:1"])
+        .ok()
+        .json()[0];
+    assert_eq!(
+        image["layers"].as_array().unwrap().len(),
+        4,
+        "the base's three layers plus one"
+    );
+    assert_eq!(image["kind"], "snapshot");
+    assert_eq!(
+        image["config"]["Cmd"][0], "/bin/sh",
+        "the base's config carries over"
+    );
+
+    // The snapshot is an image like any other: a disk made from it has the changes.
+    let again = kiln
+        .run(&[
+            "disk",
+            "create",
+            "again",
+            "--image",
+            "localhost/work-snap:1",
+            "--format",
+            "raw",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    mount(Path::new(&again), &mnt, "loop,ro");
+    assert_eq!(
+        std::fs::read(mnt.join("made-in-the-sandbox")).unwrap(),
+        b"state"
+    );
+    assert!(
+        !mnt.join("data/a.txt").exists(),
+        "the removal is a whiteout"
+    );
+    assert!(mnt.join("data/hard").exists());
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(mnt.join("etc"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o700
+    );
+    umount(&mnt);
+    // The base image did not change.
+    let base = kiln
+        .run(&["rootfs", "--format", "ext4", "--json", &reference])
+        .ok()
+        .json();
+    mount(Path::new(base["path"].as_str().unwrap()), &mnt, "loop,ro");
+    assert!(!mnt.join("made-in-the-sandbox").exists() && mnt.join("data/a.txt").exists());
+    umount(&mnt);
+    kiln.run(&["fsck"]).ok();
+
+    let unknown = kiln.run(&["snapshot", "nope", "localhost/x:1"]).fails(1);
+    assert!(
+        unknown.stderr.contains("no disk \"nope\""),
+        "{}",
+        unknown.stderr
+    );
+    let bad = kiln.run(&["snapshot", "work", "Bad Name"]).fails(1);
+    assert!(
+        bad.stderr.contains("invalid image reference"),
+        "{}",
+        bad.stderr
+    );
+}

@@ -20,6 +20,7 @@
 //! ```
 
 mod apply;
+mod diff;
 mod erofs;
 mod error;
 mod ext4;
@@ -29,6 +30,7 @@ mod staging;
 pub mod tree;
 
 pub use apply::{apply_layer, layer_reader};
+pub use diff::{DiffStats, write_diff_layer};
 pub use erofs::write_erofs;
 pub use error::{Result, RootfsError};
 pub use ext4::{default_ext4_size, write_ext4};

@@ -102,6 +102,9 @@ pub enum Error {
     /// A disk tool failed.
     #[error("{tool} failed: {detail}")]
     DiskTool { tool: String, detail: String },
+    /// The operation needs root.
+    #[error("{what} needs root")]
+    NeedsRoot { what: String },
     /// A background task died.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -130,6 +133,7 @@ impl Error {
             Error::DiskExists { .. } => ErrorKind::AlreadyExists,
             Error::DiskNotFound { .. } => ErrorKind::NotFound,
             Error::DiskTool { .. } => ErrorKind::FailedPrecondition,
+            Error::NeedsRoot { .. } => ErrorKind::PermissionDenied,
             Error::Task(_) => ErrorKind::Internal,
         }
     }

@@ -25,6 +25,7 @@ mod query;
 mod remove;
 mod root;
 mod rootfs;
+mod snapshot;
 
 use std::path::Path;
 
@@ -39,6 +40,7 @@ pub use query::{Found, ImageDetails, ImageSummary, LayerDetails};
 pub use remove::RemoveReport;
 pub use root::resolve_root;
 pub use rootfs::{CONVERTER_VERSION, RootfsArtifact, RootfsFormat, copy_out};
+pub use snapshot::Snapshot;
 
 /// The entry point: one store, every operation.
 #[derive(Debug)]

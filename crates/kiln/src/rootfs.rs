@@ -61,10 +61,10 @@ pub struct RootfsArtifact {
     pub cached: bool,
 }
 
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Hasher,
-    size: u64,
+pub(crate) struct HashingWriter<W> {
+    pub(crate) inner: W,
+    pub(crate) hasher: Hasher,
+    pub(crate) size: u64,
 }
 
 impl<W: Write> Write for HashingWriter<W> {
@@ -81,7 +81,7 @@ impl<W: Write> Write for HashingWriter<W> {
 }
 
 /// Removes a scratch directory however the conversion ends.
-struct Scratch(PathBuf);
+pub(crate) struct Scratch(pub(crate) PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -130,28 +130,7 @@ impl Manager {
             lease: Some(catalog.create_lease()?),
         };
         let scratch = Scratch(self.store.content().scratch_dir()?);
-        let mut objects =
-            ObjectDir::open(&scratch.0.join("objects")).map_err(kiln_store::StoreError::from)?;
-        let mut tree = Tree::new();
-        let layers: Vec<_> = catalog
-            .image_blobs(image.id)?
-            .into_iter()
-            .filter(|b| b.role == "layer")
-            .collect();
-        for (index, layer) in layers.iter().enumerate() {
-            catalog.lease_blob(guard.lease(), &layer.digest)?;
-            let compression =
-                media_type::layer_compression(&layer.media_type).ok_or_else(|| {
-                    Error::UnsupportedMediaType {
-                        reference: query.to_string(),
-                        what: format!("layer {index}"),
-                        media_type: layer.media_type.clone(),
-                    }
-                })?;
-            let blob = self.store.content().open_blob(&layer.digest)?;
-            let reader = layer_reader(blob, compression).map_err(kiln_store::StoreError::from)?;
-            apply_layer(&mut tree, index, reader, &mut objects)?;
-        }
+        let (tree, objects) = self.image_tree(image.id, query, guard.lease(), &scratch.0)?;
         let output = scratch.0.join("output");
         let (digest, size) = match format {
             RootfsFormat::Initramfs => {
@@ -221,6 +200,43 @@ impl Manager {
             });
         }
         Ok(found.remove(0).image)
+    }
+}
+
+impl Manager {
+    /// The filesystem tree of an image: its layers applied in order, file
+    /// contents in `scratch/objects`. Layer blobs are leased while read.
+    pub(crate) fn image_tree(
+        &self,
+        image_id: i64,
+        query: &str,
+        lease: &kiln_store::Lease,
+        scratch: &Path,
+    ) -> Result<(Tree, ObjectDir)> {
+        let catalog = self.store.catalog();
+        let mut objects =
+            ObjectDir::open(&scratch.join("objects")).map_err(kiln_store::StoreError::from)?;
+        let mut tree = Tree::new();
+        let layers: Vec<_> = catalog
+            .image_blobs(image_id)?
+            .into_iter()
+            .filter(|b| b.role == "layer")
+            .collect();
+        for (index, layer) in layers.iter().enumerate() {
+            catalog.lease_blob(lease, &layer.digest)?;
+            let compression =
+                media_type::layer_compression(&layer.media_type).ok_or_else(|| {
+                    Error::UnsupportedMediaType {
+                        reference: query.to_string(),
+                        what: format!("layer {index}"),
+                        media_type: layer.media_type.clone(),
+                    }
+                })?;
+            let blob = self.store.content().open_blob(&layer.digest)?;
+            let reader = layer_reader(blob, compression).map_err(kiln_store::StoreError::from)?;
+            apply_layer(&mut tree, index, reader, &mut objects)?;
+        }
+        Ok((tree, objects))
     }
 }
 

@@ -84,3 +84,25 @@ fn row(disk: &Disk) -> Vec<String> {
         disk.path.display().to_string(),
     ]
 }
+
+pub fn snapshot(
+    manager: &Manager,
+    disk: &str,
+    reference: &str,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let snapshot = manager.snapshot(disk, reference)?;
+    if json {
+        printer::json(&snapshot)?;
+    } else {
+        printer::status(format!(
+            "snapshot of {disk}: {} ({} changed, {} removed, layer {})",
+            snapshot.reference,
+            snapshot.changed,
+            snapshot.removed,
+            snapshot.layer.short()
+        ));
+        printer::out(&snapshot.manifest_digest)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -43,6 +43,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fsck(args) => fsck::run(&open()?, args),
         Command::Rootfs(args) => rootfs::run(&open()?, args),
         Command::Disk { command } => disk::run(&open()?, command),
+        Command::Snapshot {
+            disk,
+            reference,
+            json,
+        } => disk::snapshot(&open()?, &disk, &reference, json),
     }
 }
 

@@ -1,0 +1,210 @@
+//! A mounted root filesystem compared with the tree it started from: what
+//! changed becomes a new image layer (added and modified entries, `.wh.`
+//! whiteouts for removed ones), as `kiln snapshot` publishes it.
+//!
+//! Limits of this first version: hardlinked files are written as separate
+//! files, and xattrs are not carried into the layer.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+
+use fs_err as fs;
+use kiln_types::{Algorithm, Hasher};
+
+use crate::error::Result;
+use crate::tree::{InodeId, Kind, ROOT, Tree};
+
+/// What a diff layer holds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DiffStats {
+    /// Entries added or changed.
+    pub changed: u64,
+    /// Entries removed (whiteouts).
+    pub removed: u64,
+}
+
+fn file_digest(path: &Path) -> std::io::Result<kiln_types::Digest> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Hasher::new(Algorithm::Sha256);
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            return Ok(hasher.finish());
+        }
+        hasher.update(&buffer[..n]);
+    }
+}
+
+fn unchanged(
+    tree: &Tree,
+    inode: InodeId,
+    host: &Path,
+    metadata: &std::fs::Metadata,
+) -> std::io::Result<bool> {
+    let base = &tree.inodes[inode];
+    let same_meta = base.mode == metadata.mode() & 0o7777
+        && base.uid == metadata.uid()
+        && base.gid == metadata.gid()
+        && (matches!(base.kind, Kind::Directory(_)) || base.mtime == metadata.mtime());
+    if !same_meta && !matches!(base.kind, Kind::Symlink(_)) {
+        return Ok(false);
+    }
+    let file_type = metadata.file_type();
+    Ok(match &base.kind {
+        Kind::Directory(_) => file_type.is_dir(),
+        Kind::File(content) => {
+            file_type.is_file()
+                && metadata.len() == content.size
+                && file_digest(host)? == content.digest
+        }
+        Kind::Symlink(target) => {
+            file_type.is_symlink()
+                && fs::read_link(host)?.as_os_str().as_bytes() == target.as_slice()
+        }
+        Kind::CharDevice { major, minor } => {
+            file_type.is_char_device() && metadata.rdev() == makedev(*major, *minor)
+        }
+        Kind::BlockDevice { major, minor } => {
+            file_type.is_block_device() && metadata.rdev() == makedev(*major, *minor)
+        }
+        Kind::Fifo => file_type.is_fifo(),
+    })
+}
+
+/// Linux's `makedev`.
+fn makedev(major: u32, minor: u32) -> u64 {
+    let (major, minor) = (major as u64, minor as u64);
+    ((major & 0xfffff000) << 32)
+        | ((major & 0xfff) << 8)
+        | ((minor & 0xffffff00) << 12)
+        | (minor & 0xff)
+}
+
+fn major_minor(rdev: u64) -> (u32, u32) {
+    let major = ((rdev >> 32) & 0xfffff000) | ((rdev >> 8) & 0xfff);
+    let minor = ((rdev >> 12) & 0xffffff00) | (rdev & 0xff);
+    (major as u32, minor as u32)
+}
+
+/// Writes, as an uncompressed tar to `output`, how the tree mounted at
+/// `root` differs from `base`. `lost+found` at the top is ignored.
+pub fn write_diff_layer(base: &Tree, root: &Path, output: impl Write) -> Result<DiffStats> {
+    let mut builder = tar::Builder::new(output);
+    let mut stats = DiffStats::default();
+    walk(base, Some(ROOT), root, Vec::new(), &mut builder, &mut stats)?;
+    builder.into_inner()?.flush()?;
+    Ok(stats)
+}
+
+fn walk<W: Write>(
+    base: &Tree,
+    base_dir: Option<InodeId>,
+    host_dir: &Path,
+    path: Vec<Vec<u8>>,
+    builder: &mut tar::Builder<W>,
+    stats: &mut DiffStats,
+) -> Result<()> {
+    let mut names: Vec<Vec<u8>> = fs::read_dir(host_dir)?
+        .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
+        .collect::<std::io::Result<_>>()?;
+    names.sort();
+    let host_names: BTreeSet<&Vec<u8>> = names.iter().collect();
+    let base_entries = base_dir.and_then(|d| base.entries(d));
+    // Removed since the base: whiteouts.
+    if let Some(entries) = base_entries {
+        for name in entries.keys() {
+            if !host_names.contains(name) {
+                let mut whiteout = path.clone();
+                whiteout.push([b".wh.".as_slice(), name].concat());
+                append(builder, &whiteout, EntryKind::Whiteout, None)?;
+                stats.removed += 1;
+            }
+        }
+    }
+    for name in &names {
+        if path.is_empty() && name.as_slice() == b"lost+found" {
+            continue;
+        }
+        let host = host_dir.join(std::ffi::OsStr::from_bytes(name));
+        let metadata = fs::symlink_metadata(&host)?;
+        let mut child = path.clone();
+        child.push(name.clone());
+        let base_inode = base_entries.and_then(|e| e.get(name)).map(|e| e.inode);
+        let same = match base_inode {
+            Some(inode) => unchanged(base, inode, &host, &metadata)?,
+            None => false,
+        };
+        if !same {
+            append(builder, &child, EntryKind::Host(&host), Some(&metadata))?;
+            stats.changed += 1;
+        }
+        if metadata.is_dir() {
+            let base_child =
+                base_inode.filter(|i| matches!(base.inodes[*i].kind, Kind::Directory(_)));
+            walk(base, base_child, &host, child, builder, stats)?;
+        }
+    }
+    Ok(())
+}
+
+enum EntryKind<'a> {
+    Whiteout,
+    Host(&'a Path),
+}
+
+fn append<W: Write>(
+    builder: &mut tar::Builder<W>,
+    path: &[Vec<u8>],
+    kind: EntryKind<'_>,
+    metadata: Option<&std::fs::Metadata>,
+) -> Result<()> {
+    let name = std::ffi::OsStr::from_bytes(&path.join(&b'/')).to_owned();
+    let mut header = tar::Header::new_gnu();
+    header.set_mtime(0);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mode(0o644);
+    header.set_size(0);
+    match (kind, metadata) {
+        (EntryKind::Whiteout, _) | (_, None) => {
+            header.set_entry_type(tar::EntryType::Regular);
+            builder.append_data(&mut header, &name, std::io::empty())?;
+        }
+        (EntryKind::Host(host), Some(metadata)) => {
+            header.set_mode(metadata.mode() & 0o7777);
+            header.set_uid(metadata.uid() as u64);
+            header.set_gid(metadata.gid() as u64);
+            header.set_mtime(metadata.mtime().max(0) as u64);
+            let file_type = metadata.file_type();
+            if file_type.is_dir() {
+                header.set_entry_type(tar::EntryType::Directory);
+                builder.append_data(&mut header, &name, std::io::empty())?;
+            } else if file_type.is_file() {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(metadata.len());
+                builder.append_data(&mut header, &name, fs::File::open(host)?)?;
+            } else if file_type.is_symlink() {
+                header.set_entry_type(tar::EntryType::Symlink);
+                builder.append_link(&mut header, &name, fs::read_link(host)?)?;
+            } else if file_type.is_char_device() || file_type.is_block_device() {
+                let (major, minor) = major_minor(metadata.rdev());
+                header.set_entry_type(if file_type.is_char_device() {
+                    tar::EntryType::Char
+                } else {
+                    tar::EntryType::Block
+                });
+                header.set_device_major(major)?;
+                header.set_device_minor(minor)?;
+                builder.append_data(&mut header, &name, std::io::empty())?;
+            } else if file_type.is_fifo() {
+                header.set_entry_type(tar::EntryType::Fifo);
+                builder.append_data(&mut header, &name, std::io::empty())?;
+            }
+        }
+    }
+    Ok(())
+}

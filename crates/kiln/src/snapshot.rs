@@ -1,0 +1,308 @@
+//! `snapshot`: a sandbox disk's current content becomes a new image — the
+//! disk's image plus one layer holding what changed (whiteouts for what was
+//! removed) — listed by `images`, usable by `disk create` and `rootfs`.
+//!
+//! The disk is mounted read-only to be read (a qcow2 overlay is first
+//! flattened with `qemu-img convert`), so this needs root, and the disk
+//! should not be in use by a running VM.
+
+use std::io::Write;
+use std::process::Command;
+
+use kiln_rootfs::write_diff_layer;
+use kiln_store::{ImageBlob, LayerRecord, NewImage, NewTag};
+use kiln_types::media_type;
+use kiln_types::{Algorithm, Digest, Hasher, Reference};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::rootfs::{HashingWriter, Scratch};
+use crate::{LeaseGuard, Manager, tag_name};
+
+/// A new image made from a disk.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Snapshot {
+    /// Its name.
+    pub reference: String,
+    /// Its manifest digest.
+    pub manifest_digest: Digest,
+    /// The new layer.
+    pub layer: Digest,
+    /// Entries added or changed.
+    pub changed: u64,
+    /// Entries removed.
+    pub removed: u64,
+}
+
+/// Unmounts on drop.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn run(tool: &str, command: &mut Command) -> Result<()> {
+    let output = command.output().map_err(|e| Error::DiskTool {
+        tool: tool.into(),
+        detail: e.to_string(),
+    })?;
+    if !output.status.success() {
+        let detail = String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(Error::DiskTool {
+            tool: tool.into(),
+            detail,
+        });
+    }
+    Ok(())
+}
+
+impl Manager {
+    /// Makes disk `disk`'s content the image `new_reference`.
+    pub fn snapshot(&self, disk: &str, new_reference: &str) -> Result<Snapshot> {
+        let reference: Reference = new_reference.parse()?;
+        crate::disk::validate_disk_name(disk)?;
+        let catalog = self.store.catalog();
+        let record = catalog.disk(disk)?.ok_or_else(|| Error::DiskNotFound {
+            name: disk.to_string(),
+        })?;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(Error::NeedsRoot {
+                what: "kiln snapshot (it mounts the disk to read it)".into(),
+            });
+        }
+        let base = catalog
+            .image(record.image_id)?
+            .ok_or_else(|| Error::ImageNotFound {
+                query: disk.to_string(),
+            })?;
+        let mut guard = LeaseGuard {
+            manager: self,
+            lease: Some(catalog.create_lease()?),
+        };
+        let scratch = Scratch(self.store.content().scratch_dir()?);
+        let (tree, _objects) = self.image_tree(base.id, disk, guard.lease(), &scratch.0)?;
+
+        // Read the disk through a read-only loop mount.
+        let raw = if record.format == "qcow2" {
+            let flat = scratch.0.join("flat.raw");
+            run(
+                "qemu-img",
+                Command::new("qemu-img")
+                    .args(["convert", "-O", "raw"])
+                    .arg(&record.path)
+                    .arg(&flat),
+            )?;
+            flat
+        } else {
+            record.path.clone()
+        };
+        let mount_point = scratch.0.join("mnt");
+        fs_err::create_dir_all(&mount_point).map_err(kiln_store::StoreError::from)?;
+        run(
+            "mount",
+            Command::new("mount")
+                .args(["-o", "loop,ro", "-t", "ext4"])
+                .arg(&raw)
+                .arg(&mount_point),
+        )?;
+        let mounted = Mount(mount_point.clone());
+
+        // The layer: tar → (diff_id hash) → gzip → (blob hash) → file.
+        let layer_path = scratch.0.join("layer.tar.gz");
+        let file = fs_err::File::create(&layer_path).map_err(kiln_store::StoreError::from)?;
+        let compressed = HashingWriter {
+            inner: std::io::BufWriter::new(file),
+            hasher: Hasher::new(Algorithm::Sha256),
+            size: 0,
+        };
+        let gzip = flate2::write::GzEncoder::new(compressed, flate2::Compression::new(6));
+        let mut uncompressed = HashingWriter {
+            inner: gzip,
+            hasher: Hasher::new(Algorithm::Sha256),
+            size: 0,
+        };
+        let stats = write_diff_layer(&tree, &mount_point, &mut uncompressed)?;
+        drop(mounted);
+        let HashingWriter {
+            inner: gzip,
+            hasher: diff_hasher,
+            size: uncompressed_size,
+        } = uncompressed;
+        let mut compressed = gzip.finish().map_err(kiln_store::StoreError::from)?;
+        compressed.flush().map_err(kiln_store::StoreError::from)?;
+        let (diff_id, layer_digest, layer_size) = (
+            diff_hasher.finish(),
+            compressed.hasher.finish(),
+            compressed.size,
+        );
+        drop(compressed.inner);
+        catalog.lease_blob(guard.lease(), &layer_digest)?;
+        if self.store.content().blob_size(&layer_digest)?.is_none() {
+            self.store
+                .content()
+                .adopt_file(&layer_path, &layer_digest, layer_size)?;
+        }
+        catalog.record_blob(&layer_digest, layer_size)?;
+
+        // Config and manifest: the base's, extended by one layer.
+        let blobs = catalog.image_blobs(base.id)?;
+        let manifest_blob =
+            blobs
+                .iter()
+                .find(|b| b.role == "manifest")
+                .ok_or_else(|| Error::ImageNotFound {
+                    query: disk.to_string(),
+                })?;
+        let config_blob =
+            blobs
+                .iter()
+                .find(|b| b.role == "config")
+                .ok_or_else(|| Error::ImageNotFound {
+                    query: disk.to_string(),
+                })?;
+        let malformed = |what: &str| {
+            Error::Task(format!(
+                "stored {what} of {} is not what kiln wrote",
+                base.manifest_digest
+            ))
+        };
+        let mut config: Value =
+            serde_json::from_slice(&self.store.content().read_blob(&config_blob.digest)?)
+                .map_err(|_| malformed("config"))?;
+        let now = rfc3339(kiln_store::fsutil::now());
+        config["created"] = Value::String(now.clone());
+        config["rootfs"]["diff_ids"]
+            .as_array_mut()
+            .ok_or_else(|| malformed("config"))?
+            .push(Value::String(diff_id.to_string()));
+        if let Some(history) = config.get_mut("history").and_then(Value::as_array_mut) {
+            history.push(serde_json::json!({ "created": now, "created_by": format!("kiln snapshot {disk}") }));
+        }
+        let config_bytes = serde_json::to_vec(&config).map_err(|_| malformed("config"))?;
+        let config_digest = Digest::sha256_of(&config_bytes);
+        catalog.lease_blob(guard.lease(), &config_digest)?;
+        self.store
+            .content()
+            .put_blob(&config_digest, &config_bytes)?;
+        catalog.record_blob(&config_digest, config_bytes.len() as u64)?;
+
+        let mut manifest: Value =
+            serde_json::from_slice(&self.store.content().read_blob(&manifest_blob.digest)?)
+                .map_err(|_| malformed("manifest"))?;
+        let docker = manifest_blob.media_type == media_type::DOCKER_MANIFEST;
+        let layer_media_type = if docker {
+            media_type::DOCKER_LAYER_GZIP
+        } else {
+            media_type::OCI_LAYER_GZIP
+        };
+        manifest["config"]["digest"] = Value::String(config_digest.to_string());
+        manifest["config"]["size"] = Value::from(config_bytes.len());
+        manifest["layers"].as_array_mut().ok_or_else(|| malformed("manifest"))?.push(serde_json::json!({
+            "mediaType": layer_media_type, "digest": layer_digest.to_string(), "size": layer_size,
+        }));
+        let manifest_bytes = serde_json::to_vec(&manifest).map_err(|_| malformed("manifest"))?;
+        let manifest_digest = Digest::sha256_of(&manifest_bytes);
+        catalog.lease_blob(guard.lease(), &manifest_digest)?;
+        self.store
+            .content()
+            .put_blob(&manifest_digest, &manifest_bytes)?;
+        catalog.record_blob(&manifest_digest, manifest_bytes.len() as u64)?;
+
+        let mut image_blobs = vec![ImageBlob {
+            role: "config".into(),
+            position: 0,
+            digest: config_digest.clone(),
+            media_type: config_blob.media_type.clone(),
+            size: config_bytes.len() as u64,
+        }];
+        let mut layers = Vec::new();
+        let base_layers: Vec<&ImageBlob> = blobs.iter().filter(|b| b.role == "layer").collect();
+        for blob in &base_layers {
+            image_blobs.push((*blob).clone());
+            if let Some(layer) = catalog.layer(&blob.digest)? {
+                layers.push(layer);
+            }
+        }
+        image_blobs.push(ImageBlob {
+            role: "layer".into(),
+            position: base_layers.len() as u32,
+            digest: layer_digest.clone(),
+            media_type: layer_media_type.into(),
+            size: layer_size,
+        });
+        layers.push(LayerRecord {
+            digest: layer_digest.clone(),
+            media_type: layer_media_type.into(),
+            diff_id: Some(diff_id),
+            uncompressed_size: Some(uncompressed_size),
+        });
+        let image = NewImage {
+            manifest: ImageBlob {
+                role: "manifest".into(),
+                position: 0,
+                digest: manifest_digest.clone(),
+                media_type: manifest_blob.media_type.clone(),
+                size: manifest_bytes.len() as u64,
+            },
+            kind: "snapshot".into(),
+            platform: base.platform.clone(),
+            image_created: Some(now),
+            blobs: image_blobs,
+            layers,
+        };
+        let tag = NewTag {
+            name: tag_name(&reference),
+            platform: base.platform.clone().unwrap_or_default(),
+            index: None,
+        };
+        catalog.commit_image(&image, Some(&tag), guard.lease.take())?;
+        Ok(Snapshot {
+            reference: reference.to_string(),
+            manifest_digest,
+            layer: layer_digest,
+            changed: stats.changed,
+            removed: stats.removed,
+        })
+    }
+}
+
+/// `2026-11-23T09:00:00Z` for seconds since the epoch.
+fn rfc3339(seconds: i64) -> String {
+    let days = seconds.div_euclid(86400);
+    let rest = seconds.rem_euclid(86400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + if month <= 2 { 1 } else { 0 };
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn formats_times() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_714_564_800), "2024-05-01T12:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}
