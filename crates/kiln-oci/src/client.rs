@@ -545,7 +545,7 @@ impl RegistryClient {
             }
             let body = read_limited(response, MAX_TOKEN_RESPONSE)
                 .await
-                .map_err(|e| token_error(e))?;
+                .map_err(&token_error)?;
             #[derive(serde::Deserialize)]
             struct TokenResponse {
                 token: Option<String>,

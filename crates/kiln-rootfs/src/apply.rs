@@ -55,7 +55,7 @@ pub fn apply_layer(
             entry: shown.clone(),
             reason: reason.to_string(),
         };
-        let components = split_path(&raw_path).map_err(|reason| refuse(reason))?;
+        let components = split_path(&raw_path).map_err(&refuse)?;
 
         let header = entry.header().clone();
         let entry_type = header.entry_type();

@@ -114,7 +114,7 @@ impl Manager {
         }
         fs_err::rename(&staging, &directory).map_err(kiln_store::StoreError::from)?;
         std::mem::forget(cleanup);
-        let path = directory.join(&file_name);
+        let path = directory.join(file_name);
         let record = DiskRecord {
             name: name.to_string(),
             image_id: image.id,

@@ -54,8 +54,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn open_manager(root: Option<std::path::PathBuf>) -> anyhow::Result<Manager> {
     let root = kiln::resolve_root(root)
         .context("no store directory: pass --root DIR or set KILN_ROOT (HOME is not set)")?;
-    Ok(Manager::open(&root)
-        .with_context(|| format!("cannot open the store at {}", root.display()))?)
+    Manager::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
 }
 
 fn parse_platform(text: Option<&str>) -> anyhow::Result<Option<Platform>> {

@@ -241,31 +241,31 @@ impl Proxy {
         // Bearer demand on the registry port.
         let is_storage = local_port == self.storage_address.port();
         let bearer = self.state.lock().unwrap().bearer.clone();
-        if !is_storage && let Some((token, _)) = bearer {
-            if authorization.as_deref() != Some(&format!("Bearer {token}"))
-                && path.starts_with("/v2/")
-            {
-                let repository = path
-                    .trim_start_matches("/v2/")
-                    .split("/manifests/")
-                    .next()
-                    .unwrap_or("")
-                    .split("/blobs/")
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                let challenge = format!(
-                    r#"Bearer realm="http://{}/token",service="kiln-test",scope="repository:{repository}:pull""#,
-                    self.address
-                );
-                return respond(
-                    &mut stream,
-                    401,
-                    &[("WWW-Authenticate".into(), challenge)],
-                    br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
-                )
-                .await;
-            }
+        if !is_storage
+            && let Some((token, _)) = bearer
+            && authorization.as_deref() != Some(&format!("Bearer {token}"))
+            && path.starts_with("/v2/")
+        {
+            let repository = path
+                .trim_start_matches("/v2/")
+                .split("/manifests/")
+                .next()
+                .unwrap_or("")
+                .split("/blobs/")
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let challenge = format!(
+                r#"Bearer realm="http://{}/token",service="kiln-test",scope="repository:{repository}:pull""#,
+                self.address
+            );
+            return respond(
+                &mut stream,
+                401,
+                &[("WWW-Authenticate".into(), challenge)],
+                br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#,
+            )
+            .await;
         }
 
         // Redirect blob GETs to the other origin.
