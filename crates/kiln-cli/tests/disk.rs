@@ -219,6 +219,16 @@ fn disk_names_and_errors() {
         1,
         "failed creates leave nothing behind"
     );
+    // A create that died after publishing its directory but before recording
+    // it leaves an orphan directory: the next create of that name replaces it.
+    std::fs::create_dir_all(kiln.root().join("disks-v1/orphan")).unwrap();
+    std::fs::write(kiln.root().join("disks-v1/orphan/disk.raw"), b"half").unwrap();
+    kiln.run(&["disk", "create", "orphan", "--image", &reference])
+        .ok();
+    assert_eq!(
+        kiln.run(&["disk", "ls", "-q"]).ok().stdout.lines().count(),
+        2
+    );
 }
 
 #[test]

@@ -108,9 +108,14 @@ impl Manager {
         // Publish: the directory appears whole, then the catalog row; a
         // concurrent create of the same name loses at the unique key.
         if directory.exists() {
-            return Err(Error::DiskExists {
-                name: name.to_string(),
-            });
+            if catalog.disk(name)?.is_some() {
+                return Err(Error::DiskExists {
+                    name: name.to_string(),
+                });
+            }
+            // Left by a create that died between publishing the directory
+            // and recording it: nothing refers to it.
+            fs_err::remove_dir_all(&directory).map_err(kiln_store::StoreError::from)?;
         }
         fs_err::rename(&staging, &directory).map_err(kiln_store::StoreError::from)?;
         std::mem::forget(cleanup);
