@@ -70,14 +70,7 @@ pub fn apply_layer(
             // The root itself: take its metadata.
             if entry_type.is_dir() {
                 let metadata = metadata(&mut entry, &header).map_err(|reason| refuse(&reason))?;
-                let root = &mut tree.inodes[ROOT];
-                (root.mode, root.uid, root.gid, root.mtime, root.xattrs) = (
-                    metadata.mode,
-                    metadata.uid,
-                    metadata.gid,
-                    metadata.mtime,
-                    metadata.xattrs,
-                );
+                metadata.apply_to(&mut tree.inodes[ROOT]);
                 continue;
             }
             return Err(refuse("only a directory can be the root"));
@@ -139,14 +132,7 @@ pub fn apply_layer(
                 .map(|e| e.inode)
                 && matches!(tree.inodes[existing].kind, Kind::Directory(_))
             {
-                let inode = &mut tree.inodes[existing];
-                (inode.mode, inode.uid, inode.gid, inode.mtime, inode.xattrs) = (
-                    metadata.mode,
-                    metadata.uid,
-                    metadata.gid,
-                    metadata.mtime,
-                    metadata.xattrs,
-                );
+                metadata.apply_to(&mut tree.inodes[existing]);
                 if let Some(entries) = tree.entries_mut(directory)
                     && let Some(e) = entries.get_mut(name)
                 {
@@ -193,14 +179,7 @@ pub fn apply_layer(
         } else {
             return Err(refuse(&format!("unsupported entry type {:?}", entry_type)));
         };
-        let inode = tree.add(Inode {
-            kind,
-            mode: metadata.mode,
-            uid: metadata.uid,
-            gid: metadata.gid,
-            mtime: metadata.mtime,
-            xattrs: metadata.xattrs,
-        });
+        let inode = tree.add(metadata.into_inode(kind));
         insert(tree, directory, name.clone(), inode, layer);
     }
     Ok(())
@@ -212,6 +191,25 @@ struct Metadata {
     gid: u32,
     mtime: i64,
     xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Metadata {
+    /// Gives an existing inode (a directory seen again, the root) this metadata.
+    fn apply_to(self, inode: &mut Inode) {
+        (inode.mode, inode.uid, inode.gid, inode.mtime, inode.xattrs) =
+            (self.mode, self.uid, self.gid, self.mtime, self.xattrs);
+    }
+
+    fn into_inode(self, kind: Kind) -> Inode {
+        Inode {
+            kind,
+            mode: self.mode,
+            uid: self.uid,
+            gid: self.gid,
+            mtime: self.mtime,
+            xattrs: self.xattrs,
+        }
+    }
 }
 
 fn metadata<R: Read>(

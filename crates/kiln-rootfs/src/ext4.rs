@@ -118,9 +118,18 @@ pub fn write_ext4(
     Ok(())
 }
 
+/// `"/a/b"` for debugfs: an absolute path of the tree, double-quoted.
 fn quote(path: &[Vec<u8>]) -> Result<String> {
-    let mut text = String::from("/");
-    text.push_str(&String::from_utf8_lossy(&path.join(&b'/')));
+    quote_text(format!("/{}", String::from_utf8_lossy(&path.join(&b'/'))))
+}
+
+/// `"name"` for debugfs: one name relative to its `cd`.
+fn quote_name(name: &[u8]) -> Result<String> {
+    quote_text(String::from_utf8_lossy(name).into_owned())
+}
+
+/// debugfs's parser cannot take a double quote or a control character.
+fn quote_text(text: String) -> Result<String> {
     if text.contains('"') || text.chars().any(char::is_control) {
         return Err(RootfsError::Unrepresentable {
             path: text,
@@ -187,15 +196,4 @@ fn stage(tree: &Tree, objects: &ObjectDir, staging: &Path, scratch: &Path) -> Re
         }
     }
     Ok(script)
-}
-
-fn quote_name(name: &[u8]) -> Result<String> {
-    let text = String::from_utf8_lossy(name).into_owned();
-    if text.contains('"') || text.chars().any(char::is_control) {
-        return Err(RootfsError::Unrepresentable {
-            path: text,
-            reason: "a name with a double quote or a control character".into(),
-        });
-    }
-    Ok(format!("\"{text}\""))
 }

@@ -484,7 +484,15 @@ impl Ingest {
         let file = self.writer.get_ref();
         file.sync_all()?;
         set_read_only(&self.partial_path)?;
-        fs::rename(&self.partial_path, &self.blob_path)?;
+        if let Err(error) = fs::rename(&self.partial_path, &self.blob_path) {
+            // Keep the partial data resumable: writable again.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(
+                &self.partial_path,
+                std::fs::Permissions::from_mode(0o644),
+            );
+            return Err(error.into());
+        }
         if let Some(parent) = self.blob_path.parent() {
             sync_dir(parent)?;
         }

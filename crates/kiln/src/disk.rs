@@ -263,27 +263,20 @@ fn make_disk(
 
 /// A copy-on-write clone (FICLONE); false when the filesystem cannot.
 fn reflink(from: &Path, to: &Path) -> Result<bool> {
-    #[cfg(target_os = "linux")]
-    {
-        use std::os::fd::AsRawFd;
-        let source = fs_err::File::open(from).map_err(kiln_store::StoreError::from)?;
-        let target = fs_err::File::create(to).map_err(kiln_store::StoreError::from)?;
-        // SAFETY: both descriptors are open for the duration of the call.
-        let cloned =
-            unsafe { libc::ioctl(target.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) } == 0;
-        if cloned {
-            use std::os::unix::fs::PermissionsExt;
-            target
-                .set_permissions(std::fs::Permissions::from_mode(0o644))
-                .map_err(kiln_store::StoreError::from)?;
-            target.sync_all().map_err(kiln_store::StoreError::from)?;
-            return Ok(true);
+    let clone = || -> std::io::Result<bool> {
+        let source = fs_err::File::open(from)?;
+        let target = fs_err::File::create(to)?;
+        if !kiln_store::fsutil::reflink(source.file(), target.file()) {
+            drop(target);
+            let _ = std::fs::remove_file(to);
+            return Ok(false);
         }
-        drop(target);
-        let _ = std::fs::remove_file(to);
-    }
-    let _ = (from, to);
-    Ok(false)
+        use std::os::unix::fs::PermissionsExt;
+        target.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        target.sync_all()?;
+        Ok(true)
+    };
+    Ok(clone().map_err(kiln_store::StoreError::from)?)
 }
 
 /// Copies only the data of `from` (holes stay holes), as `cp --sparse=always`

@@ -267,18 +267,9 @@ pub fn copy_out(from: &Path, to: &Path) -> std::io::Result<()> {
     let result = (|| {
         let source = fs_err::File::open(from)?;
         let target = fs_err::File::create(&temp)?;
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: both descriptors are open for the duration of the call.
-            let cloned =
-                unsafe { libc::ioctl(target.as_raw_fd(), libc::FICLONE, source.as_raw_fd()) } == 0;
-            if !cloned {
-                std::io::copy(&mut &source, &mut &target)?;
-            }
+        if !kiln_store::fsutil::reflink(source.file(), target.file()) {
+            std::io::copy(&mut &source, &mut &target)?;
         }
-        #[cfg(not(target_os = "linux"))]
-        std::io::copy(&mut &source, &mut &target)?;
         use std::os::unix::fs::PermissionsExt;
         target.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         target.sync_all()?;
