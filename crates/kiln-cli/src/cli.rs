@@ -17,6 +17,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub root: Option<PathBuf>,
 
+    /// Config file naming the image sources [default: $KILN_CONFIG, else $XDG_CONFIG_HOME/kiln/config.toml, else ~/.config/kiln/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -53,6 +57,20 @@ pub enum Command {
         #[command(subcommand)]
         command: DiskCommand,
     },
+    /// Image sources beyond OCI registries (release bundles, catalogs, image servers)
+    Sources {
+        #[command(subcommand)]
+        command: SourcesCommand,
+    },
+    /// List what a source offers, marking what is installed
+    Avail(AvailArgs),
+    /// Refresh the cached image lists of imgapi sources
+    Update {
+        /// Sources to refresh [default: every imgapi source]
+        sources: Vec<String>,
+    },
+    /// Install an IMGAPI image from a local manifest and file (imgadm install -m -f)
+    Install(InstallArgs),
     /// Image commands, docker style (`kiln image ls|rm|inspect|prune|pull`)
     Image {
         #[command(subcommand)]
@@ -76,6 +94,88 @@ pub enum ImageCommand {
     Prune(PruneArgs),
 }
 
+#[derive(Debug, Subcommand)]
+pub enum SourcesCommand {
+    /// Add a source
+    Add(SourcesAddArgs),
+    /// List the sources
+    #[command(alias = "list")]
+    Ls {
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Remove a source (images installed from it stay)
+    #[command(alias = "remove")]
+    Rm {
+        /// Source name
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceTypeArg {
+    /// Release bundles published as GitHub release assets
+    GithubRelease,
+    /// A JSON or TOML checksum catalog (path or URL)
+    Catalog,
+    /// An IMGAPI image server (SmartOS imgadm)
+    Imgapi,
+}
+
+#[derive(Debug, Args)]
+pub struct SourcesAddArgs {
+    /// Source name (images are then SOURCE://NAME[@VERSION])
+    pub name: String,
+    /// API base (github-release), catalog path or URL (catalog), server URL (imgapi)
+    pub url: String,
+    /// Source type
+    #[arg(long = "type", value_enum)]
+    pub source_type: SourceTypeArg,
+    /// OWNER/NAME of the repository publishing the bundles (github-release)
+    #[arg(long)]
+    pub repo: Option<String>,
+    /// OWNER/NAME of the repository releasing the VMM [default: firecracker-microvm/firecracker]
+    #[arg(long)]
+    pub vmm_repo: Option<String>,
+    /// Environment variable holding an API token (sent to the source's own host only)
+    #[arg(long, value_name = "VAR")]
+    pub token_env: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AvailArgs {
+    /// Source name
+    pub source: String,
+    /// imgapi filters: field=value, field=~substring, field=true|false
+    pub filters: Vec<String>,
+    /// imgapi: comma-separated columns [default: uuid,name,version,os,type,published_at]
+    #[arg(short = 'o', long = "output", value_name = "FIELDS")]
+    pub fields: Option<String>,
+    /// Output format
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct InstallArgs {
+    /// The image manifest (JSON)
+    #[arg(short = 'm', long = "manifest", value_name = "MANIFEST")]
+    pub manifest: PathBuf,
+    /// The image file, as published (compressed or not)
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Source name the image is listed under (SOURCE://UUID)
+    #[arg(long, default_value = "local")]
+    pub source: String,
+    /// No progress output
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Output format of the result
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// Human-readable
@@ -96,7 +196,7 @@ pub enum Policy {
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// Image reference (docker syntax: alpine, host:port/repo:tag, repo@sha256:...)
+    /// Image reference (docker syntax: alpine, host:port/repo:tag, repo@sha256:...; or SOURCE://NAME[@VERSION])
     pub reference: String,
     /// Platform to pull from a multi-platform image, os/arch[/variant] [default: the host's]
     #[arg(long)]

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kiln::{Digest, Event, Progress};
+use kiln::{Event, Progress};
 
 use crate::printer::{size, status};
 
@@ -19,7 +19,7 @@ pub enum Reporter {
     /// Bars on a terminal.
     Bars {
         multi: MultiProgress,
-        bars: Mutex<HashMap<Digest, ProgressBar>>,
+        bars: Mutex<HashMap<String, ProgressBar>>,
     },
 }
 
@@ -48,18 +48,18 @@ impl Reporter {
         }
     }
 
-    fn bar(&self, digest: &Digest, size: u64, offset: u64) {
+    fn bar(&self, key: String, label: String, size: u64, offset: u64) {
         if let Reporter::Bars { multi, bars } = self {
             let bar = multi.add(ProgressBar::new(size));
             let style = ProgressStyle::with_template("{prefix} {bar:30} {decimal_bytes:>10}/{decimal_total_bytes:<10} {decimal_bytes_per_sec:>12} {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");
             bar.set_style(style);
-            bar.set_prefix(digest.short().to_string());
+            bar.set_prefix(label);
             bar.set_position(offset);
             bars.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(digest.clone(), bar);
+                .insert(key, bar);
         }
     }
 }
@@ -89,7 +89,12 @@ impl Progress for Reporter {
                 offset,
             } => {
                 if let Reporter::Bars { .. } = self {
-                    self.bar(&digest, total, offset);
+                    self.bar(
+                        digest.to_string(),
+                        digest.short().to_string(),
+                        total,
+                        offset,
+                    );
                 } else if offset > 0 {
                     self.line(format!(
                         "{}: resuming at {} of {}",
@@ -103,7 +108,10 @@ impl Progress for Reporter {
             }
             Event::BlobProgress { digest, position } => {
                 if let Reporter::Bars { bars, .. } = self
-                    && let Some(bar) = bars.lock().unwrap_or_else(|p| p.into_inner()).get(&digest)
+                    && let Some(bar) = bars
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&digest.to_string())
                 {
                     bar.set_position(position);
                 }
@@ -121,7 +129,11 @@ impl Progress for Reporter {
                 size: total,
             } => {
                 if let Reporter::Bars { bars, .. } = self {
-                    if let Some(bar) = bars.lock().unwrap_or_else(|p| p.into_inner()).get(&digest) {
+                    if let Some(bar) = bars
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&digest.to_string())
+                    {
                         bar.finish_with_message("done");
                     }
                 } else {
@@ -138,6 +150,33 @@ impl Progress for Reporter {
                 human_delay(delay)
             )),
             Event::Stored { manifest } => self.line(format!("stored {manifest}")),
+            Event::FileStarted { name, size: total } => {
+                if let Reporter::Bars { .. } = self {
+                    self.bar(name.clone(), name, total.unwrap_or(0), 0);
+                } else {
+                    let total = total.map(size).unwrap_or_else(|| "?".into());
+                    self.line(format!("{name}: downloading {total}"));
+                }
+            }
+            Event::FileProgress { name, position } => {
+                if let Reporter::Bars { bars, .. } = self
+                    && let Some(bar) = bars.lock().unwrap_or_else(|p| p.into_inner()).get(&name)
+                {
+                    bar.set_position(position);
+                }
+            }
+            Event::FileExists { name, size: total } => {
+                self.line(format!("{name}: already in the store ({})", size(total)))
+            }
+            Event::FileDone { name, size: total } => {
+                if let Reporter::Bars { bars, .. } = self {
+                    if let Some(bar) = bars.lock().unwrap_or_else(|p| p.into_inner()).get(&name) {
+                        bar.finish_with_message("verified");
+                    }
+                } else {
+                    self.line(format!("{name}: verified ({})", size(total)));
+                }
+            }
         }
     }
 }

@@ -12,17 +12,16 @@ use bytes::Bytes;
 use kiln_types::media_type::MANIFEST_ACCEPT;
 use kiln_types::{Digest, Reference};
 use reqwest::header::{
-    ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, LOCATION, RANGE, RETRY_AFTER,
-    WWW_AUTHENTICATE,
+    ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use reqwest::{Method, StatusCode, Url};
 
 use crate::auth::{Anonymous, Challenge, Credential, CredentialProvider};
 use crate::error::{OciError, Result};
+use crate::http::{describe, read_limited};
 
 /// Largest manifest or index kiln reads (the distribution spec suggests 4 MiB).
 pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
-const MAX_REDIRECTS: usize = 10;
 const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
 
 /// How hard to retry.
@@ -252,52 +251,6 @@ impl RegistryClient {
             .cloned()
     }
 
-    /// Sends one request, following redirects by hand so that credentials
-    /// go only to the origin they were meant for.
-    async fn send_following(
-        &self,
-        client: &reqwest::Client,
-        method: &Method,
-        url: Url,
-        headers: &HeaderMap,
-        authorization: Option<&HeaderValue>,
-    ) -> std::result::Result<reqwest::Response, reqwest::Error> {
-        let origin = url.origin();
-        let mut url = url;
-        let mut method = method.clone();
-        for _ in 0..MAX_REDIRECTS {
-            let mut request = client
-                .request(method.clone(), url.clone())
-                .headers(headers.clone());
-            if let Some(value) = authorization
-                && url.origin() == origin
-            {
-                request = request.header(AUTHORIZATION, value.clone());
-            }
-            let response = request.send().await?;
-            if !response.status().is_redirection() {
-                return Ok(response);
-            }
-            let Some(next) = response
-                .headers()
-                .get(LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|l| url.join(l).ok())
-            else {
-                return Ok(response);
-            };
-            if response.status() == StatusCode::SEE_OTHER {
-                method = Method::GET;
-            }
-            url = next;
-        }
-        client
-            .request(method, url)
-            .headers(headers.clone())
-            .send()
-            .await
-    }
-
     /// Sends a request to `repository`'s registry with auth, scheme fallback
     /// and retries; returns the final response whatever its status, except
     /// retryable ones.
@@ -320,9 +273,14 @@ impl RegistryClient {
                 .map_err(|e| OciError::Client(format!("bad URL for {host}{path}: {e}")))?;
             let client = self.http(insecure)?;
             let authorization = self.cached_authorization(repository);
-            let attempt = match self
-                .send_following(client, &method, url, &headers, authorization.as_ref())
-                .await
+            let attempt = match crate::http::send_following(
+                client,
+                &method,
+                url,
+                &headers,
+                authorization.as_ref(),
+            )
+            .await
             {
                 Err(error) if insecure && scheme == "https" && !self.schemes_known(host) => {
                     // An insecure registry that does not speak TLS: plain HTTP.
@@ -865,42 +823,6 @@ fn basic(username: &str, password: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
     value.set_sensitive(true);
     value
-}
-
-/// A one-line description of a transport error, with its cause chain.
-fn describe(error: &reqwest::Error) -> String {
-    use std::error::Error as _;
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
-
-async fn read_limited(
-    mut response: reqwest::Response,
-    limit: u64,
-) -> std::result::Result<Bytes, String> {
-    if response
-        .content_length()
-        .is_some_and(|length| length > limit)
-    {
-        return Err(format!("larger than {limit} bytes"));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
-        body.extend_from_slice(&chunk);
-        if body.len() as u64 > limit {
-            return Err(format!("larger than {limit} bytes"));
-        }
-    }
-    Ok(Bytes::from(body))
 }
 
 /// The first message of a distribution-spec error body.

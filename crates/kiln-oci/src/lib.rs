@@ -20,6 +20,7 @@
 pub mod auth;
 mod client;
 mod error;
+pub mod http;
 pub mod layer;
 
 pub use auth::{

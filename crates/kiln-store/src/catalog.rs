@@ -158,6 +158,56 @@ pub struct DiskRecord {
     pub created_at: i64,
 }
 
+/// What the catalog indexes of an image from a non-OCI source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceImageRecord {
+    /// The image (0 in a [`NewImage`]: filled in when recorded).
+    pub image_id: i64,
+    /// Configured source name (`sbx`, `smartos`, `mycat`, `local`).
+    pub source: String,
+    /// `github-release`, `catalog` or `imgapi`.
+    pub source_type: String,
+    /// Release tag, catalog entry name or imgapi image name.
+    pub name: String,
+    /// Version, when the source has one.
+    pub version: Option<String>,
+    /// imgapi UUID.
+    pub uuid: Option<String>,
+    /// imgapi origin (parent image) UUID.
+    pub origin: Option<String>,
+    /// Publication time the source declares (RFC 3339).
+    pub published_at: Option<String>,
+}
+
+/// What `stat` said of a blob right after its content was verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobStamp {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the epoch.
+    pub mtime_ns: i64,
+    /// Status change time, nanoseconds since the epoch (no user can set it back).
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub inode: u64,
+    /// Device number.
+    pub device: u64,
+}
+
+impl BlobStamp {
+    /// The stamp of `metadata`.
+    pub fn of(metadata: &std::fs::Metadata) -> BlobStamp {
+        use std::os::unix::fs::MetadataExt;
+        BlobStamp {
+            size: metadata.len(),
+            mtime_ns: metadata.mtime() * 1_000_000_000 + metadata.mtime_nsec(),
+            ctime_ns: metadata.ctime() * 1_000_000_000 + metadata.ctime_nsec(),
+            inode: metadata.ino(),
+            device: metadata.dev(),
+        }
+    }
+}
+
 /// An image to record.
 #[derive(Debug, Clone)]
 pub struct NewImage {
@@ -173,6 +223,8 @@ pub struct NewImage {
     pub blobs: Vec<ImageBlob>,
     /// Layer facts (diff_ids) for the `layer` blobs.
     pub layers: Vec<LayerRecord>,
+    /// Source facts, for an image from a non-OCI source.
+    pub source: Option<SourceImageRecord>,
 }
 
 /// A tag to point at a newly recorded image.
@@ -390,6 +442,19 @@ impl Catalog {
             .collect()
     }
 
+    /// Points `tag` at an existing image (another name for it).
+    pub fn add_tag(&self, tag: &NewTag, image_id: i64) -> Result<()> {
+        self.lock()
+            .execute(
+                "INSERT INTO tags (name, platform, image_id, index_digest, updated_at) VALUES (?1, ?2, ?3, NULL, ?4)
+                 ON CONFLICT(name, platform) DO UPDATE SET image_id = excluded.image_id,
+                     index_digest = NULL, updated_at = excluded.updated_at",
+                params![tag.name, tag.platform, image_id, now()],
+            )
+            .map_err(self.wrap())?;
+        Ok(())
+    }
+
     /// Removes one tag row; returns whether it existed.
     pub fn remove_tag(&self, name: &str, platform: &str) -> Result<bool> {
         let count = self
@@ -581,6 +646,123 @@ impl Catalog {
             .execute(
                 "UPDATE images SET last_used_at = ?1 WHERE id = ?2",
                 params![now(), image_id],
+            )
+            .map_err(self.wrap())?;
+        Ok(())
+    }
+
+    const SOURCE_COLUMNS: &str =
+        "image_id, source, source_type, name, version, uuid, origin, published_at";
+
+    fn query_source_images(
+        &self,
+        sql_tail: &str,
+        parameters: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<SourceImageRecord>> {
+        let connection = self.lock();
+        let sql = format!(
+            "SELECT {} FROM source_images {sql_tail}",
+            Self::SOURCE_COLUMNS
+        );
+        let mut statement = connection.prepare_cached(&sql).map_err(self.wrap())?;
+        let rows = statement
+            .query_map(parameters, |row| {
+                Ok(SourceImageRecord {
+                    image_id: row.get(0)?,
+                    source: row.get(1)?,
+                    source_type: row.get(2)?,
+                    name: row.get(3)?,
+                    version: row.get(4)?,
+                    uuid: row.get(5)?,
+                    origin: row.get(6)?,
+                    published_at: row.get(7)?,
+                })
+            })
+            .map_err(self.wrap())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.wrap())?;
+        Ok(rows)
+    }
+
+    /// Source facts of an image, when it came from a non-OCI source.
+    pub fn source_image(&self, image_id: i64) -> Result<Option<SourceImageRecord>> {
+        Ok(self
+            .query_source_images("WHERE image_id = ?1", params![image_id])?
+            .into_iter()
+            .next())
+    }
+
+    /// Every image from non-OCI sources.
+    pub fn source_images(&self) -> Result<Vec<SourceImageRecord>> {
+        self.query_source_images("ORDER BY source, name, version", params![])
+    }
+
+    /// Images of `source` named `name`, newest publication first.
+    pub fn source_images_named(&self, source: &str, name: &str) -> Result<Vec<SourceImageRecord>> {
+        self.query_source_images(
+            "WHERE source = ?1 AND name = ?2 ORDER BY published_at DESC, image_id DESC",
+            params![source, name],
+        )
+    }
+
+    /// Images (of any source) with imgapi UUID `uuid`.
+    pub fn source_images_with_uuid(&self, uuid: &str) -> Result<Vec<SourceImageRecord>> {
+        self.query_source_images("WHERE uuid = ?1 ORDER BY image_id", params![uuid])
+    }
+
+    /// Installed images whose origin is `uuid`.
+    pub fn dependents_of(&self, uuid: &str) -> Result<Vec<SourceImageRecord>> {
+        self.query_source_images("WHERE origin = ?1 ORDER BY image_id", params![uuid])
+    }
+
+    /// The stamp recorded when `digest` was last verified.
+    pub fn blob_stamp(&self, digest: &Digest) -> Result<Option<BlobStamp>> {
+        let connection = self.lock();
+        let row = connection
+            .query_row(
+                "SELECT size, mtime_ns, ctime_ns, inode, device FROM blob_stamps WHERE digest = ?1",
+                params![digest.to_string()],
+                |row| {
+                    Ok(BlobStamp {
+                        size: row.get::<_, i64>(0)? as u64,
+                        mtime_ns: row.get(1)?,
+                        ctime_ns: row.get(2)?,
+                        inode: row.get::<_, i64>(3)? as u64,
+                        device: row.get::<_, i64>(4)? as u64,
+                    })
+                },
+            )
+            .optional()
+            .map_err(self.wrap())?;
+        Ok(row)
+    }
+
+    /// Records that `digest` was verified and `stat` then said `stamp`.
+    pub fn set_blob_stamp(&self, digest: &Digest, stamp: &BlobStamp) -> Result<()> {
+        self.lock()
+            .execute(
+                "INSERT OR REPLACE INTO blob_stamps (digest, size, mtime_ns, ctime_ns, inode, device, verified_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    digest.to_string(),
+                    stamp.size as i64,
+                    stamp.mtime_ns,
+                    stamp.ctime_ns,
+                    stamp.inode as i64,
+                    stamp.device as i64,
+                    now()
+                ],
+            )
+            .map_err(self.wrap())?;
+        Ok(())
+    }
+
+    /// Forgets the stamp of `digest` (its file changed or went).
+    pub fn clear_blob_stamp(&self, digest: &Digest) -> Result<()> {
+        self.lock()
+            .execute(
+                "DELETE FROM blob_stamps WHERE digest = ?1",
+                params![digest.to_string()],
             )
             .map_err(self.wrap())?;
         Ok(())
@@ -984,6 +1166,22 @@ fn insert_image(transaction: &Transaction<'_>, image: &NewImage) -> rusqlite::Re
             layer.uncompressed_size.map(|s| s as i64)
         ])?;
     }
+    if let Some(source) = &image.source {
+        transaction.execute(
+            "INSERT OR REPLACE INTO source_images (image_id, source, source_type, name, version, uuid, origin, published_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                id,
+                source.source,
+                source.source_type,
+                source.name,
+                source.version,
+                source.uuid,
+                source.origin,
+                source.published_at
+            ],
+        )?;
+    }
     Ok(id)
 }
 
@@ -1038,6 +1236,74 @@ mod tests {
         }
     }
 
+    #[test]
+    fn migration_v3_to_v4_adds_source_images_and_stamps() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        let mut connection = Connection::open(&path).unwrap();
+        migrate(&mut connection, &path, 3).unwrap();
+        connection
+            .execute("INSERT INTO images (manifest_digest, media_type, size, created_at, last_used_at) VALUES (?1, 'm', 1, 0, 0)", params![digest(1).to_string()])
+            .unwrap();
+        drop(connection);
+        let catalog = Catalog::open(&path).unwrap();
+        assert!(
+            catalog.image_by_digest(&digest(1)).unwrap().is_some(),
+            "v3 rows survive"
+        );
+        let mut parent = image(2, &[10]);
+        parent.kind = "imgapi".into();
+        parent.source = Some(SourceImageRecord {
+            image_id: 0,
+            source: "smartos".into(),
+            source_type: "imgapi".into(),
+            name: "base-64".into(),
+            version: Some("15.2.0".into()),
+            uuid: Some("aaaa".into()),
+            origin: None,
+            published_at: Some("2026-01-01T00:00:00Z".into()),
+        });
+        let parent_id = catalog.commit_image(&parent, None, None).unwrap();
+        let mut child = image(3, &[11]);
+        child.source = Some(SourceImageRecord {
+            uuid: Some("bbbb".into()),
+            origin: Some("aaaa".into()),
+            ..parent.source.clone().unwrap()
+        });
+        let child_id = catalog.commit_image(&child, None, None).unwrap();
+        let record = catalog.source_image(parent_id).unwrap().unwrap();
+        assert_eq!(record.image_id, parent_id);
+        assert_eq!(record.uuid.as_deref(), Some("aaaa"));
+        let dependents = catalog.dependents_of("aaaa").unwrap();
+        assert_eq!(dependents.len(), 1);
+        assert_eq!(dependents[0].image_id, child_id);
+        assert_eq!(
+            catalog
+                .source_images_named("smartos", "base-64")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(catalog.remove_image(child_id).unwrap());
+        assert!(
+            catalog.dependents_of("aaaa").unwrap().is_empty(),
+            "source rows go with their image"
+        );
+
+        let stamp = BlobStamp {
+            size: 5,
+            mtime_ns: 1,
+            ctime_ns: 2,
+            inode: 3,
+            device: 4,
+        };
+        assert_eq!(catalog.blob_stamp(&digest(10)).unwrap(), None);
+        catalog.set_blob_stamp(&digest(10), &stamp).unwrap();
+        assert_eq!(catalog.blob_stamp(&digest(10)).unwrap(), Some(stamp));
+        catalog.clear_blob_stamp(&digest(10)).unwrap();
+        assert_eq!(catalog.blob_stamp(&digest(10)).unwrap(), None);
+    }
+
     fn image(manifest: u8, layers: &[u8]) -> NewImage {
         let mut blobs = vec![blob("config", 0, manifest + 100)];
         blobs.extend(
@@ -1061,6 +1327,7 @@ mod tests {
                     uncompressed_size: Some(20),
                 })
                 .collect(),
+            source: None,
         }
     }
 

@@ -44,10 +44,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8], read_only: bool) -> std::io::Resu
     result
 }
 
-/// Makes a file read-only (0444), as committed blobs are.
+/// Makes a file read-only, as committed blobs are: 0444, or 0555 for a
+/// file that was executable (a VMM binary).
 pub fn set_read_only(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(path, std::fs::Permissions::from_mode(0o444))
+    let mode = fs::metadata(path)?.permissions().mode();
+    let read_only = if mode & 0o100 != 0 { 0o555 } else { 0o444 };
+    fs::set_permissions(path, std::fs::Permissions::from_mode(read_only))
 }
 
 /// Seconds since the Unix epoch.

@@ -14,6 +14,7 @@
 //!     ingest/<alg>-<hex>.lock      held (flock, exclusive) by that blob's writer
 //!     ingest/.work-*.tmp/          scratch of a running conversion (removed when it ends)
 //!     quarantine/<alg>-<hex>-<t>   blobs `fsck --repair` found corrupt
+//!   sources-v1/<source>/images.json   cached image list of an imgapi source (`kiln update`)
 //!   disks-v1/<name>/disk.raw|disk.qcow2   sandbox disks (writable; a qcow2 overlay
 //!                             reads its backing blob under content-v1/blobs)
 //!   locks/gc.lock             exclusive while garbage is collected or fsck repairs
@@ -57,8 +58,8 @@ pub mod schema;
 use std::path::{Path, PathBuf};
 
 pub use catalog::{
-    ArtifactRecord, Catalog, DiskRecord, HolderRecord, ImageBlob, ImageRecord, IndexRecord,
-    LayerRecord, Lease, NewImage, NewTag, TagRecord,
+    ArtifactRecord, BlobStamp, Catalog, DiskRecord, HolderRecord, ImageBlob, ImageRecord,
+    IndexRecord, LayerRecord, Lease, NewImage, NewTag, SourceImageRecord, TagRecord,
 };
 pub use content::{ContentStore, Ingest, IngestStart};
 pub use error::{Result, StoreError};

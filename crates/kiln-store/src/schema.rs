@@ -30,13 +30,25 @@
 //! |---|---|---|
 //! | `disks` | sandbox disk | `name` unique; `path` of its file under `disks-v1/`; `backing` = digest of the ext4 artifact blob it was made from (kept while the disk exists: a qcow2 overlay reads it); a `holders` row (`kind = 'disk'`) is written with it |
 //!
+//! # Version 4
+//!
+//! | table | one row per | notes |
+//! |---|---|---|
+//! | `source_images` | image from a configured non-OCI source (release bundle, checksum catalog, imgapi server) | `source` (configured name), `source_type`, `name`, `version`, imgapi `uuid` and `origin` (the parent image's UUID: `rmi` refuses while a dependent exists), `published_at`; goes with its image |
+//! | `blob_stamps` | blob whose content was verified | `size`, `mtime_ns`, `ctime_ns`, `inode`, `device` as `stat` saw them after verification: a cache hit compares them instead of re-hashing, and re-hashes when any differs |
+//!
+//! Source images use `images.kind` = `release-bundle`, `catalog` or
+//! `imgapi`; their `manifest` blob is kiln's JSON record of the image and
+//! their files are blobs with roles `source-manifest`, `kernel`, `rootfs`,
+//! `initrd`, `vmm` and `file`.
+//!
 //! All timestamps are seconds since the Unix epoch.
 
 /// The schema version this kiln writes.
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Migration `i` takes the schema from version `i` to `i + 1`.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 const V1: &str = r#"
 CREATE TABLE blobs (
@@ -146,4 +158,30 @@ CREATE TABLE disks (
     created_at INTEGER NOT NULL
 ) STRICT;
 CREATE INDEX disks_by_backing ON disks(backing);
+"#;
+
+const V4: &str = r#"
+CREATE TABLE source_images (
+    image_id     INTEGER PRIMARY KEY REFERENCES images(id) ON DELETE CASCADE,
+    source       TEXT NOT NULL,
+    source_type  TEXT NOT NULL,
+    name         TEXT NOT NULL,
+    version      TEXT,
+    uuid         TEXT,
+    origin       TEXT,
+    published_at TEXT
+) STRICT;
+CREATE INDEX source_images_by_name ON source_images(source, name);
+CREATE INDEX source_images_by_uuid ON source_images(uuid);
+CREATE INDEX source_images_by_origin ON source_images(origin);
+
+CREATE TABLE blob_stamps (
+    digest      TEXT PRIMARY KEY,
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL,
+    ctime_ns    INTEGER NOT NULL,
+    inode       INTEGER NOT NULL,
+    device      INTEGER NOT NULL,
+    verified_at INTEGER NOT NULL
+) STRICT;
 "#;

@@ -20,9 +20,11 @@ pub mod manifest;
 pub mod media_type;
 mod platform;
 mod reference;
+mod source_reference;
 
 pub use digest::{Algorithm, Digest, DigestError, Hasher};
 pub use error::ErrorKind;
 pub use manifest::{Descriptor, ImageConfig, ImageIndex, ImageManifest, Manifest, ManifestError};
 pub use platform::{Platform, PlatformError};
 pub use reference::{Reference, ReferenceError};
+pub use source_reference::{SourceReference, SourceReferenceError, validate_source_name};

@@ -53,6 +53,10 @@ pub struct Disk {
     pub allocated: u64,
     /// Seconds since the epoch.
     pub created_at: i64,
+    /// The kernel to boot it with, when its image ships one (release
+    /// bundles, catalog images).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<PathBuf>,
 }
 
 /// `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 128 characters, not `.`/`..`-like.
@@ -172,7 +176,12 @@ impl Manager {
                 .map(|m| m.blocks() * 512)
                 .unwrap_or(0)
         };
+        let kernel = match &image {
+            Some(image) => self.source_kernel(image)?,
+            None => None,
+        };
         Ok(Disk {
+            kernel,
             name: record.name,
             format: record.format,
             method: record.method,

@@ -1,6 +1,8 @@
 use kiln_oci::OciError;
 use kiln_store::StoreError;
-use kiln_types::{Digest, ErrorKind, ManifestError, PlatformError, ReferenceError};
+use kiln_types::{
+    Digest, ErrorKind, ManifestError, PlatformError, ReferenceError, SourceReferenceError,
+};
 
 /// A failure of a kiln operation.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +110,52 @@ pub enum Error {
     /// A background task died.
     #[error("internal task failed: {0}")]
     Task(String),
+    /// A non-OCI source failed.
+    #[error(transparent)]
+    Source(#[from] kiln_sources::SourceError),
+    /// A malformed `SOURCE://NAME[@VERSION]`.
+    #[error(transparent)]
+    SourceReference(#[from] SourceReferenceError),
+    /// No configured source of that name.
+    #[error("no source {name:?} is configured (configured: {})", if available.is_empty() { "none".to_string() } else { available.join(", ") })]
+    UnknownSource {
+        name: String,
+        available: Vec<String>,
+    },
+    /// A source of that name exists.
+    #[error("source {name:?} exists already")]
+    SourceExists { name: String },
+    /// A source definition kiln refuses.
+    #[error("invalid source: {detail}")]
+    InvalidSource { name: String, detail: String },
+    /// The operation needs another type of source.
+    #[error("source {name} is a {actual} source, not {expected}")]
+    WrongSourceType {
+        name: String,
+        actual: String,
+        expected: &'static str,
+    },
+    /// The source has no image of that name.
+    #[error("{reference}: no such image (available: {})", if available.is_empty() { "none".to_string() } else { available.join(", ") })]
+    UnknownSourceImage {
+        reference: String,
+        available: Vec<String>,
+    },
+    /// A source image name kiln cannot use.
+    #[error("{reference}: {detail}")]
+    InvalidSourceImageName { reference: String, detail: String },
+    /// Installed images have this one as their origin.
+    #[error("image {image} is the origin of installed images: {}", dependents.join(", "))]
+    HasDependents {
+        image: String,
+        dependents: Vec<String>,
+    },
+    /// An image's origin is not installed.
+    #[error("image {image} needs its origin {origin}, which is not installed")]
+    OriginMissing { image: String, origin: String },
+    /// The image cannot become what was asked.
+    #[error("{image}: {detail}")]
+    NotConvertible { image: String, detail: String },
 }
 
 impl Error {
@@ -135,6 +183,16 @@ impl Error {
             Error::DiskTool { .. } => ErrorKind::FailedPrecondition,
             Error::NeedsRoot { .. } => ErrorKind::PermissionDenied,
             Error::Task(_) => ErrorKind::Internal,
+            Error::Source(error) => error.kind(),
+            Error::SourceReference(_)
+            | Error::InvalidSource { .. }
+            | Error::WrongSourceType { .. }
+            | Error::InvalidSourceImageName { .. } => ErrorKind::InvalidArgument,
+            Error::UnknownSource { .. } | Error::UnknownSourceImage { .. } => ErrorKind::NotFound,
+            Error::SourceExists { .. } => ErrorKind::AlreadyExists,
+            Error::HasDependents { .. }
+            | Error::OriginMissing { .. }
+            | Error::NotConvertible { .. } => ErrorKind::FailedPrecondition,
         }
     }
 
@@ -144,6 +202,12 @@ impl Error {
             Error::Store(error) => error.hint(),
             Error::Rootfs(error) => error.hint(),
             Error::Registry(error) => error.hint(),
+            Error::Source(error) => error.hint(),
+            Error::UnknownSource { .. } => Some("`kiln sources ls` lists the sources; `kiln sources add NAME URL --type TYPE` adds one".into()),
+            Error::SourceExists { name } => Some(format!("choose another name, or `kiln sources rm {name}` first")),
+            Error::UnknownSourceImage { reference, .. } => Some(format!("`kiln avail {}` lists what the source offers", reference.split("://").next().unwrap_or_default())),
+            Error::HasDependents { .. } => Some("remove the dependent images first, or pass --force".into()),
+            Error::OriginMissing { origin, .. } => Some(format!("install the origin first (`kiln pull SOURCE://{origin}` or `kiln install -m -f`)")),
             Error::NotCached { reference } => Some(format!("run `kiln pull {reference}` while the registry is reachable")),
             Error::ImageNotFound { .. } => Some("`kiln images` lists what the store holds".into()),
             Error::DiskExists { .. } => Some("choose another name, or `kiln disk rm` the old disk first".into()),

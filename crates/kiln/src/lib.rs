@@ -26,13 +26,19 @@ mod remove;
 mod root;
 mod rootfs;
 mod snapshot;
+mod sources;
 
 use std::path::Path;
 
 pub use disk::{Disk, DiskFormat, validate_disk_name};
 pub use error::{Error, Result};
 pub use kiln_oci::{Credential, CredentialProvider, StaticCredentials};
+pub use kiln_sources::imgapi::{
+    DEFAULT_FIELDS as IMGAPI_DEFAULT_FIELDS, Filter as ImageFilter, field_text,
+};
+pub use kiln_sources::{SourceConfig, SourceType};
 pub use kiln_store::{FsckReport, GcReport, Problem, Store};
+pub use kiln_types::SourceReference;
 pub use kiln_types::{Digest, ErrorKind, Platform, Reference};
 pub use progress::{Event, NoProgress, Progress};
 pub use pull::{DEFAULT_CONCURRENCY, PullOptions, PullPolicy, PulledImage};
@@ -41,11 +47,16 @@ pub use remove::RemoveReport;
 pub use root::resolve_root;
 pub use rootfs::{CONVERTER_VERSION, RootfsArtifact, RootfsFormat, copy_out};
 pub use snapshot::Snapshot;
+pub use sources::{
+    AvailableCatalogImage, AvailableRelease, CachedImage, CatalogSource, RECORD_MEDIA_TYPE,
+    SourceDetails, SourceFileDetails, SourceInfo, SourceRecord, default_config_path,
+};
 
 /// The entry point: one store, every operation.
 #[derive(Debug)]
 pub struct Manager {
     store: Store,
+    config_path: std::path::PathBuf,
 }
 
 impl Manager {
@@ -53,7 +64,14 @@ impl Manager {
     pub fn open(root: &Path) -> Result<Manager> {
         Ok(Manager {
             store: Store::open(root)?,
+            config_path: default_config_path(),
         })
+    }
+
+    /// Reads sources from `path` instead of the default config file.
+    pub fn with_config(mut self, path: std::path::PathBuf) -> Manager {
+        self.config_path = path;
+        self
     }
 
     /// The underlying store (for frontends that serve blobs, and tests).

@@ -68,6 +68,34 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// A file of a non-OCI source starts downloading.
+    FileStarted {
+        /// Its name.
+        name: String,
+        /// Its published size.
+        size: Option<u64>,
+    },
+    /// Bytes of a file so far.
+    FileProgress {
+        /// Its name.
+        name: String,
+        /// Bytes so far.
+        position: u64,
+    },
+    /// A file was already in the store (verified).
+    FileExists {
+        /// Its name.
+        name: String,
+        /// Its size.
+        size: u64,
+    },
+    /// A file is downloaded and verified.
+    FileDone {
+        /// Its name.
+        name: String,
+        /// Its size.
+        size: u64,
+    },
     /// The image is recorded in the catalog.
     Stored {
         /// Its manifest digest.

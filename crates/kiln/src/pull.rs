@@ -96,7 +96,7 @@ pub struct PulledImage {
     pub layers: usize,
 }
 
-struct Observer(Arc<dyn Progress>);
+pub(crate) struct Observer(pub(crate) Arc<dyn Progress>);
 
 impl RetryObserver for Observer {
     fn retrying(&self, what: &str, attempt: u32, delay: Duration, reason: &str) {
@@ -123,6 +123,11 @@ impl Manager {
         options: &PullOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<PulledImage> {
+        if kiln_types::SourceReference::looks_like(reference) {
+            return self
+                .pull_source(&reference.parse()?, options, progress)
+                .await;
+        }
         let reference: Reference = reference.parse()?;
         let platform = options.platform.clone().unwrap_or_else(Platform::host);
         progress.event(Event::Resolving {
@@ -342,6 +347,7 @@ impl Manager {
             image_created: config.created.clone(),
             blobs,
             layers,
+            source: None,
         };
         let tag = NewTag {
             name: tag_name(&reference),

@@ -93,6 +93,9 @@ pub struct ImageDetails {
     pub complete: bool,
     /// Holders, as `kind:name`.
     pub holders: Vec<String>,
+    /// Source, files and local paths of an image from a non-OCI source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<crate::SourceDetails>,
 }
 
 /// An image found by what the user typed, with the name that found it.
@@ -209,6 +212,26 @@ impl Manager {
                 }
             }
         }
+        if kiln_types::SourceReference::looks_like(query) {
+            let reference: kiln_types::SourceReference = query.parse()?;
+            let mut found = Vec::new();
+            for tag in self.find_source_tags(&reference)? {
+                if let Some(image) = catalog.image(tag.image_id)?
+                    && platform_ok(&image)
+                {
+                    found.push(Found {
+                        image,
+                        tag: Some(tag),
+                    });
+                }
+            }
+            if found.is_empty() {
+                return Err(Error::ImageNotFound {
+                    query: query.to_string(),
+                });
+            }
+            return Ok(found);
+        }
         let reference: Reference = query.parse()?;
         let mut found = Vec::new();
         for tag in catalog.tags_named(&tag_name(&reference))? {
@@ -256,6 +279,7 @@ impl Manager {
         for found in self.find(query, platform)? {
             let image = found.image;
             let tags = catalog.tags_of(image.id)?;
+            let source = self.source_details(&image)?;
             let config = match &image.config_digest {
                 Some(digest) => {
                     let bytes = self.store.content().read_blob(digest)?;
@@ -307,6 +331,7 @@ impl Manager {
                     .into_iter()
                     .map(|h| format!("{}:{}", h.kind, h.name))
                     .collect(),
+                source,
             });
         }
         Ok(details)

@@ -49,7 +49,34 @@ impl Manager {
                             .collect(),
                     });
                 }
-                if item.tag.is_none() && !force {
+                let is_source = item.image.media_type == crate::RECORD_MEDIA_TYPE;
+                if is_source
+                    && !force
+                    && let Some(record) = catalog.source_image(item.image.id)?
+                    && let Some(uuid) = &record.uuid
+                {
+                    let mut dependents = Vec::new();
+                    for dependent in catalog.dependents_of(uuid)? {
+                        if dependent.image_id == item.image.id {
+                            continue;
+                        }
+                        dependents.push(match &dependent.uuid {
+                            Some(child) => format!(
+                                "{child} ({}@{})",
+                                dependent.name,
+                                dependent.version.as_deref().unwrap_or("-")
+                            ),
+                            None => dependent.name.clone(),
+                        });
+                    }
+                    if !dependents.is_empty() {
+                        return Err(Error::HasDependents {
+                            image: query.clone(),
+                            dependents,
+                        });
+                    }
+                }
+                if item.tag.is_none() && !force && !is_source {
                     let names = catalog.tags_of(item.image.id)?;
                     if names.len() > 1 {
                         return Err(Error::MultipleNames {
@@ -64,9 +91,13 @@ impl Manager {
         let mut report = RemoveReport::default();
         let mut candidates = Vec::new();
         for found in plans.into_iter().flatten() {
+            // A source image's names (`smartos://UUID`, `smartos://NAME@VERSION`)
+            // all name one published image: removing one removes it.
             let tags = match &found.tag {
-                Some(tag) => vec![tag.clone()],
-                None => catalog.tags_of(found.image.id)?,
+                Some(tag) if found.image.media_type != crate::RECORD_MEDIA_TYPE => {
+                    vec![tag.clone()]
+                }
+                _ => catalog.tags_of(found.image.id)?,
             };
             for tag in &tags {
                 if catalog.remove_tag(&tag.name, &tag.platform)? {
@@ -177,6 +208,7 @@ mod tests {
             image_created: None,
             blobs,
             layers: records,
+            source: None,
         };
         let tag = NewTag {
             name: format!("example.com/{name}:1"),

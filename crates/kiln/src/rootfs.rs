@@ -100,6 +100,9 @@ impl Manager {
         size: Option<u64>,
     ) -> Result<RootfsArtifact> {
         let image = self.one_image(query, platform)?;
+        if image.media_type == crate::RECORD_MEDIA_TYPE {
+            return self.source_rootfs(query, &image, format, size);
+        }
         let catalog = self.store.catalog();
         let options = match (format, size) {
             (RootfsFormat::Ext4, Some(size)) => format!("size={size}"),
@@ -170,6 +173,66 @@ impl Manager {
             digest,
             size,
             cached: false,
+        })
+    }
+
+    /// The root filesystem a source image ships: its `rootfs` file when it
+    /// is an ext4 image (checked by its superblock), used as is.
+    fn source_rootfs(
+        &self,
+        query: &str,
+        image: &kiln_store::ImageRecord,
+        format: RootfsFormat,
+        size: Option<u64>,
+    ) -> Result<RootfsArtifact> {
+        let not_convertible = |detail: String| Error::NotConvertible {
+            image: query.to_string(),
+            detail,
+        };
+        if !self.verify_image(image.id)? {
+            return Err(Error::ImageNotFound {
+                query: format!("{query} (a file is missing or corrupt: pull it again)"),
+            });
+        }
+        let rootfs = self
+            .store
+            .catalog()
+            .image_blobs(image.id)?
+            .into_iter()
+            .find(|b| b.role == "rootfs")
+            .ok_or_else(|| {
+                not_convertible(format!(
+                    "a {} image has no root filesystem file kiln can boot",
+                    image.kind
+                ))
+            })?;
+        let path = self.store.content().blob_path(&rootfs.digest);
+        if !is_ext4(&path) {
+            return Err(not_convertible(
+                "its rootfs file is not an ext4 filesystem".into(),
+            ));
+        }
+        if format != RootfsFormat::Ext4 {
+            return Err(not_convertible(format!(
+                "it ships an ext4 root filesystem ({}); kiln converts OCI images to {}",
+                path.display(),
+                format.as_str()
+            )));
+        }
+        if size.is_some_and(|s| s != rootfs.size) {
+            return Err(not_convertible(format!(
+                "its ext4 root filesystem is {} bytes as published; --size applies to images kiln converts",
+                rootfs.size
+            )));
+        }
+        self.store.catalog().touch_image(image.id)?;
+        Ok(RootfsArtifact {
+            image: image.manifest_digest.clone(),
+            format,
+            path,
+            digest: rootfs.digest,
+            size: rootfs.size,
+            cached: true,
         })
     }
 
@@ -279,4 +342,17 @@ pub fn copy_out(from: &Path, to: &Path) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&temp);
     }
     result
+}
+
+/// Whether `path` starts with an ext2/3/4 superblock (magic 0xEF53 at byte 1080).
+fn is_ext4(path: &std::path::Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut magic = [0u8; 2];
+    std::fs::File::open(path)
+        .and_then(|mut file| {
+            file.seek(SeekFrom::Start(1080))?;
+            file.read_exact(&mut magic)
+        })
+        .is_ok()
+        && magic == [0x53, 0xEF]
 }

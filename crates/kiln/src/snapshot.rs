@@ -257,6 +257,7 @@ impl Manager {
             image_created: Some(now),
             blobs: image_blobs,
             layers,
+            source: None,
         };
         let tag = NewTag {
             name: tag_name(&reference),

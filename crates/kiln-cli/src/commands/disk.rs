@@ -32,6 +32,9 @@ pub fn run(manager: &Manager, command: DiskCommand) -> anyhow::Result<ExitCode> 
                     size(disk.size),
                     disk.image
                 ));
+                if let Some(kernel) = &disk.kernel {
+                    printer::status(format!("kernel: {}", kernel.display()));
+                }
                 printer::out(disk.path.display())?;
             }
         }

@@ -77,6 +77,9 @@ fn print_image(image: &ImageDetails) -> anyhow::Result<()> {
     if !image.holders.is_empty() {
         field("Used by", image.holders.join(", "))?;
     }
+    if let Some(source) = &image.source {
+        return print_source(source);
+    }
     let config = &image.config;
     field("Entrypoint", list(&config.entrypoint))?;
     field("Cmd", list(&config.cmd))?;
@@ -128,6 +131,82 @@ fn print_image(image: &ImageDetails) -> anyhow::Result<()> {
                 .uncompressed_size
                 .map(size)
                 .unwrap_or_else(|| "-".into())
+        ))?;
+    }
+    Ok(())
+}
+
+fn print_source(source: &kiln::SourceDetails) -> anyhow::Result<()> {
+    let field =
+        |name: &str, value: String| printer::out(format!("{:<14}{value}", format!("{name}:")));
+    let text = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".into());
+    field(
+        "Source",
+        format!("{} ({}, {})", source.source, source.source_type, source.url),
+    )?;
+    field("Name", source.name.clone())?;
+    field("Version", text(&source.version))?;
+    if source.arch.is_some() {
+        field("Arch", text(&source.arch))?;
+    }
+    if source.uuid.is_some() {
+        field("UUID", text(&source.uuid))?;
+        field("Origin", text(&source.origin))?;
+        field("Compression", text(&source.compression))?;
+    }
+    if source.boot_args.is_some() {
+        field("Boot args", text(&source.boot_args))?;
+    }
+    field("Published", text(&source.published_at))?;
+    // The fields of the published manifest a user asks about.
+    if let Some(manifest) = &source.manifest {
+        let get = |path: &[&str]| {
+            let mut value = manifest;
+            for part in path {
+                value = value.get(part)?;
+            }
+            value.as_str().map(str::to_string)
+        };
+        let arch = source.arch.clone().unwrap_or_default();
+        let rows: [(&str, Vec<&str>); 8] = [
+            ("Kernel", vec!["artifacts", &arch, "kernel", "version"]),
+            (
+                "Kernel source",
+                vec!["artifacts", &arch, "kernel", "source"],
+            ),
+            ("Distro", vec!["artifacts", &arch, "rootfs", "distro"]),
+            (
+                "Distro ver.",
+                vec!["artifacts", &arch, "rootfs", "distro_version"],
+            ),
+            ("Profile", vec!["artifacts", &arch, "rootfs", "profile"]),
+            ("VMM", vec!["firecracker", "version"]),
+            ("Build date", vec!["build", "date"]),
+            ("Build commit", vec!["build", "commit"]),
+        ];
+        for (name, path) in rows {
+            if let Some(value) = get(&path) {
+                field(name, value)?;
+            }
+        }
+        for (name, key) in [
+            ("Type", "type"),
+            ("OS", "os"),
+            ("Description", "description"),
+        ] {
+            if let Some(value) = get(&[key]) {
+                field(name, value)?;
+            }
+        }
+    }
+    printer::out("Files:")?;
+    for file in &source.files {
+        printer::out(format!(
+            "  {:<16} {:>9}  {}  {}",
+            file.role,
+            size(file.size),
+            file.digest,
+            file.path.display()
         ))?;
     }
     Ok(())

@@ -8,6 +8,7 @@ mod prune;
 mod pull;
 mod rmi;
 mod rootfs;
+mod sources;
 
 use std::process::ExitCode;
 
@@ -18,7 +19,7 @@ use crate::cli::{Cli, Command, ImageCommand};
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let open = || open_manager(cli.root.clone());
+    let open = || open_manager(cli.root.clone(), cli.config.clone());
     match cli.command {
         Command::Pull(args)
         | Command::Image {
@@ -43,6 +44,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Fsck(args) => fsck::run(&open()?, args),
         Command::Rootfs(args) => rootfs::run(&open()?, args),
         Command::Disk { command } => disk::run(&open()?, command),
+        Command::Sources { command } => sources::sources(&open()?, command),
+        Command::Avail(args) => sources::avail(&open()?, args),
+        Command::Update { sources } => sources::update(&open()?, &sources),
+        Command::Install(args) => sources::install(&open()?, args),
         Command::Snapshot {
             disk,
             reference,
@@ -51,10 +56,26 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn open_manager(root: Option<std::path::PathBuf>) -> anyhow::Result<Manager> {
+fn open_manager(
+    root: Option<std::path::PathBuf>,
+    config: Option<std::path::PathBuf>,
+) -> anyhow::Result<Manager> {
     let root = kiln::resolve_root(root)
         .context("no store directory: pass --root DIR or set KILN_ROOT (HOME is not set)")?;
-    Manager::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
+    let manager = Manager::open(&root)
+        .with_context(|| format!("cannot open the store at {}", root.display()))?;
+    Ok(match config {
+        Some(path) => manager.with_config(path),
+        None => manager,
+    })
+}
+
+/// A runtime for the network commands.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 fn parse_platform(text: Option<&str>) -> anyhow::Result<Option<Platform>> {

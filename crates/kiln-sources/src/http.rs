@@ -1,0 +1,567 @@
+//! Fetching documents and files from where sources keep them: HTTP(S) URLs
+//! with retries, resumable downloads and a token that never leaves its
+//! origin, or local paths.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kiln_oci::http::{describe, read_limited, send_following};
+use kiln_oci::{RetryObserver, RetryPolicy};
+use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, RANGE, RETRY_AFTER};
+use reqwest::{Method, StatusCode, Url};
+
+use crate::error::{Result, SourceError};
+
+/// Where a document or file is: a URL or a local path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// `http://` or `https://`.
+    Url(Url),
+    /// A local file.
+    Path(PathBuf),
+}
+
+impl Location {
+    /// `http(s)://…` is a URL, `file://…` and anything else a path.
+    pub fn parse(text: &str) -> Result<Location> {
+        if text.starts_with("http://") || text.starts_with("https://") {
+            return Url::parse(text)
+                .map(Location::Url)
+                .map_err(|e| SourceError::Invalid {
+                    what: format!("URL {text:?}"),
+                    detail: e.to_string(),
+                });
+        }
+        if let Some(path) = text.strip_prefix("file://") {
+            return Ok(Location::Path(PathBuf::from(path)));
+        }
+        if text.contains("://") {
+            return Err(SourceError::Invalid {
+                what: format!("URL {text:?}"),
+                detail: "only http://, https:// and local paths are supported".into(),
+            });
+        }
+        Ok(Location::Path(PathBuf::from(text)))
+    }
+
+    /// `reference` read relative to this location (a catalog's files are
+    /// relative to the catalog).
+    pub fn join(&self, reference: &str) -> Result<Location> {
+        if reference.contains("://") {
+            return Location::parse(reference);
+        }
+        match self {
+            Location::Url(url) => {
+                url.join(reference)
+                    .map(Location::Url)
+                    .map_err(|e| SourceError::Invalid {
+                        what: format!("URL {reference:?} relative to {url}"),
+                        detail: e.to_string(),
+                    })
+            }
+            Location::Path(path) => {
+                let relative = Path::new(reference);
+                if relative.is_absolute() {
+                    return Ok(Location::Path(relative.to_path_buf()));
+                }
+                let base = path.parent().unwrap_or(Path::new("."));
+                Ok(Location::Path(base.join(relative)))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Url(url) => write!(f, "{url}"),
+            Location::Path(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// HTTP settings.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    /// Retry behaviour.
+    pub retry: RetryPolicy,
+    /// `User-Agent`.
+    pub user_agent: String,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Longest silence while reading.
+    pub read_timeout: Duration,
+}
+
+impl Default for FetchOptions {
+    fn default() -> FetchOptions {
+        FetchOptions {
+            retry: RetryPolicy::default(),
+            user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// An HTTP client for one source: retries, and a token sent to the source's
+/// own origin only (redirects elsewhere go without it).
+#[derive(Clone)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    retry: RetryPolicy,
+    token: Option<(url::Origin, HeaderValue)>,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+enum Attempt {
+    Response(reqwest::Response),
+    Retry(String, Option<Duration>),
+}
+
+impl Fetcher {
+    /// A client with `options`.
+    pub fn new(options: &FetchOptions) -> Result<Fetcher> {
+        let client = reqwest::Client::builder()
+            .user_agent(options.user_agent.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(options.connect_timeout)
+            .read_timeout(options.read_timeout)
+            .build()
+            .map_err(|e| SourceError::Unreachable {
+                url: "-".into(),
+                detail: format!("HTTP client setup: {}", describe(&e)),
+            })?;
+        Ok(Fetcher {
+            client,
+            retry: options.retry.clone(),
+            token: None,
+        })
+    }
+
+    /// Sends `token` as a bearer token to `base`'s origin (scheme, host and
+    /// port) and nowhere else.
+    pub fn with_token(mut self, base: &Url, token: &str) -> Fetcher {
+        if let Ok(mut value) = HeaderValue::from_str(&format!("Bearer {token}")) {
+            value.set_sensitive(true);
+            self.token = Some((base.origin(), value));
+        }
+        self
+    }
+
+    fn authorization_for(&self, url: &Url) -> Option<&HeaderValue> {
+        self.token
+            .as_ref()
+            .filter(|(origin, _)| *origin == url.origin())
+            .map(|(_, value)| value)
+    }
+
+    /// One request with retries on connection errors, 5xx and 429; any other
+    /// status is returned as is.
+    async fn send(
+        &self,
+        url: &Url,
+        headers: &HeaderMap,
+        observer: &dyn RetryObserver,
+    ) -> Result<reqwest::Response> {
+        let mut failures = 0u32;
+        loop {
+            let attempt = match send_following(
+                &self.client,
+                &Method::GET,
+                url.clone(),
+                headers,
+                self.authorization_for(url),
+            )
+            .await
+            {
+                Err(error) => Attempt::Retry(describe(&error), None),
+                Ok(response) => {
+                    let status = response.status();
+                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+                        let retry_after = response
+                            .headers()
+                            .get(RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.trim().parse::<u64>().ok())
+                            .map(|s| Duration::from_secs(s).min(self.retry.max_retry_after));
+                        Attempt::Retry(format!("HTTP {status}"), retry_after)
+                    } else {
+                        Attempt::Response(response)
+                    }
+                }
+            };
+            match attempt {
+                Attempt::Response(response) => return Ok(response),
+                Attempt::Retry(reason, retry_after) => {
+                    failures += 1;
+                    if failures >= self.retry.max_attempts {
+                        return Err(if reason.starts_with("HTTP ") {
+                            SourceError::RetriesExhausted {
+                                url: url.to_string(),
+                                attempts: failures,
+                                last: reason,
+                            }
+                        } else {
+                            SourceError::Unreachable {
+                                url: url.to_string(),
+                                detail: reason,
+                            }
+                        });
+                    }
+                    let delay = retry_after.unwrap_or_else(|| backoff(&self.retry, failures));
+                    observer.retrying(url.as_str(), failures + 1, delay, &reason);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn status_error(what: &str, url: &Url, response: reqwest::Response) -> SourceError {
+        let status = response.status();
+        let message = read_limited(response, 16 << 10)
+            .await
+            .ok()
+            .and_then(|body| error_message(&body));
+        match status {
+            StatusCode::NOT_FOUND | StatusCode::GONE => SourceError::NotFound {
+                what: what.to_string(),
+                url: url.to_string(),
+            },
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SourceError::Denied {
+                url: url.to_string(),
+                status: status.as_u16(),
+            },
+            _ => SourceError::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+                message,
+            },
+        }
+    }
+
+    /// A whole document of at most `limit` bytes, with the response headers
+    /// (none for a local file).
+    pub async fn get(
+        &self,
+        location: &Location,
+        accept: Option<&str>,
+        limit: u64,
+        what: &str,
+        observer: &dyn RetryObserver,
+    ) -> Result<(Bytes, HeaderMap)> {
+        match location {
+            Location::Path(path) => {
+                let file = fs_err::File::open(path).map_err(|e| {
+                    if e.kind() == std::io::ErrorKind::NotFound {
+                        SourceError::NotFound {
+                            what: what.to_string(),
+                            url: path.display().to_string(),
+                        }
+                    } else {
+                        SourceError::Io(e)
+                    }
+                })?;
+                let mut bytes = Vec::new();
+                file.take(limit + 1).read_to_end(&mut bytes)?;
+                if bytes.len() as u64 > limit {
+                    return Err(SourceError::TooLarge {
+                        what: what.to_string(),
+                        limit,
+                    });
+                }
+                Ok((Bytes::from(bytes), HeaderMap::new()))
+            }
+            Location::Url(url) => {
+                let mut headers = HeaderMap::new();
+                if let Some(accept) = accept
+                    && let Ok(value) = HeaderValue::from_str(accept)
+                {
+                    headers.insert(ACCEPT, value);
+                }
+                let response = self.send(url, &headers, observer).await?;
+                if !response.status().is_success() {
+                    return Err(Self::status_error(what, url, response).await);
+                }
+                let headers = response.headers().clone();
+                let bytes = read_limited(response, limit).await.map_err(|detail| {
+                    if detail.starts_with("larger than") {
+                        SourceError::TooLarge {
+                            what: what.to_string(),
+                            limit,
+                        }
+                    } else {
+                        SourceError::Unreachable {
+                            url: url.to_string(),
+                            detail,
+                        }
+                    }
+                })?;
+                Ok((bytes, headers))
+            }
+        }
+    }
+
+    /// A JSON document of at most `limit` bytes.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        location: &Location,
+        limit: u64,
+        what: &str,
+        observer: &dyn RetryObserver,
+    ) -> Result<(T, HeaderMap)> {
+        let (bytes, headers) = self
+            .get(location, Some("application/json"), limit, what, observer)
+            .await?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| SourceError::Malformed {
+            what: what.to_string(),
+            detail: e.to_string(),
+        })?;
+        Ok((value, headers))
+    }
+
+    /// A resumable download of a file whose published size is `size`.
+    pub fn download(
+        &self,
+        location: &Location,
+        accept: Option<&str>,
+        size: Option<u64>,
+        what: &str,
+        observer: Arc<dyn RetryObserver>,
+    ) -> Download<'_> {
+        Download {
+            fetcher: self,
+            location: location.clone(),
+            accept: accept.map(str::to_string),
+            size,
+            what: what.to_string(),
+            position: 0,
+            response: None,
+            file: None,
+            skip: 0,
+            failures: 0,
+            observer,
+        }
+    }
+}
+
+fn backoff(policy: &RetryPolicy, failures: u32) -> Duration {
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    policy
+        .initial_backoff
+        .saturating_mul(factor)
+        .min(policy.max_backoff)
+}
+
+/// The message of a JSON error body (`{"message": …}` as GitHub and IMGAPI
+/// answer).
+fn error_message(body: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let message = value.get("message")?.as_str()?.to_string();
+    match value.get("code").and_then(|c| c.as_str()) {
+        Some(code) => Some(format!("{code}: {message}")),
+        None => Some(message),
+    }
+}
+
+/// A file download that resumes by itself (HTTP `Range`) after resets,
+/// truncated bodies and retryable statuses.
+pub struct Download<'f> {
+    fetcher: &'f Fetcher,
+    location: Location,
+    accept: Option<String>,
+    size: Option<u64>,
+    what: String,
+    position: u64,
+    response: Option<reqwest::Response>,
+    file: Option<fs_err::File>,
+    skip: u64,
+    failures: u32,
+    observer: Arc<dyn RetryObserver>,
+}
+
+const FILE_CHUNK: usize = 1 << 20;
+
+impl Download<'_> {
+    /// Bytes delivered so far.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    async fn open(&mut self, url: &Url) -> Result<()> {
+        let mut headers = HeaderMap::new();
+        if let Some(accept) = &self.accept
+            && let Ok(value) = HeaderValue::from_str(accept)
+        {
+            headers.insert(ACCEPT, value);
+        }
+        if self.position > 0
+            && let Ok(value) = HeaderValue::from_str(&format!("bytes={}-", self.position))
+        {
+            headers.insert(RANGE, value);
+        }
+        let response = self
+            .fetcher
+            .send(url, &headers, self.observer.as_ref())
+            .await?;
+        match response.status() {
+            StatusCode::PARTIAL_CONTENT => self.skip = 0,
+            StatusCode::OK => self.skip = self.position,
+            _ => return Err(Fetcher::status_error(&self.what, url, response).await),
+        }
+        self.response = Some(response);
+        Ok(())
+    }
+
+    /// The next chunk, or `None` at the end.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        let url = match &self.location {
+            Location::Path(path) => {
+                if self.file.is_none() {
+                    self.file = Some(fs_err::File::open(path).map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::NotFound {
+                            SourceError::NotFound {
+                                what: self.what.clone(),
+                                url: path.display().to_string(),
+                            }
+                        } else {
+                            SourceError::Io(e)
+                        }
+                    })?);
+                }
+                let file = self.file.as_mut().expect("opened above");
+                let mut buffer = vec![0u8; FILE_CHUNK];
+                let read = file.read(&mut buffer)?;
+                if read == 0 {
+                    return Ok(None);
+                }
+                buffer.truncate(read);
+                self.position += read as u64;
+                return Ok(Some(Bytes::from(buffer)));
+            }
+            Location::Url(url) => url.clone(),
+        };
+        loop {
+            if self.response.is_none() {
+                if self.size.is_some_and(|size| self.position >= size) && self.position > 0 {
+                    return Ok(None);
+                }
+                self.open(&url).await?;
+            }
+            let Some(response) = self.response.as_mut() else {
+                continue;
+            };
+            let failure = match response.chunk().await {
+                Ok(Some(mut bytes)) => {
+                    if self.skip > 0 {
+                        let drop = self.skip.min(bytes.len() as u64) as usize;
+                        let _ = bytes.split_to(drop);
+                        self.skip -= drop as u64;
+                    }
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    self.position += bytes.len() as u64;
+                    self.failures = 0;
+                    return Ok(Some(bytes));
+                }
+                Ok(None) => {
+                    self.response = None;
+                    match self.size {
+                        Some(size) if self.position < size => {
+                            format!("body ended early at byte {} of {size}", self.position)
+                        }
+                        _ => {
+                            // Done: make the `None` sticky.
+                            self.size = Some(self.position);
+                            return Ok(None);
+                        }
+                    }
+                }
+                Err(error) => {
+                    self.response = None;
+                    describe(&error)
+                }
+            };
+            self.failures += 1;
+            let policy = &self.fetcher.retry;
+            if self.failures >= policy.max_attempts {
+                return Err(SourceError::RetriesExhausted {
+                    url: url.to_string(),
+                    attempts: self.failures,
+                    last: failure,
+                });
+            }
+            let delay = backoff(policy, self.failures);
+            self.observer
+                .retrying(&self.what, self.failures + 1, delay, &failure);
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_resolve_relative_references() {
+        let url = Location::parse("http://127.0.0.1:8080/cat/catalog.json").unwrap();
+        assert_eq!(
+            url.join("hello/vmlinux").unwrap().to_string(),
+            "http://127.0.0.1:8080/cat/hello/vmlinux"
+        );
+        assert_eq!(
+            url.join("https://cdn.example.com/x.ext4")
+                .unwrap()
+                .to_string(),
+            "https://cdn.example.com/x.ext4"
+        );
+        let path = Location::parse("/srv/cat/catalog.toml").unwrap();
+        assert_eq!(
+            path.join("k/vmlinux").unwrap(),
+            Location::Path("/srv/cat/k/vmlinux".into())
+        );
+        assert_eq!(
+            path.join("/abs/f").unwrap(),
+            Location::Path("/abs/f".into())
+        );
+        assert!(Location::parse("ftp://x/y").is_err());
+    }
+
+    #[test]
+    fn a_token_goes_to_its_origin_only() {
+        let base = Url::parse("https://api.github.com").unwrap();
+        let fetcher = Fetcher::new(&FetchOptions::default())
+            .unwrap()
+            .with_token(&base, "secret");
+        assert!(
+            fetcher
+                .authorization_for(&Url::parse("https://api.github.com/repos/a/b").unwrap())
+                .is_some()
+        );
+        for other in [
+            "https://objects.githubusercontent.com/x",
+            "http://api.github.com/repos",
+            "https://api.github.com:8443/x",
+        ] {
+            assert!(
+                fetcher
+                    .authorization_for(&Url::parse(other).unwrap())
+                    .is_none(),
+                "{other}"
+            );
+        }
+        assert!(!format!("{fetcher:?}").contains("secret"));
+    }
+}
