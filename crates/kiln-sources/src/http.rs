@@ -347,6 +347,7 @@ impl Fetcher {
             what: what.to_string(),
             position: 0,
             response: None,
+            declared_length: false,
             file: None,
             skip: 0,
             failures: 0,
@@ -384,6 +385,9 @@ pub struct Download<'f> {
     what: String,
     position: u64,
     response: Option<reqwest::Response>,
+    /// Whether the open response declared its length (then a clean end of
+    /// its body is the end of the file, whatever was published).
+    declared_length: bool,
     file: Option<fs_err::File>,
     skip: u64,
     failures: u32,
@@ -417,8 +421,15 @@ impl Download<'_> {
         match response.status() {
             StatusCode::PARTIAL_CONTENT => self.skip = 0,
             StatusCode::OK => self.skip = self.position,
+            // Nothing past what we have: the file is shorter than published
+            // (the caller's size check says so).
+            StatusCode::RANGE_NOT_SATISFIABLE if self.position > 0 => {
+                self.size = Some(self.position);
+                return Ok(());
+            }
             _ => return Err(Fetcher::status_error(&self.what, url, response).await),
         }
+        self.declared_length = response.content_length().is_some();
         self.response = Some(response);
         Ok(())
     }
@@ -457,6 +468,9 @@ impl Download<'_> {
                     return Ok(None);
                 }
                 self.open(&url).await?;
+                if self.response.is_none() {
+                    return Ok(None);
+                }
             }
             let Some(response) = self.response.as_mut() else {
                 continue;
@@ -478,7 +492,7 @@ impl Download<'_> {
                 Ok(None) => {
                     self.response = None;
                     match self.size {
-                        Some(size) if self.position < size => {
+                        Some(size) if self.position < size && !self.declared_length => {
                             format!("body ended early at byte {} of {size}", self.position)
                         }
                         _ => {

@@ -1,9 +1,12 @@
 //! Test harness: the environment `.ci/testenv.sh` set up (real registries
-//! with fixture images), a runner for the real `kiln` binary, and the
-//! fault-injecting proxy.
+//! with fixture images), a runner for the real `kiln` binary, the
+//! fault-injecting proxy, and the loopback fakes and fixtures of the non-OCI
+//! sources (`fakes`, `bundles`).
 
 #![allow(dead_code)]
 
+pub mod bundles;
+pub mod fakes;
 pub mod proxy;
 
 use std::path::{Path, PathBuf};
@@ -90,6 +93,11 @@ impl Kiln {
         self.dir.path().join("root")
     }
 
+    /// kiln's config file (sources); absent until a test or `kiln sources` writes it.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
+    }
+
     pub fn docker_config(&self) -> PathBuf {
         self.dir.path().join("docker")
     }
@@ -100,6 +108,7 @@ impl Kiln {
         command
             .env("DOCKER_CONFIG", self.docker_config())
             .env_remove("KILN_ROOT")
+            .env("KILN_CONFIG", self.config_path())
             .env("NO_COLOR", "1");
         command.stdin(Stdio::null());
         command

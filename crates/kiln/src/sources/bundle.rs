@@ -21,6 +21,8 @@ use crate::{LeaseGuard, Manager};
 /// A release of a `github-release` source, as `avail` lists it.
 #[derive(Debug, Clone, Serialize)]
 pub struct AvailableRelease {
+    /// The image name: the release tag (`SOURCE://NAME`).
+    pub name: String,
     /// Release tag (the bundle version).
     pub version: String,
     /// Title.
@@ -53,6 +55,7 @@ impl Manager {
                 Err(_) => false,
             };
             available.push(AvailableRelease {
+                name: release.tag_name.clone(),
                 version: release.tag_name,
                 title: release.name,
                 prerelease: release.prerelease,

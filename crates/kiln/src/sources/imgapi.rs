@@ -172,7 +172,9 @@ impl Manager {
                     .into(),
             });
         }
-        if may_use_cache(options) {
+        // NAME@VERSION names one image: the installed one will do. A bare
+        // NAME means the newest published, so it asks the (cached) list.
+        if may_use_cache(options) && reference.version().is_some() {
             let installed = self
                 .store
                 .catalog()
