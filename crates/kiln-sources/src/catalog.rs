@@ -80,11 +80,13 @@ pub struct CatalogEntryFile {
 impl CatalogEntryFile {
     /// Its one checksum.
     pub fn checksum(&self) -> Checksum {
-        match (&self.sha256, &self.sha512) {
-            (Some(hex), _) => Checksum::Sha256(hex.to_ascii_lowercase()),
-            (None, Some(hex)) => Checksum::Sha512(hex.to_ascii_lowercase()),
-            (None, None) => Checksum::Sha256(String::new()),
-        }
+        // Validated when the catalog was parsed; an empty value never matches.
+        let parsed = match (&self.sha256, &self.sha512) {
+            (Some(hex), _) => Checksum::parse("sha256", hex),
+            (None, Some(hex)) => Checksum::parse("sha512", hex),
+            (None, None) => Err(String::new()),
+        };
+        parsed.unwrap_or_else(|_| Checksum::Sha256(String::new()))
     }
 }
 

@@ -238,7 +238,7 @@ impl Config {
             let place = e
                 .span()
                 .map(|span| {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
                     format!("line {line}: ")
                 })
                 .unwrap_or_default();

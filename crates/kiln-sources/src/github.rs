@@ -26,6 +26,9 @@ const MAX_PAGE: u64 = 32 << 20;
 /// Most release pages followed.
 const MAX_PAGES: usize = 1000;
 
+/// Largest VMM binary extracted from a release archive.
+pub const MAX_VMM_BINARY: u64 = 512 << 20;
+
 /// Media type of octet-stream asset downloads.
 pub const OCTET_STREAM: &str = "application/octet-stream";
 
@@ -109,20 +112,19 @@ impl<'f> Releases<'f> {
         &self.repo
     }
 
-    fn url(&self, path: &str) -> Result<Location> {
-        self.api
-            .join(path)
-            .map(Location::Url)
-            .map_err(|e| SourceError::Invalid {
-                what: format!("API path {path:?}"),
-                detail: e.to_string(),
-            })
+    fn url(&self, path: &str) -> Result<Url> {
+        self.api.join(path).map_err(|e| SourceError::Invalid {
+            what: format!("API path {path:?}"),
+            detail: e.to_string(),
+        })
     }
 
     /// Every published release (drafts skipped), newest first, following
     /// the API's `Link: rel="next"` pages.
     pub async fn list(&self, observer: &dyn RetryObserver) -> Result<Vec<Release>> {
-        let mut next = Some(self.url(&format!("repos/{}/releases?per_page=100", self.repo))?);
+        let mut next = Some(Location::Url(
+            self.url(&format!("repos/{}/releases?per_page=100", self.repo))?,
+        ));
         let mut releases = Vec::new();
         let mut pages = 0;
         while let Some(location) = next.take() {
@@ -146,7 +148,12 @@ impl<'f> Releases<'f> {
 
     /// The release tagged `tag`.
     pub async fn release(&self, tag: &str, observer: &dyn RetryObserver) -> Result<Release> {
-        let location = self.url(&format!("repos/{}/releases/tags/{tag}", self.repo))?;
+        let mut url = self.url(&format!("repos/{}/releases/tags/", self.repo))?;
+        // The tag is one path segment, escaped (`?`, `#`, `%` stay in it).
+        if let Ok(mut segments) = url.path_segments_mut() {
+            segments.pop_if_empty().push(tag);
+        }
+        let location = Location::Url(url);
         let what = format!("release {tag} of {}", self.repo);
         let (release, _): (Release, _) = self
             .fetcher
@@ -156,9 +163,13 @@ impl<'f> Releases<'f> {
     }
 
     /// Where an asset's bytes come from (its API URL, which redirects to
-    /// storage; the token stays with the API host).
+    /// storage; the token stays with the API host). Never a local file.
     pub fn asset_location(&self, asset: &Asset) -> Result<Location> {
-        Location::parse(&asset.url)
+        let url = Url::parse(&asset.url).map_err(|e| SourceError::Invalid {
+            what: format!("URL of asset {}", asset.name),
+            detail: e.to_string(),
+        })?;
+        Location::remote(url)
     }
 
     /// A small asset, whole.
@@ -507,7 +518,14 @@ pub fn extract_firecracker(
             .map(|n| n.to_string_lossy().to_string())
             .unwrap_or_default();
         if base == wanted && entry.header().entry_type().is_file() {
-            let size = std::io::copy(&mut entry, out).map_err(|e| malformed(e.to_string()))?;
+            let size = std::io::copy(&mut (&mut entry).take(MAX_VMM_BINARY + 1), out)
+                .map_err(|e| malformed(e.to_string()))?;
+            if size > MAX_VMM_BINARY {
+                return Err(SourceError::TooLarge {
+                    what: format!("{wanted} in {what}"),
+                    limit: MAX_VMM_BINARY,
+                });
+            }
             return Ok(size);
         }
     }

@@ -48,20 +48,18 @@ impl Location {
     }
 
     /// `reference` read relative to this location (a catalog's files are
-    /// relative to the catalog).
+    /// relative to the catalog). What a remote document names is remote:
+    /// relative to a URL, only `http(s)` URLs come out, never a local file.
     pub fn join(&self, reference: &str) -> Result<Location> {
-        if reference.contains("://") {
-            return Location::parse(reference);
-        }
         match self {
             Location::Url(url) => {
-                url.join(reference)
-                    .map(Location::Url)
-                    .map_err(|e| SourceError::Invalid {
-                        what: format!("URL {reference:?} relative to {url}"),
-                        detail: e.to_string(),
-                    })
+                let joined = url.join(reference).map_err(|e| SourceError::Invalid {
+                    what: format!("URL {reference:?} relative to {}", redact(url)),
+                    detail: e.to_string(),
+                })?;
+                Location::remote(joined)
             }
+            Location::Path(_) if reference.contains("://") => Location::parse(reference),
             Location::Path(path) => {
                 let relative = Path::new(reference);
                 if relative.is_absolute() {
@@ -74,10 +72,34 @@ impl Location {
     }
 }
 
+impl Location {
+    /// A URL from a remote document: `http` and `https` only.
+    pub fn remote(url: Url) -> Result<Location> {
+        match url.scheme() {
+            "http" | "https" => Ok(Location::Url(url)),
+            other => Err(SourceError::Invalid {
+                what: format!("URL {}", redact(&url)),
+                detail: format!("scheme {other}: is not allowed here (http and https only)"),
+            }),
+        }
+    }
+}
+
+/// A URL as errors and progress show it: no user, password, query or
+/// fragment (presigned storage URLs carry credentials in their query).
+pub fn redact(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Location::Url(url) => write!(f, "{url}"),
+            Location::Url(url) => write!(f, "{}", redact(url)),
             Location::Path(path) => write!(f, "{}", path.display()),
         }
     }
@@ -185,7 +207,7 @@ impl Fetcher {
             )
             .await
             {
-                Err(error) => Attempt::Retry(describe(&error), None),
+                Err(error) => Attempt::Retry(describe(&error.without_url()), None),
                 Ok(response) => {
                     let status = response.status();
                     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
@@ -208,19 +230,19 @@ impl Fetcher {
                     if failures >= self.retry.max_attempts {
                         return Err(if reason.starts_with("HTTP ") {
                             SourceError::RetriesExhausted {
-                                url: url.to_string(),
+                                url: redact(url),
                                 attempts: failures,
                                 last: reason,
                             }
                         } else {
                             SourceError::Unreachable {
-                                url: url.to_string(),
+                                url: redact(url),
                                 detail: reason,
                             }
                         });
                     }
                     let delay = retry_after.unwrap_or_else(|| backoff(&self.retry, failures));
-                    observer.retrying(url.as_str(), failures + 1, delay, &reason);
+                    observer.retrying(&redact(url), failures + 1, delay, &reason);
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -236,14 +258,14 @@ impl Fetcher {
         match status {
             StatusCode::NOT_FOUND | StatusCode::GONE => SourceError::NotFound {
                 what: what.to_string(),
-                url: url.to_string(),
+                url: redact(url),
             },
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => SourceError::Denied {
-                url: url.to_string(),
+                url: redact(url),
                 status: status.as_u16(),
             },
             _ => SourceError::Status {
-                url: url.to_string(),
+                url: redact(url),
                 status: status.as_u16(),
                 message,
             },
@@ -302,7 +324,7 @@ impl Fetcher {
                         }
                     } else {
                         SourceError::Unreachable {
-                            url: url.to_string(),
+                            url: redact(url),
                             detail,
                         }
                     }
@@ -504,14 +526,14 @@ impl Download<'_> {
                 }
                 Err(error) => {
                     self.response = None;
-                    describe(&error)
+                    describe(&error.without_url())
                 }
             };
             self.failures += 1;
             let policy = &self.fetcher.retry;
             if self.failures >= policy.max_attempts {
                 return Err(SourceError::RetriesExhausted {
-                    url: url.to_string(),
+                    url: redact(&url),
                     attempts: self.failures,
                     last: failure,
                 });
@@ -551,6 +573,15 @@ mod tests {
             Location::Path("/abs/f".into())
         );
         assert!(Location::parse("ftp://x/y").is_err());
+        for local in ["file:///etc/shadow", "/etc/shadow", "../../etc/shadow"] {
+            let joined = url.join(local);
+            assert!(
+                !matches!(joined, Ok(Location::Path(_))),
+                "{local} from a remote catalog must not be a local file: {joined:?}"
+            );
+        }
+        let secret = Url::parse("https://u:p@storage.example/x?X-Amz-Signature=abc").unwrap();
+        assert_eq!(redact(&secret), "https://storage.example/x");
     }
 
     #[test]

@@ -350,12 +350,23 @@ impl Catalog {
         tag: Option<&NewTag>,
         lease: Option<Lease>,
     ) -> Result<i64> {
+        self.commit_image_tags(image, tag.map(std::slice::from_ref).unwrap_or(&[]), lease)
+    }
+
+    /// [`Catalog::commit_image`] with any number of tags, all in the one
+    /// transaction.
+    pub fn commit_image_tags(
+        &self,
+        image: &NewImage,
+        tags: &[NewTag],
+        lease: Option<Lease>,
+    ) -> Result<i64> {
         let mut connection = self.lock();
         let transaction = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.wrap())?;
         let id = insert_image(&transaction, image).map_err(self.wrap())?;
-        if let Some(tag) = tag {
+        for tag in tags {
             if let Some(index) = &tag.index {
                 transaction
                     .execute(

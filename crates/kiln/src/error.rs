@@ -153,6 +153,9 @@ pub enum Error {
     /// An image's origin is not installed.
     #[error("image {image} needs its origin {origin}, which is not installed")]
     OriginMissing { image: String, origin: String },
+    /// A source's token variable is not set.
+    #[error("the source's token variable {variable} is not set")]
+    MissingToken { variable: String },
     /// The image cannot become what was asked.
     #[error("{image}: {detail}")]
     NotConvertible { image: String, detail: String },
@@ -189,6 +192,7 @@ impl Error {
             | Error::WrongSourceType { .. }
             | Error::InvalidSourceImageName { .. } => ErrorKind::InvalidArgument,
             Error::UnknownSource { .. } | Error::UnknownSourceImage { .. } => ErrorKind::NotFound,
+            Error::MissingToken { .. } => ErrorKind::InvalidArgument,
             Error::SourceExists { .. } => ErrorKind::AlreadyExists,
             Error::HasDependents { .. }
             | Error::OriginMissing { .. }
@@ -206,6 +210,7 @@ impl Error {
             Error::UnknownSource { .. } => Some("`kiln sources ls` lists the sources; `kiln sources add NAME URL --type TYPE` adds one".into()),
             Error::SourceExists { name } => Some(format!("choose another name, or `kiln sources rm {name}` first")),
             Error::UnknownSourceImage { reference, .. } => Some(format!("`kiln avail {}` lists what the source offers", reference.split("://").next().unwrap_or_default())),
+            Error::MissingToken { variable } => Some(format!("export {variable}=TOKEN, or remove token_env from the source (`kiln sources rm` and add it again)")),
             Error::HasDependents { .. } => Some("remove the dependent images first, or pass --force".into()),
             Error::OriginMissing { origin, .. } => Some(format!("install the origin first (`kiln pull SOURCE://{origin}` or `kiln install -m -f`)")),
             Error::NotCached { reference } => Some(format!("run `kiln pull {reference}` while the registry is reachable")),

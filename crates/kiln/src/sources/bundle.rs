@@ -294,7 +294,13 @@ impl Manager {
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
         set_executable(&binary_path)?;
-        self.commit_scratch(&binary_path, &hashes.sha256, hashes.size, guard.lease())?;
+        self.commit_scratch(
+            &binary_path,
+            &hashes.sha256,
+            hashes.size,
+            guard.lease(),
+            true,
+        )?;
         Ok((
             StoredFile {
                 role: "vmm".into(),

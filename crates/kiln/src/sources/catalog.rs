@@ -192,7 +192,13 @@ impl CatalogSource<'_> {
         let platform_text = format!("linux/{}", oci_arch(&arch));
         let platform: Platform = platform_text.parse()?;
         let tag = reference.to_string();
-        if !reference.name().is_empty() && reference.version().is_none() {
+        if reference.version().is_some() {
+            return Err(Error::InvalidSourceImageName {
+                reference: tag,
+                detail: "catalog images are named SOURCE://NAME, without @VERSION".into(),
+            });
+        }
+        if !reference.name().is_empty() {
             if may_use_cache(options)
                 && let Some(image) = manager.cached_source_image(&tag, Some(&platform))?
             {
@@ -207,11 +213,7 @@ impl CatalogSource<'_> {
             }
         }
         let catalog = self.load(progress.clone()).await?;
-        let Some(entry) = catalog
-            .images
-            .get(reference.name())
-            .filter(|_| reference.version().is_none())
-        else {
+        let Some(entry) = catalog.images.get(reference.name()) else {
             return Err(Error::UnknownSourceImage {
                 reference: tag,
                 available: catalog.names(),

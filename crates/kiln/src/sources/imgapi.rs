@@ -247,6 +247,7 @@ impl Manager {
                 manifest: image.manifest_digest.clone(),
             });
             self.store.catalog().touch_image(image.id)?;
+            self.name_imgapi_image(source, &image)?;
             let platform = image.platform.clone().unwrap_or_default();
             return Ok(self.pulled_source(
                 &reference.to_string(),
@@ -295,6 +296,7 @@ impl Manager {
                 && let Some(image) = self.installed_uuid(&manifest.uuid)?
             {
                 if is_target {
+                    self.name_imgapi_image(source, &image)?;
                     result = Some((
                         image.manifest_digest,
                         image.platform.unwrap_or_default(),
@@ -340,6 +342,40 @@ impl Manager {
             query: reference.to_string(),
         })?;
         Ok(self.pulled_source(&reference.to_string(), digest, platform, cached, downloaded))
+    }
+
+    /// Gives an installed image (perhaps installed through another source
+    /// name, or from local files) the names `source` gives it.
+    fn name_imgapi_image(&self, source: &str, image: &kiln_store::ImageRecord) -> Result<()> {
+        let catalog = self.store.catalog();
+        let Some(record) = catalog.source_image(image.id)? else {
+            return Ok(());
+        };
+        let platform = image.platform.clone().unwrap_or_default();
+        let mut names = Vec::new();
+        if let Some(uuid) = &record.uuid {
+            names.push(format!("{source}://{uuid}"));
+        }
+        if let Some(version) = &record.version {
+            names.push(format!("{source}://{}@{version}", record.name));
+        }
+        for name in names {
+            if !catalog
+                .tags_named(&name)?
+                .iter()
+                .any(|t| t.image_id == image.id)
+            {
+                catalog.add_tag(
+                    &kiln_store::NewTag {
+                        name,
+                        platform: platform.clone(),
+                        index: None,
+                    },
+                    image.id,
+                )?;
+            }
+        }
+        Ok(())
     }
 
     fn commit_imgapi(

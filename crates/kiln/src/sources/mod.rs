@@ -60,6 +60,9 @@ pub const INITRD_MEDIA_TYPE: &str = "application/vnd.kiln.initrd";
 /// Media type of a firecracker binary.
 pub const VMM_MEDIA_TYPE: &str = "application/vnd.kiln.vmm.firecracker";
 
+/// Largest file downloaded whose size the source did not publish.
+pub const MAX_UNSIZED_FILE: u64 = 64 << 30;
+
 /// kiln's record of a source image: the document its identity is the
 /// digest of.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -373,14 +376,19 @@ impl Manager {
     /// An HTTP client for a source (with its token, for its own origin).
     pub(crate) fn fetcher(&self, source: &SourceConfig) -> Result<Fetcher> {
         let fetcher = Fetcher::new(&FetchOptions::default())?;
-        if let Some(variable) = &source.token_env
-            && let Ok(token) = std::env::var(variable)
-            && !token.is_empty()
-            && let Ok(Location::Url(base)) = Location::parse(&source.url)
-        {
-            return Ok(fetcher.with_token(&base, &token));
+        let Some(variable) = &source.token_env else {
+            return Ok(fetcher);
+        };
+        let token = std::env::var(variable).unwrap_or_default();
+        if token.trim().is_empty() {
+            return Err(Error::MissingToken {
+                variable: variable.clone(),
+            });
         }
-        Ok(fetcher)
+        match Location::parse(&source.url)? {
+            Location::Url(base) => Ok(fetcher.with_token(&base, token.trim())),
+            Location::Path(_) => Ok(fetcher),
+        }
     }
 
     /// Pulls `reference` from its configured source.
@@ -479,7 +487,12 @@ impl Manager {
             return Ok(true);
         }
         catalog.clear_blob_stamp(digest)?;
-        content.quarantine_blob(digest)?;
+        // Another process may have quarantined (or replaced) it first.
+        if let Err(error) = content.quarantine_blob(digest)
+            && error.kind() != kiln_types::ErrorKind::NotFound
+        {
+            return Err(error.into());
+        }
         catalog.forget_blob(digest)?;
         Ok(false)
     }
@@ -530,6 +543,13 @@ impl Manager {
         let mut last_report = 0u64;
         while let Some(chunk) = download.next_chunk().await? {
             downloaded += chunk.len() as u64;
+            if spec.size.is_none() && downloaded > MAX_UNSIZED_FILE {
+                return Err(SourceError::TooLarge {
+                    what: spec.name.clone(),
+                    limit: MAX_UNSIZED_FILE,
+                }
+                .into());
+            }
             if let Some(size) = spec.size
                 && downloaded > size
             {
@@ -573,18 +593,21 @@ impl Manager {
     }
 
     /// Makes a verified scratch file the blob `digest` (kept alive by the
-    /// lease), stamped.
+    /// lease), stamped. A blob of that digest already in the store is kept
+    /// only when it passes its own check and `force` is off; else the
+    /// verified file replaces it (an atomic rename).
     pub(crate) fn commit_scratch(
         &self,
         path: &Path,
         digest: &Digest,
         size: u64,
         lease: &kiln_store::Lease,
+        force: bool,
     ) -> Result<()> {
         let catalog = self.store.catalog();
         let content = self.store.content();
         catalog.lease_blob(lease, digest)?;
-        if content.blob_size(digest)? != Some(size) {
+        if force || content.blob_size(digest)? != Some(size) || !self.verify_blob(digest)? {
             content.adopt_file(path, digest, size)?;
         }
         catalog.record_blob(digest, size)?;
@@ -633,7 +656,7 @@ impl Manager {
         let scratch = Scratch(self.store.content().scratch_dir()?);
         let path = scratch.0.join("file");
         let (hashes, downloaded) = self.download_to(fetcher, &spec, &path, progress).await?;
-        self.commit_scratch(&path, &hashes.sha256, hashes.size, lease)?;
+        self.commit_scratch(&path, &hashes.sha256, hashes.size, lease, force)?;
         Ok((
             StoredFile {
                 role: spec.role.to_string(),
@@ -651,6 +674,10 @@ impl Manager {
         let digest = Digest::sha256_of(bytes);
         let catalog = self.store.catalog();
         catalog.lease_blob(lease, &digest)?;
+        if self.store.content().blob_size(&digest)?.is_some() {
+            // A damaged copy is quarantined here, so put_blob writes it anew.
+            self.verify_blob(&digest)?;
+        }
         self.store.content().put_blob(&digest, bytes)?;
         catalog.record_blob(&digest, bytes.len() as u64)?;
         self.stamp_blob(&digest)?;
@@ -729,24 +756,18 @@ impl Manager {
                 published_at: record.published_at.clone(),
             }),
         };
-        let catalog = self.store.catalog();
-        let mut tags = image.tags.iter();
-        let first = tags.next().map(|name| NewTag {
-            name: name.clone(),
-            platform: image.platform.clone(),
-            index: None,
-        });
-        let id = catalog.commit_image(&new_image, first.as_ref(), guard.lease.take())?;
-        for name in tags {
-            catalog.add_tag(
-                &NewTag {
-                    name: name.clone(),
-                    platform: image.platform.clone(),
-                    index: None,
-                },
-                id,
-            )?;
-        }
+        let tags: Vec<NewTag> = image
+            .tags
+            .iter()
+            .map(|name| NewTag {
+                name: name.clone(),
+                platform: image.platform.clone(),
+                index: None,
+            })
+            .collect();
+        self.store
+            .catalog()
+            .commit_image_tags(&new_image, &tags, guard.lease.take())?;
         Ok(record_digest)
     }
 
