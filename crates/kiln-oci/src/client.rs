@@ -49,11 +49,22 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    fn backoff(&self, failures: u32) -> Duration {
+    /// The delay after `failures` failures in a row: doubling, capped.
+    pub fn backoff(&self, failures: u32) -> Duration {
         let factor = 1u32 << failures.saturating_sub(1).min(16);
         self.initial_backoff
             .saturating_mul(factor)
             .min(self.max_backoff)
+    }
+
+    /// The delay a `Retry-After: SECONDS` header asks for, capped at
+    /// [`RetryPolicy::max_retry_after`].
+    pub fn retry_after(&self, headers: &HeaderMap) -> Option<Duration> {
+        headers
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s).min(self.max_retry_after))
     }
 }
 
@@ -298,14 +309,7 @@ impl RegistryClient {
                         continue;
                     }
                     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                        let retry_after = response
-                            .headers()
-                            .get(RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.trim().parse::<u64>().ok())
-                            .map(|s| {
-                                Duration::from_secs(s).min(self.options.retry.max_retry_after)
-                            });
+                        let retry_after = self.options.retry.retry_after(response.headers());
                         Attempt::Retry(format!("HTTP {status}"), retry_after)
                     } else {
                         Attempt::Response(response)

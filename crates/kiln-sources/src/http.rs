@@ -10,7 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kiln_oci::http::{describe, read_limited, send_following};
 use kiln_oci::{RetryObserver, RetryPolicy};
-use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, RANGE, RETRY_AFTER};
+use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, RANGE};
 use reqwest::{Method, StatusCode, Url};
 
 use crate::error::{Result, SourceError};
@@ -211,12 +211,7 @@ impl Fetcher {
                 Ok(response) => {
                     let status = response.status();
                     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                        let retry_after = response
-                            .headers()
-                            .get(RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.trim().parse::<u64>().ok())
-                            .map(|s| Duration::from_secs(s).min(self.retry.max_retry_after));
+                        let retry_after = self.retry.retry_after(response.headers());
                         Attempt::Retry(format!("HTTP {status}"), retry_after)
                     } else {
                         Attempt::Response(response)
@@ -241,7 +236,7 @@ impl Fetcher {
                             }
                         });
                     }
-                    let delay = retry_after.unwrap_or_else(|| backoff(&self.retry, failures));
+                    let delay = retry_after.unwrap_or_else(|| self.retry.backoff(failures));
                     observer.retrying(&redact(url), failures + 1, delay, &reason);
                     tokio::time::sleep(delay).await;
                 }
@@ -376,14 +371,6 @@ impl Fetcher {
             observer,
         }
     }
-}
-
-fn backoff(policy: &RetryPolicy, failures: u32) -> Duration {
-    let factor = 1u32 << failures.saturating_sub(1).min(16);
-    policy
-        .initial_backoff
-        .saturating_mul(factor)
-        .min(policy.max_backoff)
 }
 
 /// The message of a JSON error body (`{"message": …}` as GitHub and IMGAPI
@@ -538,7 +525,7 @@ impl Download<'_> {
                     last: failure,
                 });
             }
-            let delay = backoff(policy, self.failures);
+            let delay = policy.backoff(self.failures);
             self.observer
                 .retrying(&self.what, self.failures + 1, delay, &failure);
             tokio::time::sleep(delay).await;

@@ -88,12 +88,8 @@ impl Manager {
         let platform: Platform = platform_text.parse()?;
         let tag = reference.to_string();
         if may_use_cache(options)
-            && let Some(image) = self.cached_source_image(&tag, Some(&platform))?
+            && let Some(image) = self.source_cache_hit(&tag, &platform, &progress)?
         {
-            progress.event(Event::Cached {
-                manifest: image.manifest_digest.clone(),
-            });
-            self.store.catalog().touch_image(image.id)?;
             return Ok(self.pulled_source(&tag, image.manifest_digest, platform_text, true, 0));
         }
         if options.policy == PullPolicy::Never {
@@ -103,11 +99,8 @@ impl Manager {
             .lock_source_image(&format!("{tag} {platform_text}"))
             .await?;
         if may_use_cache(options)
-            && let Some(image) = self.cached_source_image(&tag, Some(&platform))?
+            && let Some(image) = self.source_cache_hit(&tag, &platform, &progress)?
         {
-            progress.event(Event::Cached {
-                manifest: image.manifest_digest.clone(),
-            });
             return Ok(self.pulled_source(&tag, image.manifest_digest, platform_text, true, 0));
         }
         let fetcher = self.fetcher(config)?;

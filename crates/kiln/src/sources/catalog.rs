@@ -200,12 +200,8 @@ impl CatalogSource<'_> {
         }
         if !reference.name().is_empty() {
             if may_use_cache(options)
-                && let Some(image) = manager.cached_source_image(&tag, Some(&platform))?
+                && let Some(image) = manager.source_cache_hit(&tag, &platform, &progress)?
             {
-                progress.event(Event::Cached {
-                    manifest: image.manifest_digest.clone(),
-                });
-                manager.store.catalog().touch_image(image.id)?;
                 return Ok((self.cached_image(&tag, &image, true)?, 0));
             }
             if options.policy == PullPolicy::Never {
@@ -230,7 +226,7 @@ impl CatalogSource<'_> {
             .lock_source_image(&format!("{tag} {platform_text}"))
             .await?;
         if may_use_cache(options)
-            && let Some(image) = manager.cached_source_image(&tag, Some(&platform))?
+            && let Some(image) = manager.source_cache_hit(&tag, &platform, &progress)?
         {
             return Ok((self.cached_image(&tag, &image, true)?, 0));
         }

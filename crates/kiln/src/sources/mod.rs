@@ -444,6 +444,24 @@ impl Manager {
         Ok(None)
     }
 
+    /// [`Manager::cached_source_image`] as a pull uses it: a hit is reported
+    /// (`Event::Cached`) and marked used.
+    pub(crate) fn source_cache_hit(
+        &self,
+        tag: &str,
+        platform: &Platform,
+        progress: &Arc<dyn Progress>,
+    ) -> Result<Option<kiln_store::ImageRecord>> {
+        let Some(image) = self.cached_source_image(tag, Some(platform))? else {
+            return Ok(None);
+        };
+        progress.event(Event::Cached {
+            manifest: image.manifest_digest.clone(),
+        });
+        self.store.catalog().touch_image(image.id)?;
+        Ok(Some(image))
+    }
+
     /// Whether an image is complete and every blob still is what was
     /// verified (stat stamps; re-hash only what changed).
     pub(crate) fn verify_image(&self, image_id: i64) -> Result<bool> {
