@@ -29,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Pull an image from a registry into the store
     Pull(PullArgs),
+    /// Push an image from the store to a registry
+    Push(PushArgs),
     /// List images in the store
     #[command(visible_alias = "ls")]
     Images(ImagesArgs),
@@ -228,6 +230,41 @@ pub struct PullArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Image in the store (name, digest or digest prefix)
+    pub image: String,
+    /// Where to push (host[:port]/repository[:tag]) [default: the image's own registry name]
+    pub destination: Option<String>,
+    /// Also publish this root filesystem as a referrer of the image (OCI 1.1)
+    #[arg(long, value_enum)]
+    pub rootfs: Option<RootfsFormatArg>,
+    /// Size of the ext4 root filesystem published with --rootfs ext4
+    #[arg(long, value_parser = parse_size, requires = "rootfs")]
+    pub rootfs_size: Option<u64>,
+    /// The image for this platform, when a name has several
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// Upload blobs in chunks of this size (e.g. 8M) instead of one request each
+    #[arg(long, value_parser = parse_size)]
+    pub chunk_size: Option<u64>,
+    /// No progress output
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Allow plain HTTP or unverified TLS for this registry
+    #[arg(long)]
+    pub insecure: bool,
+    /// Trust the CA certificates in this PEM file (repeatable)
+    #[arg(long = "ca-certs", value_name = "PEM")]
+    pub ca_certs: Vec<PathBuf>,
+    /// Blobs uploaded at once
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub concurrency: u16,
+    /// Output format of the result
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Args)]
 pub struct ImagesArgs {
     /// Output format
     #[arg(long, value_enum, default_value_t = Format::Table)]
@@ -326,6 +363,15 @@ pub struct RootfsArgs {
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,
+    /// Convert here even when the image's registry has this rootfs as a referrer
+    #[arg(long)]
+    pub no_referrers: bool,
+    /// Allow plain HTTP or unverified TLS when asking the image's registry for referrers
+    #[arg(long)]
+    pub insecure: bool,
+    /// Trust the CA certificates in this PEM file (repeatable)
+    #[arg(long = "ca-certs", value_name = "PEM")]
+    pub ca_certs: Vec<PathBuf>,
 }
 
 /// `512M`, `2G`, `1048576`: binary units, as disk tools count.

@@ -150,6 +150,61 @@ impl Progress for Reporter {
                 human_delay(delay)
             )),
             Event::Stored { manifest } => self.line(format!("stored {manifest}")),
+            Event::UploadStarted {
+                digest,
+                size: total,
+            } => {
+                if let Reporter::Bars { .. } = self {
+                    self.bar(digest.to_string(), digest.short().to_string(), total, 0);
+                } else {
+                    self.line(format!("{}: uploading {}", digest.short(), size(total)));
+                }
+            }
+            Event::UploadProgress { digest, position } => {
+                if let Reporter::Bars { bars, .. } = self
+                    && let Some(bar) = bars
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&digest.to_string())
+                {
+                    bar.set_position(position);
+                }
+            }
+            Event::UploadDone {
+                digest,
+                size: total,
+            } => {
+                if let Reporter::Bars { bars, .. } = self {
+                    if let Some(bar) = bars
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .get(&digest.to_string())
+                    {
+                        bar.finish_with_message("pushed");
+                    }
+                } else {
+                    self.line(format!("{}: pushed ({})", digest.short(), size(total)));
+                }
+            }
+            Event::BlobOnRegistry {
+                digest,
+                size: total,
+                mounted_from,
+            } => match mounted_from {
+                Some(from) => self.line(format!(
+                    "{}: mounted from {from} ({})",
+                    digest.short(),
+                    size(total)
+                )),
+                None => self.line(format!(
+                    "{}: already on the registry ({})",
+                    digest.short(),
+                    size(total)
+                )),
+            },
+            Event::ManifestPushed { reference, digest } => {
+                self.line(format!("manifest {digest} pushed to {reference}"))
+            }
             Event::FileStarted { name, size: total } => {
                 if let Reporter::Bars { .. } = self {
                     self.bar(name.clone(), name, total.unwrap_or(0), 0);

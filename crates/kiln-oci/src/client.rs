@@ -125,6 +125,9 @@ pub struct FetchedManifest {
     pub digest: Digest,
 }
 
+/// Makes the body of an upload request (again for each attempt).
+pub(crate) type BodyFactory<'a> = dyn Fn() -> Result<reqwest::Body> + Send + Sync + 'a;
+
 /// A registry client; cheap to share (`Arc`).
 pub struct RegistryClient {
     options: ClientOptions,
@@ -265,12 +268,32 @@ impl RegistryClient {
     /// Sends a request to `repository`'s registry with auth, scheme fallback
     /// and retries; returns the final response whatever its status, except
     /// retryable ones.
-    async fn execute(
+    pub(crate) async fn execute(
         &self,
         repository: &Repository,
         method: Method,
         path: &str,
         headers: HeaderMap,
+        what: &str,
+        observer: &dyn RetryObserver,
+    ) -> Result<reqwest::Response> {
+        self.execute_with_body(repository, method, path, headers, None, what, observer)
+            .await
+    }
+
+    /// [`RegistryClient::execute`] for a request with a body (made anew by
+    /// `body` for every attempt) to `target`: a path on the registry, or an
+    /// absolute URL the registry gave (an upload location). Requests with a
+    /// body do not follow redirects; `Authorization` goes only to the
+    /// registry's own host.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn execute_with_body(
+        &self,
+        repository: &Repository,
+        method: Method,
+        target: &str,
+        headers: HeaderMap,
+        body: Option<&BodyFactory<'_>>,
         what: &str,
         observer: &dyn RetryObserver,
     ) -> Result<reqwest::Response> {
@@ -280,20 +303,50 @@ impl RegistryClient {
         let mut authenticated_once = false;
         loop {
             let scheme = self.scheme(host);
-            let url = Url::parse(&format!("{scheme}://{host}{path}"))
-                .map_err(|e| OciError::Client(format!("bad URL for {host}{path}: {e}")))?;
+            let absolute = target.starts_with("http://") || target.starts_with("https://");
+            let url = if absolute {
+                Url::parse(target)
+            } else {
+                Url::parse(&format!("{scheme}://{host}{target}"))
+            }
+            .map_err(|e| OciError::Client(format!("bad URL for {host}{target}: {e}")))?;
+            let same_host = url.host_str().is_some_and(|h| {
+                let authority = url
+                    .port()
+                    .map(|p| format!("{h}:{p}"))
+                    .unwrap_or_else(|| h.to_string());
+                authority == *host || h == host
+            });
             let client = self.http(insecure)?;
-            let authorization = self.cached_authorization(repository);
-            let attempt = match crate::http::send_following(
-                client,
-                &method,
-                url,
-                &headers,
-                authorization.as_ref(),
-            )
-            .await
-            {
-                Err(error) if insecure && scheme == "https" && !self.schemes_known(host) => {
+            let authorization = self.cached_authorization(repository).filter(|_| same_host);
+            let sent = match body {
+                None => {
+                    crate::http::send_following(
+                        client,
+                        &method,
+                        url,
+                        &headers,
+                        authorization.as_ref(),
+                    )
+                    .await
+                }
+                Some(body) => {
+                    let mut request = client
+                        .request(method.clone(), url)
+                        .headers(headers.clone())
+                        .body(body()?);
+                    if let Some(value) = &authorization {
+                        request = request.header(reqwest::header::AUTHORIZATION, value.clone());
+                    }
+                    request.send().await
+                }
+            };
+            let attempt = match sent {
+                Err(error)
+                    if insecure
+                        && scheme == "https"
+                        && (!self.schemes_known(host) || self.scheme(host) == "http") =>
+                {
                     // An insecure registry that does not speak TLS: plain HTTP.
                     let _ = error;
                     self.remember_scheme(host, "http");
@@ -524,7 +577,7 @@ impl RegistryClient {
     }
 
     /// Turns a non-success status into the matching error.
-    async fn status_error(
+    pub(crate) async fn status_error(
         &self,
         repository: &Repository,
         response: reqwest::Response,
@@ -830,7 +883,7 @@ fn basic(username: &str, password: &str) -> HeaderValue {
 }
 
 /// The first message of a distribution-spec error body.
-fn registry_message(body: &[u8]) -> Option<String> {
+pub(crate) fn registry_message(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Errors {
         errors: Vec<ErrorEntry>,

@@ -22,6 +22,7 @@ mod client;
 mod error;
 pub mod http;
 pub mod layer;
+mod upload;
 
 pub use auth::{
     Anonymous, ChainedCredentials, Credential, CredentialProvider, DockerConfig, StaticCredentials,
@@ -32,3 +33,7 @@ pub use client::{
 };
 pub use error::{OciError, Result};
 pub use layer::{DiffIdHasher, DiffIdSink, DiffIdWorker};
+pub use upload::{
+    BlobSource, Mount, PushedManifest, UploadProgress, empty_index, referrer_descriptor,
+    referrers_tag,
+};

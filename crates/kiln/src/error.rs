@@ -159,6 +159,15 @@ pub enum Error {
     /// The image cannot become what was asked.
     #[error("{image}: {detail}")]
     NotConvertible { image: String, detail: String },
+    /// `push` without a destination for an image that has no registry name.
+    #[error("{source_name} has no registry name to push to")]
+    PushDestination { source_name: String },
+    /// `push` to a reference that pins another digest.
+    #[error("cannot push image {image} to {destination}: the destination pins another digest")]
+    PushDigest { destination: String, image: Digest },
+    /// An OCI artifact kiln cannot use.
+    #[error("{reference}: {detail}")]
+    Artifact { reference: String, detail: String },
 }
 
 impl Error {
@@ -197,6 +206,8 @@ impl Error {
             Error::HasDependents { .. }
             | Error::OriginMissing { .. }
             | Error::NotConvertible { .. } => ErrorKind::FailedPrecondition,
+            Error::PushDestination { .. } | Error::PushDigest { .. } => ErrorKind::InvalidArgument,
+            Error::Artifact { .. } => ErrorKind::DataLoss,
         }
     }
 
@@ -213,6 +224,8 @@ impl Error {
             Error::MissingToken { variable } => Some(format!("export {variable}=TOKEN, or remove token_env from the source (`kiln sources rm` and add it again)")),
             Error::HasDependents { .. } => Some("remove the dependent images first, or pass --force".into()),
             Error::OriginMissing { origin, .. } => Some(format!("install the origin first (`kiln pull SOURCE://{origin}` or `kiln install -m -f`)")),
+            Error::PushDestination { .. } => Some("name the destination: `kiln push IMAGE REGISTRY/REPOSITORY:TAG`".into()),
+            Error::PushDigest { .. } => Some("name the destination by tag, or by the image's own digest".into()),
             Error::NotCached { reference } => Some(format!("run `kiln pull {reference}` while the registry is reachable")),
             Error::ImageNotFound { .. } => Some("`kiln images` lists what the store holds".into()),
             Error::DiskExists { .. } => Some("choose another name, or `kiln disk rm` the old disk first".into()),

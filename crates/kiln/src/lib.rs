@@ -21,6 +21,7 @@ mod disk;
 mod error;
 mod progress;
 mod pull;
+mod push;
 mod query;
 mod remove;
 mod root;
@@ -42,6 +43,10 @@ pub use kiln_types::SourceReference;
 pub use kiln_types::{Digest, ErrorKind, Platform, Reference};
 pub use progress::{Event, NoProgress, Progress};
 pub use pull::{DEFAULT_CONCURRENCY, PullOptions, PullPolicy, PulledImage};
+pub use push::{
+    EMPTY_CONFIG_MEDIA_TYPE, PushOptions, PushedImage, PushedReferrer, rootfs_artifact_type,
+    rootfs_media_type,
+};
 pub use query::{Found, ImageDetails, ImageSummary, LayerDetails};
 pub use remove::RemoveReport;
 pub use root::resolve_root;

@@ -96,6 +96,44 @@ pub enum Event {
         /// Its size.
         size: u64,
     },
+    /// A blob starts uploading.
+    UploadStarted {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// Bytes of a blob sent so far.
+    UploadProgress {
+        /// The blob.
+        digest: Digest,
+        /// Bytes so far.
+        position: u64,
+    },
+    /// A blob is uploaded (the registry verified its digest).
+    UploadDone {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+    },
+    /// A blob needed no upload: the repository has it, or the registry
+    /// mounted it from another repository.
+    BlobOnRegistry {
+        /// The blob.
+        digest: Digest,
+        /// Its size.
+        size: u64,
+        /// The repository it was mounted from.
+        mounted_from: Option<String>,
+    },
+    /// A manifest was stored on the registry.
+    ManifestPushed {
+        /// Where.
+        reference: String,
+        /// Its digest.
+        digest: Digest,
+    },
     /// The image is recorded in the catalog.
     Stored {
         /// Its manifest digest.

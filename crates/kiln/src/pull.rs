@@ -109,10 +109,10 @@ impl RetryObserver for Observer {
     }
 }
 
-struct LayerOutcome {
-    diff_id: Digest,
-    uncompressed_size: u64,
-    downloaded: u64,
+pub(crate) struct LayerOutcome {
+    /// diff_id and uncompressed size (layers only).
+    pub(crate) diff_id: Option<(Digest, u64)>,
+    pub(crate) downloaded: u64,
 }
 
 impl Manager {
@@ -237,6 +237,19 @@ impl Manager {
             layers: manifest.layers.len(),
         });
 
+        if manifest.config.media_type == crate::RECORD_MEDIA_TYPE {
+            return self
+                .pull_source_artifact(
+                    &client,
+                    &reference,
+                    &manifest,
+                    guard,
+                    progress,
+                    observer,
+                    options.concurrency,
+                )
+                .await;
+        }
         let (config, config_bytes_len) = self
             .fetch_config(
                 &client,
@@ -284,7 +297,7 @@ impl Manager {
                         &client,
                         &reference,
                         layer,
-                        compression,
+                        Some(compression),
                         guard.lease(),
                         options,
                         progress.clone(),
@@ -312,11 +325,17 @@ impl Manager {
             .zip(&config.rootfs.diff_ids)
             .enumerate()
         {
-            if outcome.diff_id != *expected {
+            let Some((diff_id, uncompressed_size)) = outcome.diff_id.clone() else {
+                return Err(Error::Task(format!(
+                    "layer {} has no diff_id",
+                    layer.digest
+                )));
+            };
+            if diff_id != *expected {
                 return Err(Error::DiffIdMismatch {
                     layer: layer.digest.clone(),
                     expected: expected.clone(),
-                    actual: outcome.diff_id.clone(),
+                    actual: diff_id,
                 });
             }
             downloaded += outcome.downloaded;
@@ -330,8 +349,8 @@ impl Manager {
             layers.push(LayerRecord {
                 digest: layer.digest.clone(),
                 media_type: layer.media_type.clone(),
-                diff_id: Some(outcome.diff_id.clone()),
-                uncompressed_size: Some(outcome.uncompressed_size),
+                diff_id: Some(diff_id),
+                uncompressed_size: Some(uncompressed_size),
             });
         }
         let image = NewImage {
@@ -399,13 +418,26 @@ impl Manager {
             .await
     }
 
-    fn registry_client(&self, reference: &Reference, options: &PullOptions) -> RegistryClient {
+    pub(crate) fn registry_client(
+        &self,
+        reference: &Reference,
+        options: &PullOptions,
+    ) -> RegistryClient {
+        RegistryClient::new(self.client_options(reference, options))
+    }
+
+    /// The registry client settings for `reference`.
+    pub(crate) fn client_options(
+        &self,
+        reference: &Reference,
+        options: &PullOptions,
+    ) -> ClientOptions {
         let mut providers: Vec<Arc<dyn CredentialProvider>> = Vec::new();
         if let Some(credentials) = &options.credentials {
             providers.push(credentials.clone());
         }
         providers.push(Arc::new(DockerConfig));
-        RegistryClient::new(ClientOptions {
+        ClientOptions {
             insecure_registries: if options.insecure {
                 vec![reference.api_host().to_string()]
             } else {
@@ -414,7 +446,7 @@ impl Manager {
             ca_certs: options.ca_certs.clone(),
             credentials: Arc::new(ChainedCredentials(providers)),
             ..ClientOptions::default()
-        })
+        }
     }
 
     /// Leases, stores and records a small blob held in memory.
@@ -482,13 +514,15 @@ impl Manager {
         Ok((config, bytes.len() as u64))
     }
 
+    /// Downloads one blob into the store (resuming a partial download),
+    /// computing its diff_id when `compression` is given (layers).
     #[allow(clippy::too_many_arguments)]
-    async fn pull_layer(
+    pub(crate) async fn pull_layer(
         &self,
         client: &RegistryClient,
         reference: &Reference,
         layer: &Descriptor,
-        compression: Compression,
+        compression: Option<Compression>,
         lease: &Lease,
         options: &PullOptions,
         progress: Arc<dyn Progress>,
@@ -513,28 +547,35 @@ impl Manager {
                         digest: digest.clone(),
                         size,
                     });
-                    let (diff_id, uncompressed_size) =
-                        self.known_diff_id(&digest, compression).await?;
+                    let diff_id = match compression {
+                        Some(compression) => Some(self.known_diff_id(&digest, compression).await?),
+                        None => None,
+                    };
                     self.store.catalog().record_blob(&digest, size)?;
                     return Ok(LayerOutcome {
                         diff_id,
-                        uncompressed_size,
                         downloaded: 0,
                     });
                 }
                 IngestStart::Writing(ingest) => ingest,
             };
-            let mut worker =
-                DiffIdSink::new(compression, options.pipelined_diff_id).map_err(|source| {
-                    Error::Decompress {
-                        layer: digest.clone(),
-                        compression: compression.as_str(),
-                        source,
-                    }
-                })?;
+            let mut worker = match compression {
+                Some(compression) => Some(
+                    DiffIdSink::new(compression, options.pipelined_diff_id).map_err(|source| {
+                        Error::Decompress {
+                            layer: digest.clone(),
+                            compression: compression.as_str(),
+                            source,
+                        }
+                    })?,
+                ),
+                None => None,
+            };
             let offset = ingest.offset();
             let (ingest, worker) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-                if ingest.offset() > 0 {
+                if ingest.offset() > 0
+                    && let Some(worker) = worker.as_mut()
+                {
                     ingest.replay(|chunk| worker.update(Bytes::copy_from_slice(chunk)))?;
                 }
                 Ok((ingest, worker))
@@ -555,6 +596,7 @@ impl Manager {
                 while let Some(chunk) = receiver.blocking_recv() {
                     ingest.write(&chunk)?;
                     if worker_failed.is_none()
+                        && let Some(worker) = worker.as_mut()
                         && let Err(error) = worker.update(chunk)
                     {
                         worker_failed = Some(error);
@@ -606,26 +648,29 @@ impl Manager {
                         digest: digest.clone(),
                         size,
                     });
-                    let (diff_id, uncompressed_size) = match worker_failed {
-                        Some(source) => {
+                    let compression_name = compression.map(|c| c.as_str()).unwrap_or("none");
+                    let diff_id = match (worker_failed, worker) {
+                        (Some(source), _) => {
                             return Err(Error::Decompress {
                                 layer: digest,
-                                compression: compression.as_str(),
+                                compression: compression_name,
                                 source,
                             });
                         }
-                        None => tokio::task::spawn_blocking(move || worker.finish())
-                            .await
-                            .map_err(|e| Error::Task(e.to_string()))?
-                            .map_err(|source| Error::Decompress {
-                                layer: digest.clone(),
-                                compression: compression.as_str(),
-                                source,
-                            })?,
+                        (None, None) => None,
+                        (None, Some(worker)) => Some(
+                            tokio::task::spawn_blocking(move || worker.finish())
+                                .await
+                                .map_err(|e| Error::Task(e.to_string()))?
+                                .map_err(|source| Error::Decompress {
+                                    layer: digest.clone(),
+                                    compression: compression_name,
+                                    source,
+                                })?,
+                        ),
                     };
                     return Ok(LayerOutcome {
                         diff_id,
-                        uncompressed_size,
                         downloaded: layer.size - offset,
                     });
                 }

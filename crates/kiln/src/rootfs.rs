@@ -237,7 +237,7 @@ impl Manager {
     }
 
     /// The single image `query` names (the host's platform when several match).
-    fn one_image(
+    pub(crate) fn one_image(
         &self,
         query: &str,
         platform: Option<&Platform>,
@@ -355,4 +355,30 @@ fn is_ext4(path: &std::path::Path) -> bool {
         })
         .is_ok()
         && magic == [0x53, 0xEF]
+}
+
+/// Whether `path` has the signature of a `format` image: the ext4
+/// superblock magic, the EROFS superblock magic (0xE0F5E1E2 at byte 1024),
+/// or gzip's magic for an initramfs.
+pub(crate) fn looks_like(format: RootfsFormat, path: &std::path::Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let read_at = |offset: u64, buffer: &mut [u8]| {
+        std::fs::File::open(path)
+            .and_then(|mut file| {
+                file.seek(SeekFrom::Start(offset))?;
+                file.read_exact(buffer)
+            })
+            .is_ok()
+    };
+    match format {
+        RootfsFormat::Ext4 => is_ext4(path),
+        RootfsFormat::Erofs => {
+            let mut magic = [0u8; 4];
+            read_at(1024, &mut magic) && magic == 0xE0F5_E1E2u32.to_le_bytes()
+        }
+        RootfsFormat::Initramfs => {
+            let mut magic = [0u8; 2];
+            read_at(0, &mut magic) && magic == [0x1f, 0x8b]
+        }
+    }
 }

@@ -6,6 +6,7 @@ mod images;
 mod inspect;
 mod prune;
 mod pull;
+mod push;
 mod rmi;
 mod rootfs;
 mod sources;
@@ -41,6 +42,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Image {
             command: ImageCommand::Prune(args),
         } => prune::run(&open()?, args),
+        Command::Push(args) => push::run(&open()?, args),
         Command::Fsck(args) => fsck::run(&open()?, args),
         Command::Rootfs(args) => rootfs::run(&open()?, args),
         Command::Disk { command } => disk::run(&open()?, command),

@@ -16,7 +16,30 @@ pub fn run(manager: &Manager, args: RootfsArgs) -> anyhow::Result<ExitCode> {
     if args.size.is_some() && format != RootfsFormat::Ext4 {
         anyhow::bail!("--size applies to ext4 images only");
     }
-    let artifact = manager.rootfs(&args.reference, platform.as_ref(), format, args.size)?;
+    let mut fetched = None;
+    if !args.no_referrers {
+        // A rootfs another host converted and pushed as a referrer of this
+        // image beats converting here; any failure to ask just converts.
+        let registry = kiln::PullOptions {
+            insecure: args.insecure,
+            ca_certs: args.ca_certs.clone(),
+            ..kiln::PullOptions::default()
+        };
+        let reporter = std::sync::Arc::new(crate::progress::Reporter::new(args.json));
+        fetched = super::runtime()?.block_on(manager.rootfs_from_referrers(
+            &args.reference,
+            platform.as_ref(),
+            format,
+            args.size,
+            &registry,
+            reporter,
+        ))?;
+    }
+    let from_referrer = fetched.is_some();
+    let artifact = match fetched {
+        Some(artifact) => artifact,
+        None => manager.rootfs(&args.reference, platform.as_ref(), format, args.size)?,
+    };
     let path = match &args.output {
         Some(output) => {
             kiln::copy_out(&artifact.path, output)
@@ -28,9 +51,12 @@ pub fn run(manager: &Manager, args: RootfsArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         let mut value = serde_json::to_value(&artifact)?;
         value["path"] = path.display().to_string().into();
+        value["from_referrer"] = from_referrer.into();
         printer::json(&value)?;
     } else {
-        let how = if artifact.cached {
+        let how = if from_referrer {
+            "downloaded (a referrer on the image's registry)"
+        } else if artifact.cached {
             "from the store"
         } else {
             "built"

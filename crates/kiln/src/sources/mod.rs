@@ -515,7 +515,7 @@ impl Manager {
         Ok(false)
     }
 
-    fn stamp_blob(&self, digest: &Digest) -> Result<()> {
+    pub(crate) fn stamp_blob(&self, digest: &Digest) -> Result<()> {
         let path = self.store.content().blob_path(digest);
         let metadata = std::fs::metadata(&path).map_err(kiln_store::StoreError::from)?;
         self.store
@@ -688,7 +688,7 @@ impl Manager {
         ))
     }
 
-    fn put_small_blob(&self, bytes: &[u8], lease: &kiln_store::Lease) -> Result<Digest> {
+    pub(crate) fn put_small_blob(&self, bytes: &[u8], lease: &kiln_store::Lease) -> Result<Digest> {
         let digest = Digest::sha256_of(bytes);
         let catalog = self.store.catalog();
         catalog.lease_blob(lease, &digest)?;
@@ -708,10 +708,9 @@ impl Manager {
     pub(crate) fn commit_source_image(
         &self,
         mut image: NewSourceImage,
-        mut guard: LeaseGuard<'_>,
+        guard: LeaseGuard<'_>,
     ) -> Result<Digest> {
         let lease = guard.lease();
-        let mut blobs = Vec::new();
         if let Some((bytes, media_type)) = &image.source_manifest {
             let digest = self.put_small_blob(bytes, lease)?;
             image.record.files.insert(
@@ -730,8 +729,38 @@ impl Manager {
             .record
             .files
             .extend(image.files.iter().map(StoredFile::record));
+        let record_bytes = serde_json::to_vec_pretty(&image.record)
+            .map_err(|e| Error::Task(format!("source record: {e}")))?;
+        let record_digest = self.put_small_blob(&record_bytes, lease)?;
+        self.commit_record(
+            &image.record,
+            &record_digest,
+            record_bytes.len() as u64,
+            &image.tags,
+            &image.platform,
+            image.created.clone(),
+            guard,
+        )?;
+        Ok(record_digest)
+    }
+
+    /// Records a source image whose record (blob `record_digest`) and files
+    /// are in the store under `guard`'s lease: the image row, its source
+    /// facts and `tags`, in one catalog commit.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn commit_record(
+        &self,
+        record: &SourceRecord,
+        record_digest: &Digest,
+        record_size: u64,
+        tags: &[String],
+        platform: &str,
+        created: Option<String>,
+        mut guard: LeaseGuard<'_>,
+    ) -> Result<()> {
+        let mut blobs = Vec::new();
         let mut positions: BTreeMap<String, u32> = BTreeMap::new();
-        for file in &image.record.files {
+        for file in &record.files {
             let position = positions.entry(file.role.clone()).or_insert(0);
             blobs.push(ImageBlob {
                 role: file.role.clone(),
@@ -742,25 +771,21 @@ impl Manager {
             });
             *position += 1;
         }
-        let record_bytes = serde_json::to_vec_pretty(&image.record)
-            .map_err(|e| Error::Task(format!("source record: {e}")))?;
-        let record_digest = self.put_small_blob(&record_bytes, lease)?;
-        let record = &image.record;
         let new_image = NewImage {
             manifest: ImageBlob {
                 role: "manifest".into(),
                 position: 0,
                 digest: record_digest.clone(),
                 media_type: RECORD_MEDIA_TYPE.into(),
-                size: record_bytes.len() as u64,
+                size: record_size,
             },
             kind: record
                 .source_type
                 .parse::<SourceType>()
                 .map(|t| t.image_kind().to_string())
                 .unwrap_or_else(|_| record.source_type.clone()),
-            platform: Some(image.platform.clone()),
-            image_created: image.created.clone(),
+            platform: Some(platform.to_string()),
+            image_created: created,
             blobs,
             layers: Vec::new(),
             source: Some(SourceImageRecord {
@@ -774,19 +799,18 @@ impl Manager {
                 published_at: record.published_at.clone(),
             }),
         };
-        let tags: Vec<NewTag> = image
-            .tags
+        let tags: Vec<NewTag> = tags
             .iter()
             .map(|name| NewTag {
                 name: name.clone(),
-                platform: image.platform.clone(),
+                platform: platform.to_string(),
                 index: None,
             })
             .collect();
         self.store
             .catalog()
             .commit_image_tags(&new_image, &tags, guard.lease.take())?;
-        Ok(record_digest)
+        Ok(())
     }
 
     /// The record of a source image.
