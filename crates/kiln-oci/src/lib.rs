@@ -1,7 +1,10 @@
 //! kiln's side of the OCI distribution protocol: fetch manifests and blobs
 //! from any registry (Docker Hub, ghcr.io, CNCF distribution, Harbor, zot)
 //! with the token and basic auth flows, TLS options, retries with backoff and
-//! downloads that resume by themselves; plus layer diff_id computation.
+//! downloads that resume by themselves; push blobs (existence checks,
+//! cross-repository mounts, monolithic and chunked uploads) and manifests;
+//! the OCI 1.1 referrers API and its tag schema; plus layer diff_id
+//! computation.
 //!
 //! The client knows nothing of the store: the facade streams what it fetches
 //! into the store.
