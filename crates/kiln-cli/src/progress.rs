@@ -64,6 +64,37 @@ impl Reporter {
     }
 }
 
+impl Reporter {
+    /// Moves the bar `key` (bars only).
+    fn advance(&self, key: &str, position: u64) {
+        if let Reporter::Bars { bars, .. } = self
+            && let Some(bar) = bars.lock().unwrap_or_else(|p| p.into_inner()).get(key)
+        {
+            bar.set_position(position);
+        }
+    }
+
+    /// Finishes the bar `key` with `message`, or prints `line` without bars.
+    fn finish(&self, key: &str, message: &'static str, line: String) {
+        if let Reporter::Bars { bars, .. } = self {
+            if let Some(bar) = bars.lock().unwrap_or_else(|p| p.into_inner()).get(key) {
+                bar.finish_with_message(message);
+            }
+        } else {
+            self.line(line);
+        }
+    }
+
+    /// Starts a bar for `key`, or prints `line` without bars.
+    fn start(&self, key: String, label: String, total: u64, offset: u64, line: String) {
+        if let Reporter::Bars { .. } = self {
+            self.bar(key, label, total, offset);
+        } else {
+            self.line(line);
+        }
+    }
+}
+
 impl Progress for Reporter {
     fn event(&self, event: Event) {
         match event {
@@ -88,34 +119,25 @@ impl Progress for Reporter {
                 size: total,
                 offset,
             } => {
-                if let Reporter::Bars { .. } = self {
-                    self.bar(
-                        digest.to_string(),
-                        digest.short().to_string(),
-                        total,
-                        offset,
-                    );
-                } else if offset > 0 {
-                    self.line(format!(
+                let line = if offset > 0 {
+                    format!(
                         "{}: resuming at {} of {}",
                         digest.short(),
                         size(offset),
                         size(total)
-                    ));
+                    )
                 } else {
-                    self.line(format!("{}: downloading {}", digest.short(), size(total)));
-                }
+                    format!("{}: downloading {}", digest.short(), size(total))
+                };
+                self.start(
+                    digest.to_string(),
+                    digest.short().to_string(),
+                    total,
+                    offset,
+                    line,
+                );
             }
-            Event::BlobProgress { digest, position } => {
-                if let Reporter::Bars { bars, .. } = self
-                    && let Some(bar) = bars
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&digest.to_string())
-                {
-                    bar.set_position(position);
-                }
-            }
+            Event::BlobProgress { digest, position } => self.advance(&digest.to_string(), position),
             Event::BlobExists {
                 digest,
                 size: total,
@@ -127,19 +149,11 @@ impl Progress for Reporter {
             Event::BlobDone {
                 digest,
                 size: total,
-            } => {
-                if let Reporter::Bars { bars, .. } = self {
-                    if let Some(bar) = bars
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&digest.to_string())
-                    {
-                        bar.finish_with_message("done");
-                    }
-                } else {
-                    self.line(format!("{}: done ({})", digest.short(), size(total)));
-                }
-            }
+            } => self.finish(
+                &digest.to_string(),
+                "done",
+                format!("{}: done ({})", digest.short(), size(total)),
+            ),
             Event::Retrying {
                 what,
                 attempt,
@@ -153,39 +167,24 @@ impl Progress for Reporter {
             Event::UploadStarted {
                 digest,
                 size: total,
-            } => {
-                if let Reporter::Bars { .. } = self {
-                    self.bar(digest.to_string(), digest.short().to_string(), total, 0);
-                } else {
-                    self.line(format!("{}: uploading {}", digest.short(), size(total)));
-                }
-            }
+            } => self.start(
+                digest.to_string(),
+                digest.short().to_string(),
+                total,
+                0,
+                format!("{}: uploading {}", digest.short(), size(total)),
+            ),
             Event::UploadProgress { digest, position } => {
-                if let Reporter::Bars { bars, .. } = self
-                    && let Some(bar) = bars
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&digest.to_string())
-                {
-                    bar.set_position(position);
-                }
+                self.advance(&digest.to_string(), position)
             }
             Event::UploadDone {
                 digest,
                 size: total,
-            } => {
-                if let Reporter::Bars { bars, .. } = self {
-                    if let Some(bar) = bars
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .get(&digest.to_string())
-                    {
-                        bar.finish_with_message("pushed");
-                    }
-                } else {
-                    self.line(format!("{}: pushed ({})", digest.short(), size(total)));
-                }
-            }
+            } => self.finish(
+                &digest.to_string(),
+                "pushed",
+                format!("{}: pushed ({})", digest.short(), size(total)),
+            ),
             Event::BlobOnRegistry {
                 digest,
                 size: total,
@@ -206,31 +205,19 @@ impl Progress for Reporter {
                 self.line(format!("manifest {digest} pushed to {reference}"))
             }
             Event::FileStarted { name, size: total } => {
-                if let Reporter::Bars { .. } = self {
-                    self.bar(name.clone(), name, total.unwrap_or(0), 0);
-                } else {
-                    let total = total.map(size).unwrap_or_else(|| "?".into());
-                    self.line(format!("{name}: downloading {total}"));
-                }
+                let line = format!(
+                    "{name}: downloading {}",
+                    total.map(size).unwrap_or_else(|| "?".into())
+                );
+                self.start(name.clone(), name, total.unwrap_or(0), 0, line);
             }
-            Event::FileProgress { name, position } => {
-                if let Reporter::Bars { bars, .. } = self
-                    && let Some(bar) = bars.lock().unwrap_or_else(|p| p.into_inner()).get(&name)
-                {
-                    bar.set_position(position);
-                }
-            }
+            Event::FileProgress { name, position } => self.advance(&name, position),
             Event::FileExists { name, size: total } => {
                 self.line(format!("{name}: already in the store ({})", size(total)))
             }
             Event::FileDone { name, size: total } => {
-                if let Reporter::Bars { bars, .. } = self {
-                    if let Some(bar) = bars.lock().unwrap_or_else(|p| p.into_inner()).get(&name) {
-                        bar.finish_with_message("verified");
-                    }
-                } else {
-                    self.line(format!("{name}: verified ({})", size(total)));
-                }
+                let line = format!("{name}: verified ({})", size(total));
+                self.finish(&name, "verified", line)
             }
         }
     }

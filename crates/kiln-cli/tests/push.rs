@@ -55,6 +55,14 @@ fn identity(kiln: &Kiln, reference: &str) -> serde_json::Value {
     })
 }
 
+/// `kiln push ARGS... --format json`, which must succeed.
+fn push_json(kiln: &Kiln, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["push"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--format", "json"]);
+    kiln.run(&all).ok().json()
+}
+
 fn skopeo_raw(reference: &str, extra: &[&str]) -> serde_json::Value {
     let output = Command::new("skopeo")
         .args(["inspect", "--raw"])
@@ -78,17 +86,7 @@ fn push_to_another_repository_mounts_then_skips_and_keeps_every_digest() {
     kiln.run(&["pull", "-q", "--insecure", &source]).ok();
     let destination = format!("{}/{}:copy", env.registry, unique("push"));
 
-    let run = kiln
-        .run(&[
-            "push",
-            "--insecure",
-            &source,
-            &destination,
-            "--format",
-            "json",
-        ])
-        .ok();
-    let pushed = run.json();
+    let pushed = push_json(&kiln, &["--insecure", &source, &destination]);
     // Same registry, another repository: every blob is mounted, none sent.
     assert_eq!(pushed["mounted"], 4, "{pushed}");
     assert_eq!(pushed["uploaded"], 0, "{pushed}");
@@ -105,17 +103,7 @@ fn push_to_another_repository_mounts_then_skips_and_keeps_every_digest() {
     );
 
     // A second push finds every blob there (HEAD) and sends nothing.
-    let again = kiln
-        .run(&[
-            "push",
-            "--insecure",
-            &source,
-            &destination,
-            "--format",
-            "json",
-        ])
-        .ok()
-        .json();
+    let again = push_json(&kiln, &["--insecure", &source, &destination]);
     assert_eq!(again["existing"], 4, "{again}");
     assert_eq!(again["uploaded"], 0);
     assert_eq!(again["mounted"], 0);
@@ -152,17 +140,7 @@ fn push_to_an_authenticated_registry_then_pull_back_on_a_fresh_store_is_identica
     assert!(denied.stderr.contains("hint:"), "{}", denied.stderr);
 
     kiln.docker_login(&env.auth_registry, &env.auth_user, &env.auth_password);
-    let pushed = kiln
-        .run(&[
-            "push",
-            "--insecure",
-            &source,
-            &destination,
-            "--format",
-            "json",
-        ])
-        .ok()
-        .json();
+    let pushed = push_json(&kiln, &["--insecure", &source, &destination]);
     assert_eq!(pushed["uploaded"], 5, "config and four layers: {pushed}");
     assert!(pushed["bytes_uploaded"].as_u64().unwrap() > 75_000_000);
     assert!(
@@ -202,20 +180,17 @@ fn chunked_upload_over_tls_with_a_private_ca() {
     );
 
     // 25 MB layers in 4 MiB PATCH requests.
-    let pushed = kiln
-        .run(&[
-            "push",
+    let pushed = push_json(
+        &kiln,
+        &[
             "--ca-certs",
             ca,
             "--chunk-size",
             "4M",
             &source,
             &destination,
-            "--format",
-            "json",
-        ])
-        .ok()
-        .json();
+        ],
+    );
     assert_eq!(pushed["uploaded"], 5, "{pushed}");
     let manifest = skopeo_raw(
         &destination,
@@ -323,17 +298,7 @@ fn a_source_image_travels_as_an_oci_artifact_into_the_identical_catalog_entry() 
     let nowhere = kiln.run(&["push", "mycat://hello"]).fails(1);
     assert!(nowhere.stderr.contains("hint:"), "{}", nowhere.stderr);
 
-    let pushed = kiln
-        .run(&[
-            "push",
-            "--insecure",
-            "mycat://hello",
-            &destination,
-            "--format",
-            "json",
-        ])
-        .ok()
-        .json();
+    let pushed = push_json(&kiln, &["--insecure", "mycat://hello", &destination]);
     assert_eq!(
         pushed["artifact_type"],
         "application/vnd.kiln.source-image.v1+json"
@@ -403,19 +368,10 @@ fn a_pushed_rootfs_referrer_replaces_conversion_on_another_host() {
     kiln.run(&["pull", "-q", "--insecure", &source]).ok();
     let destination = format!("{}/{}:1", env.registry, unique("withrootfs"));
 
-    let pushed = kiln
-        .run(&[
-            "push",
-            "--insecure",
-            "--rootfs",
-            "ext4",
-            &source,
-            &destination,
-            "--format",
-            "json",
-        ])
-        .ok()
-        .json();
+    let pushed = push_json(
+        &kiln,
+        &["--insecure", "--rootfs", "ext4", &source, &destination],
+    );
     let referrer = &pushed["referrer"];
     assert_eq!(referrer["subject"], pushed["manifest_digest"]);
     assert_eq!(

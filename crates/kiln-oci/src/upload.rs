@@ -64,20 +64,26 @@ impl RegistryClient {
     ) -> Result<bool> {
         let what = format!("blob {digest}");
         let path = format!("/v2/{}/blobs/{digest}", repository.name);
+        self.exists(repository, &path, HeaderMap::new(), &what, observer)
+            .await
+    }
+
+    /// HEAD `path`: true for a success, false for 404.
+    async fn exists(
+        &self,
+        repository: &Repository,
+        path: &str,
+        headers: HeaderMap,
+        what: &str,
+        observer: &dyn RetryObserver,
+    ) -> Result<bool> {
         let response = self
-            .execute(
-                repository,
-                Method::HEAD,
-                &path,
-                HeaderMap::new(),
-                &what,
-                observer,
-            )
+            .execute(repository, Method::HEAD, path, headers, what, observer)
             .await?;
         match response.status() {
             status if status.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(self.status_error(repository, response, &what).await),
+            _ => Err(self.status_error(repository, response, what).await),
         }
     }
 
@@ -296,14 +302,8 @@ impl RegistryClient {
             reqwest::header::ACCEPT,
             HeaderValue::from_static(media_type::MANIFEST_ACCEPT),
         );
-        let response = self
-            .execute(repository, Method::HEAD, &path, headers, &what, observer)
-            .await?;
-        match response.status() {
-            status if status.is_success() => Ok(true),
-            StatusCode::NOT_FOUND => Ok(false),
-            _ => Err(self.status_error(repository, response, &what).await),
-        }
+        self.exists(repository, &path, headers, &what, observer)
+            .await
     }
 
     /// The manifests that name `digest` as their subject, from the referrers

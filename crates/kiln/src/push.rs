@@ -149,6 +149,18 @@ impl Manager {
                 query: format!("{source} (incomplete: pull it again)"),
             });
         }
+        if let Some(format) = options.rootfs
+            && image.media_type == RECORD_MEDIA_TYPE
+        {
+            return Err(Error::NotConvertible {
+                image: source.to_string(),
+                detail: format!(
+                    "--rootfs {} applies to OCI images; a {} image is pushed with its own files",
+                    format.as_str(),
+                    image.kind
+                ),
+            });
+        }
         let destination = self.push_destination(source, destination, &image)?;
         if let Some(pinned) = destination.digest()
             && *pinned != image.manifest_digest
@@ -241,11 +253,10 @@ impl Manager {
             digest: pushed.digest.clone(),
         });
         let referrer = match options.rootfs {
-            Some(format) if image.media_type != RECORD_MEDIA_TYPE => Some(
+            Some(format) => Some(
                 self.push_rootfs_referrer(
                     &client,
                     &destination,
-                    source,
                     &image,
                     &pushed.digest,
                     &manifest_media_type,
@@ -256,16 +267,6 @@ impl Manager {
                 )
                 .await?,
             ),
-            Some(format) => {
-                return Err(Error::NotConvertible {
-                    image: source.to_string(),
-                    detail: format!(
-                        "--rootfs {} applies to OCI images; a {} image is pushed with its own files",
-                        format.as_str(),
-                        image.kind
-                    ),
-                });
-            }
             None => None,
         };
         drop(guard);
@@ -424,7 +425,6 @@ impl Manager {
         &self,
         client: &RegistryClient,
         destination: &Reference,
-        source: &str,
         image: &kiln_store::ImageRecord,
         subject_digest: &Digest,
         subject_media_type: &str,
@@ -437,9 +437,14 @@ impl Manager {
             let query = image.manifest_digest.to_string();
             let platform = options.platform.clone();
             let size = options.rootfs_size;
-            tokio::task::block_in_place(|| self.rootfs(&query, platform.as_ref(), format, size))?
+            let convert = || self.rootfs(&query, platform.as_ref(), format, size);
+            // A conversion is long blocking work: tell a multi-threaded
+            // runtime so it moves other tasks away from this thread.
+            match tokio::runtime::Handle::current().runtime_flavor() {
+                tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(convert)?,
+                _ => convert()?,
+            }
         };
-        let _ = source;
         let repository = Repository::of(destination);
         let guard = LeaseGuard {
             manager: self,
