@@ -248,6 +248,13 @@ fn snapshot_round_trip() {
     let mnt = kiln.dir.path().join("mnt");
     mount(Path::new(&disk), &mnt, "loop,rw");
     std::fs::write(mnt.join("made-in-the-sandbox"), b"state").unwrap();
+    std::fs::hard_link(mnt.join("made-in-the-sandbox"), mnt.join("made-link")).unwrap();
+    let setfattr = std::process::Command::new("setfattr")
+        .args(["-n", "user.kiln", "-v", "sandboxed"])
+        .arg(mnt.join("made-in-the-sandbox"))
+        .status()
+        .expect("setfattr is installed (package attr)");
+    assert!(setfattr.success());
     std::fs::remove_file(mnt.join("data/a.txt")).unwrap();
     std::fs::set_permissions(
         mnt.join("etc"),
@@ -260,7 +267,7 @@ fn snapshot_round_trip() {
         .run(&["snapshot", "work", "localhost/work-snap:1", "--json"])
         .ok()
         .json();
-    assert_eq!(snapshot["changed"], 2, "{snapshot}");
+    assert_eq!(snapshot["changed"], 3, "{snapshot}");
     assert_eq!(snapshot["removed"], 1, "{snapshot}");
     let image = &kiln
         .run(&["inspect", "--format", "json", "localhost/work-snap:1"])
@@ -297,6 +304,21 @@ fn snapshot_round_trip() {
         std::fs::read(mnt.join("made-in-the-sandbox")).unwrap(),
         b"state"
     );
+    // The hardlink and the xattr made in the sandbox survive the snapshot.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(mnt.join("made-in-the-sandbox"))
+            .unwrap()
+            .ino(),
+        std::fs::metadata(mnt.join("made-link")).unwrap().ino(),
+        "one inode, two names"
+    );
+    let getfattr = std::process::Command::new("getfattr")
+        .args(["--only-values", "-n", "user.kiln"])
+        .arg(mnt.join("made-in-the-sandbox"))
+        .output()
+        .unwrap();
+    assert_eq!(getfattr.stdout, b"sandboxed");
     assert!(
         !mnt.join("data/a.txt").exists(),
         "the removal is a whiteout"
