@@ -747,10 +747,7 @@ impl RegistryClient {
             repository: Repository::of(reference),
             digest,
             size,
-            position: offset,
-            response: None,
-            skip: 0,
-            failures: 0,
+            body: crate::http::ResumableBody::starting_at(offset),
             observer,
         }
     }
@@ -763,24 +760,21 @@ pub struct BlobDownload<'c> {
     repository: Repository,
     digest: Digest,
     size: Option<u64>,
-    position: u64,
-    response: Option<reqwest::Response>,
-    skip: u64,
-    failures: u32,
+    body: crate::http::ResumableBody,
     observer: Arc<dyn RetryObserver>,
 }
 
 impl BlobDownload<'_> {
     /// Bytes delivered so far, counting the starting offset.
     pub fn position(&self) -> u64 {
-        self.position
+        self.body.position()
     }
 
     async fn open(&mut self) -> Result<()> {
         let what = format!("blob {}", self.digest);
         let mut headers = HeaderMap::new();
-        if self.position > 0 {
-            let range = HeaderValue::from_str(&format!("bytes={}-", self.position))
+        if self.body.position() > 0 {
+            let range = HeaderValue::from_str(&format!("bytes={}-", self.body.position()))
                 .map_err(|e| OciError::Client(e.to_string()))?;
             headers.insert(RANGE, range);
         }
@@ -797,9 +791,7 @@ impl BlobDownload<'_> {
             )
             .await?;
         match response.status() {
-            StatusCode::PARTIAL_CONTENT => self.skip = 0,
-            // The registry ignored the range: same bytes from the start.
-            StatusCode::OK => self.skip = self.position,
+            StatusCode::PARTIAL_CONTENT | StatusCode::OK => self.body.opened(response),
             _ => {
                 return Err(self
                     .client
@@ -807,68 +799,42 @@ impl BlobDownload<'_> {
                     .await);
             }
         }
-        self.response = Some(response);
         Ok(())
     }
 
     /// The next chunk, or `None` at the end of the blob.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        use crate::http::BodyRead;
         loop {
-            if self.size.is_some_and(|size| self.position >= size) && self.response.is_none() {
-                return Ok(None);
-            }
-            if self.response.is_none() {
+            if !self.body.is_open() {
+                if self.size.is_some_and(|size| self.body.position() >= size) {
+                    return Ok(None);
+                }
                 self.open().await?;
             }
-            let Some(response) = self.response.as_mut() else {
-                continue;
+            let failure = match self.body.read(self.size).await {
+                BodyRead::Data(bytes) => return Ok(Some(bytes)),
+                BodyRead::End => return Ok(None),
+                BodyRead::Failed(failure) => failure,
             };
-            let failure = match response.chunk().await {
-                Ok(Some(mut bytes)) => {
-                    if self.skip > 0 {
-                        let drop = self.skip.min(bytes.len() as u64) as usize;
-                        let _ = bytes.split_to(drop);
-                        self.skip -= drop as u64;
-                    }
-                    if bytes.is_empty() {
-                        continue;
-                    }
-                    self.position += bytes.len() as u64;
-                    self.failures = 0;
-                    return Ok(Some(bytes));
-                }
-                Ok(None) => {
-                    self.response = None;
-                    match self.size {
-                        Some(size) if self.position < size => {
-                            format!("body ended early at byte {} of {size}", self.position)
-                        }
-                        _ => return Ok(None),
-                    }
-                }
-                Err(error) => {
-                    self.response = None;
-                    describe(&error)
-                }
-            };
-            self.failures += 1;
-            let policy = &self.client.options.retry;
-            if self.failures >= policy.max_attempts {
+            let what = format!("blob {}", self.digest);
+            if let Err(attempts) = self
+                .body
+                .back_off(
+                    &self.client.options.retry,
+                    self.observer.as_ref(),
+                    &what,
+                    &failure,
+                )
+                .await
+            {
                 return Err(OciError::RetriesExhausted {
                     host: self.repository.host.clone(),
-                    what: format!("blob {}", self.digest),
-                    attempts: self.failures,
+                    what,
+                    attempts,
                     last: failure,
                 });
             }
-            let delay = policy.backoff(self.failures);
-            self.observer.retrying(
-                &format!("blob {}", self.digest),
-                self.failures + 1,
-                delay,
-                &failure,
-            );
-            tokio::time::sleep(delay).await;
         }
     }
 }

@@ -91,3 +91,117 @@ pub async fn read_limited(
     }
     Ok(Bytes::from(body))
 }
+
+/// What reading the next piece of a resumable download gave.
+pub enum BodyRead {
+    /// More bytes (already past what a restarted response repeats).
+    Data(Bytes),
+    /// The body ended where it should.
+    End,
+    /// The connection failed or the body ended early: open again with a
+    /// `Range` from [`ResumableBody::position`] after a backoff.
+    Failed(String),
+}
+
+/// The part of a resumable download that every kiln client shares: the
+/// open response, the position reached, the bytes a response that ignored
+/// `Range` repeats, and consecutive failures. The owner opens responses
+/// (with its own auth and errors) and hands them to [`ResumableBody::opened`].
+#[derive(Default)]
+pub struct ResumableBody {
+    response: Option<reqwest::Response>,
+    position: u64,
+    skip: u64,
+    failures: u32,
+}
+
+impl ResumableBody {
+    /// A download that already has `position` bytes.
+    pub fn starting_at(position: u64) -> ResumableBody {
+        ResumableBody {
+            position,
+            ..ResumableBody::default()
+        }
+    }
+
+    /// Bytes delivered so far (the starting position included).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Whether a response is open.
+    pub fn is_open(&self) -> bool {
+        self.response.is_some()
+    }
+
+    /// Takes a new response: `206` continues at the position; anything else
+    /// (a `200` that ignored the range) starts over and repeats the bytes
+    /// already delivered, which are dropped.
+    pub fn opened(&mut self, response: reqwest::Response) {
+        self.skip = if response.status() == StatusCode::PARTIAL_CONTENT {
+            0
+        } else {
+            self.position
+        };
+        self.response = Some(response);
+    }
+
+    /// Reads on. `expected`: the size the body must reach (a clean end
+    /// before it is a failure); `None` when any clean end is the end.
+    pub async fn read(&mut self, expected: Option<u64>) -> BodyRead {
+        loop {
+            let Some(response) = self.response.as_mut() else {
+                return BodyRead::End;
+            };
+            match response.chunk().await {
+                Ok(Some(mut bytes)) => {
+                    if self.skip > 0 {
+                        let drop = self.skip.min(bytes.len() as u64) as usize;
+                        let _ = bytes.split_to(drop);
+                        self.skip -= drop as u64;
+                    }
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    self.position += bytes.len() as u64;
+                    self.failures = 0;
+                    return BodyRead::Data(bytes);
+                }
+                Ok(None) => {
+                    self.response = None;
+                    return match expected {
+                        Some(size) if self.position < size => BodyRead::Failed(format!(
+                            "body ended early at byte {} of {size}",
+                            self.position
+                        )),
+                        _ => BodyRead::End,
+                    };
+                }
+                Err(error) => {
+                    self.response = None;
+                    // Without the URL: it may carry a signature.
+                    return BodyRead::Failed(describe(&error.without_url()));
+                }
+            }
+        }
+    }
+
+    /// Counts a failure and waits out the backoff before the next attempt;
+    /// `Err(attempts)` when the policy allows no more.
+    pub async fn back_off(
+        &mut self,
+        policy: &crate::RetryPolicy,
+        observer: &dyn crate::RetryObserver,
+        what: &str,
+        failure: &str,
+    ) -> std::result::Result<(), u32> {
+        self.failures += 1;
+        if self.failures >= policy.max_attempts {
+            return Err(self.failures);
+        }
+        let delay = policy.backoff(self.failures);
+        observer.retrying(what, self.failures + 1, delay, failure);
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+}

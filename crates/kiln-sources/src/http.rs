@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kiln_oci::http::{describe, read_limited, send_following};
+use kiln_oci::http::{BodyRead, ResumableBody, describe, read_limited, send_following};
 use kiln_oci::{RetryObserver, RetryPolicy};
 use reqwest::header::{ACCEPT, HeaderMap, HeaderValue, RANGE};
 use reqwest::{Method, StatusCode, Url};
@@ -362,12 +362,10 @@ impl Fetcher {
             accept: accept.map(str::to_string),
             size,
             what: what.to_string(),
-            position: 0,
-            response: None,
+            body: ResumableBody::default(),
             declared_length: false,
             file: None,
-            skip: 0,
-            failures: 0,
+            file_position: 0,
             observer,
         }
     }
@@ -392,14 +390,12 @@ pub struct Download<'f> {
     accept: Option<String>,
     size: Option<u64>,
     what: String,
-    position: u64,
-    response: Option<reqwest::Response>,
+    body: ResumableBody,
     /// Whether the open response declared its length (then a clean end of
     /// its body is the end of the file, whatever was published).
     declared_length: bool,
     file: Option<fs_err::File>,
-    skip: u64,
-    failures: u32,
+    file_position: u64,
     observer: Arc<dyn RetryObserver>,
 }
 
@@ -408,7 +404,10 @@ const FILE_CHUNK: usize = 1 << 20;
 impl Download<'_> {
     /// Bytes delivered so far.
     pub fn position(&self) -> u64 {
-        self.position
+        match self.location {
+            Location::Path(_) => self.file_position,
+            Location::Url(_) => self.body.position(),
+        }
     }
 
     async fn open(&mut self, url: &Url) -> Result<()> {
@@ -418,8 +417,9 @@ impl Download<'_> {
         {
             headers.insert(ACCEPT, value);
         }
-        if self.position > 0
-            && let Ok(value) = HeaderValue::from_str(&format!("bytes={}-", self.position))
+        let position = self.body.position();
+        if position > 0
+            && let Ok(value) = HeaderValue::from_str(&format!("bytes={position}-"))
         {
             headers.insert(RANGE, value);
         }
@@ -428,18 +428,17 @@ impl Download<'_> {
             .send(url, &headers, self.observer.as_ref())
             .await?;
         match response.status() {
-            StatusCode::PARTIAL_CONTENT => self.skip = 0,
-            StatusCode::OK => self.skip = self.position,
+            StatusCode::PARTIAL_CONTENT | StatusCode::OK => {}
             // Nothing past what we have: the file is shorter than published
             // (the caller's size check says so).
-            StatusCode::RANGE_NOT_SATISFIABLE if self.position > 0 => {
-                self.size = Some(self.position);
+            StatusCode::RANGE_NOT_SATISFIABLE if position > 0 => {
+                self.size = Some(position);
                 return Ok(());
             }
             _ => return Err(Fetcher::status_error(&self.what, url, response).await),
         }
         self.declared_length = response.content_length().is_some();
-        self.response = Some(response);
+        self.body.opened(response);
         Ok(())
     }
 
@@ -466,69 +465,48 @@ impl Download<'_> {
                     return Ok(None);
                 }
                 buffer.truncate(read);
-                self.position += read as u64;
+                self.file_position += read as u64;
                 return Ok(Some(Bytes::from(buffer)));
             }
             Location::Url(url) => url.clone(),
         };
         loop {
-            if self.response.is_none() {
-                if self.size.is_some_and(|size| self.position >= size) && self.position > 0 {
+            if !self.body.is_open() {
+                let position = self.body.position();
+                if self.size.is_some_and(|size| position >= size) && position > 0 {
                     return Ok(None);
                 }
                 self.open(&url).await?;
-                if self.response.is_none() {
+                if !self.body.is_open() {
                     return Ok(None);
                 }
             }
-            let Some(response) = self.response.as_mut() else {
-                continue;
+            let expected = self.size.filter(|_| !self.declared_length);
+            let failure = match self.body.read(expected).await {
+                BodyRead::Data(bytes) => return Ok(Some(bytes)),
+                BodyRead::End => {
+                    // Done: make the `None` sticky.
+                    self.size = Some(self.body.position());
+                    return Ok(None);
+                }
+                BodyRead::Failed(failure) => failure,
             };
-            let failure = match response.chunk().await {
-                Ok(Some(mut bytes)) => {
-                    if self.skip > 0 {
-                        let drop = self.skip.min(bytes.len() as u64) as usize;
-                        let _ = bytes.split_to(drop);
-                        self.skip -= drop as u64;
-                    }
-                    if bytes.is_empty() {
-                        continue;
-                    }
-                    self.position += bytes.len() as u64;
-                    self.failures = 0;
-                    return Ok(Some(bytes));
-                }
-                Ok(None) => {
-                    self.response = None;
-                    match self.size {
-                        Some(size) if self.position < size && !self.declared_length => {
-                            format!("body ended early at byte {} of {size}", self.position)
-                        }
-                        _ => {
-                            // Done: make the `None` sticky.
-                            self.size = Some(self.position);
-                            return Ok(None);
-                        }
-                    }
-                }
-                Err(error) => {
-                    self.response = None;
-                    describe(&error.without_url())
-                }
-            };
-            self.failures += 1;
-            let policy = &self.fetcher.retry;
-            if self.failures >= policy.max_attempts {
+            if let Err(attempts) = self
+                .body
+                .back_off(
+                    &self.fetcher.retry,
+                    self.observer.as_ref(),
+                    &self.what,
+                    &failure,
+                )
+                .await
+            {
                 return Err(SourceError::RetriesExhausted {
                     url: redact(&url),
-                    attempts: self.failures,
+                    attempts,
                     last: failure,
                 });
             }
-            let delay = policy.backoff(self.failures);
-            self.observer
-                .retrying(&self.what, self.failures + 1, delay, &failure);
-            tokio::time::sleep(delay).await;
         }
     }
 }
