@@ -484,3 +484,46 @@ fn a_pushed_rootfs_referrer_replaces_conversion_on_another_host() {
     assert_eq!(local["from_referrer"], false);
     third_host.run(&["fsck"]).ok();
 }
+
+#[test]
+fn an_imgapi_image_pulled_back_keeps_its_uuid_names_and_manifest() {
+    let env = env();
+    let kiln = Kiln::new();
+    let dir = kiln.dir.path().join("local");
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = support::bundles::imgapi_image(7, "base-64", "15.2.0", b"a dataset to share");
+    let manifest = dir.join("image.json");
+    let file = dir.join("image.gz");
+    std::fs::write(&manifest, serde_json::to_vec(&image.manifest).unwrap()).unwrap();
+    std::fs::write(&file, &image.file).unwrap();
+    kiln.run(&[
+        "install",
+        "-m",
+        manifest.to_str().unwrap(),
+        "-f",
+        file.to_str().unwrap(),
+    ])
+    .ok();
+    let by_uuid = format!("local://{}", image.uuid());
+    let destination = format!("{}/{}:15.2.0", env.registry, unique("imgapi/base-64"));
+    let pushed = push_json(&kiln, &["--insecure", &by_uuid, &destination]);
+    assert_eq!(
+        pushed["artifact_type"],
+        "application/vnd.kiln.source-image.v1+json"
+    );
+
+    let other_host = Kiln::new();
+    other_host
+        .run(&["pull", "-q", "--insecure", &destination])
+        .ok();
+    let original = identity(&kiln, &by_uuid);
+    assert_eq!(identity(&other_host, &by_uuid), original);
+    assert_eq!(
+        identity(&other_host, "local://base-64@15.2.0"),
+        original,
+        "known by UUID and by name@version, as `install` names it"
+    );
+    assert_eq!(original["source"]["uuid"], image.uuid().as_str());
+    assert!(original["source"]["manifest"].is_object(), "{original}");
+    other_host.run(&["fsck"]).ok();
+}

@@ -951,7 +951,6 @@ impl Manager {
             .get(PLATFORM_ANNOTATION)
             .cloned()
             .ok_or_else(|| invalid(format!("it has no {PLATFORM_ANNOTATION} annotation")))?;
-        platform.parse::<Platform>()?;
         let created = manifest.annotations.get(CREATED_ANNOTATION).cloned();
         // The names the source's own pull gives (docs/sources.md), plus the
         // registry name.
