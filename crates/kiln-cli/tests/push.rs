@@ -358,6 +358,20 @@ fn a_source_image_travels_as_an_oci_artifact_into_the_identical_catalog_entry() 
         .ok()
         .json();
     assert_eq!(again["cached"], true);
+    // Asking the registry whether the tag moved finds the same artifact.
+    let always = other_host
+        .run(&[
+            "pull",
+            "--insecure",
+            "--policy",
+            "always",
+            &destination,
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(always["cached"], true, "{always}");
 }
 
 #[test]

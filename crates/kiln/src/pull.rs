@@ -243,6 +243,11 @@ impl Manager {
                     &client,
                     &reference,
                     &manifest,
+                    IndexRecord {
+                        digest: manifest_digest.clone(),
+                        media_type: manifest_media_type.clone(),
+                        size: manifest_bytes.len() as u64,
+                    },
                     guard,
                     progress,
                     observer,

@@ -887,6 +887,7 @@ impl Manager {
         client: &RegistryClient,
         reference: &Reference,
         manifest: &ImageManifest,
+        artifact: kiln_store::IndexRecord,
         guard: LeaseGuard<'_>,
         progress: Arc<dyn Progress>,
         observer: Arc<Observer>,
@@ -953,17 +954,28 @@ impl Manager {
             .ok_or_else(|| invalid(format!("it has no {PLATFORM_ANNOTATION} annotation")))?;
         let created = manifest.annotations.get(CREATED_ANNOTATION).cloned();
         // The names the source's own pull gives (docs/sources.md), plus the
-        // registry name.
-        let mut tags = vec![crate::tag_name(reference)];
+        // registry name, which remembers the artifact it served (so
+        // `--policy always` recognises it).
+        let mut names = Vec::new();
         match (&record.uuid, &record.version) {
             (Some(uuid), version) => {
-                tags.push(format!("{}://{uuid}", record.source));
+                names.push(format!("{}://{uuid}", record.source));
                 if let Some(version) = version {
-                    tags.push(format!("{}://{}@{version}", record.source, record.name));
+                    names.push(format!("{}://{}@{version}", record.source, record.name));
                 }
             }
-            (None, _) => tags.push(format!("{}://{}", record.source, record.name)),
+            (None, _) => names.push(format!("{}://{}", record.source, record.name)),
         }
+        let mut tags = vec![kiln_store::NewTag {
+            name: crate::tag_name(reference),
+            platform: platform.clone(),
+            index: Some(artifact),
+        }];
+        tags.extend(names.into_iter().map(|name| kiln_store::NewTag {
+            name,
+            platform: platform.clone(),
+            index: None,
+        }));
         self.commit_record(
             &record,
             &record_digest,

@@ -732,11 +732,20 @@ impl Manager {
         let record_bytes = serde_json::to_vec_pretty(&image.record)
             .map_err(|e| Error::Task(format!("source record: {e}")))?;
         let record_digest = self.put_small_blob(&record_bytes, lease)?;
+        let tags: Vec<NewTag> = image
+            .tags
+            .iter()
+            .map(|name| NewTag {
+                name: name.clone(),
+                platform: image.platform.clone(),
+                index: None,
+            })
+            .collect();
         self.commit_record(
             &image.record,
             &record_digest,
             record_bytes.len() as u64,
-            &image.tags,
+            &tags,
             &image.platform,
             image.created.clone(),
             guard,
@@ -746,14 +755,15 @@ impl Manager {
 
     /// Records a source image whose record (blob `record_digest`) and files
     /// are in the store under `guard`'s lease: the image row, its source
-    /// facts and `tags`, in one catalog commit.
+    /// facts and `tags`, in one catalog commit. (A tag's `index` is the
+    /// OCI artifact a registry name served it as.)
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn commit_record(
         &self,
         record: &SourceRecord,
         record_digest: &Digest,
         record_size: u64,
-        tags: &[String],
+        tags: &[NewTag],
         platform: &str,
         created: Option<String>,
         mut guard: LeaseGuard<'_>,
@@ -799,17 +809,9 @@ impl Manager {
                 published_at: record.published_at.clone(),
             }),
         };
-        let tags: Vec<NewTag> = tags
-            .iter()
-            .map(|name| NewTag {
-                name: name.clone(),
-                platform: platform.to_string(),
-                index: None,
-            })
-            .collect();
         self.store
             .catalog()
-            .commit_image_tags(&new_image, &tags, guard.lease.take())?;
+            .commit_image_tags(&new_image, tags, guard.lease.take())?;
         Ok(())
     }
 
