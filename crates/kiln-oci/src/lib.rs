@@ -22,6 +22,7 @@ mod client;
 mod error;
 pub mod http;
 pub mod layer;
+mod login;
 
 pub use auth::{
     Anonymous, ChainedCredentials, Credential, CredentialProvider, DockerConfig, StaticCredentials,
@@ -32,3 +33,4 @@ pub use client::{
 };
 pub use error::{OciError, Result};
 pub use layer::{DiffIdHasher, DiffIdSink, DiffIdWorker};
+pub use login::LoginCheck;
