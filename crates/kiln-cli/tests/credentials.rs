@@ -661,3 +661,112 @@ fn assert_no_leaks(k: &Kiln, secrets: &[&str]) {
         }
     }
 }
+
+/// The keyring store for real: gnome-keyring's Secret Service on a private
+/// session D-Bus (`dbus-run-session`), as on a desktop.
+#[test]
+fn keyring_store_with_gnome_keyring() {
+    let env = env();
+    let k = Kiln::new();
+    let host = env.auth_registry.as_str();
+    let home = k.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let bin = env!("CARGO_BIN_EXE_kiln");
+    // Every kiln command of the session, its output between markers.
+    let script = format!(
+        r#"set -u
+export HOME={home} XDG_DATA_HOME={home}/.local/share KILN_CREDENTIAL_STORE=keyring
+echo keyring-unlock | gnome-keyring-daemon --unlock --components=secrets >/dev/null || exit 90
+k() {{ echo "== kiln $*"; "{bin}" --root {root} "$@" 2>&1; echo "== exit $?"; }}
+printf '%s\n' "$KILN_TEST_PASSWORD" | k login {host} -u {user} --password-stdin --insecure
+echo "== auth.json: $(tr -d ' \n' <{auth})"
+k registries
+k pull --insecure {host}/busybox:1
+k logout {host}
+k pull --insecure --policy always {host}/busybox:1
+"#,
+        home = home.display(),
+        root = k.root().display(),
+        user = env.auth_user,
+        auth = auth_json(&k).display(),
+    );
+    let output = std::process::Command::new("dbus-run-session")
+        .args(["--", "bash", "-c", &script])
+        .env("KILN_CONFIG", k.config_path())
+        .env("DOCKER_CONFIG", k.docker_config())
+        .env("KILN_TEST_PASSWORD", &env.auth_password)
+        .env("NO_COLOR", "1")
+        .env_remove("KILN_ROOT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("dbus-run-session is installed (.ci/run installs dbus-daemon and gnome-keyring)");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    record(
+        &["(keyring session)"],
+        &Run {
+            status: 0,
+            stdout: text.clone(),
+            stderr: String::from_utf8_lossy(&output.stderr).to_string(),
+        },
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let exits: Vec<&str> = text.lines().filter(|l| l.starts_with("== exit")).collect();
+    assert_eq!(
+        exits,
+        [
+            "== exit 0",
+            "== exit 0",
+            "== exit 0",
+            "== exit 0",
+            "== exit 1"
+        ],
+        "{text}"
+    );
+    assert!(text.contains("stored in kiln login (keyring)"), "{text}");
+    assert!(text.contains("Login Succeeded"), "{text}");
+    assert!(text.contains("kiln login (keyring)"), "{text}");
+    assert!(text.contains("(401)"), "after logout: {text}");
+    // auth.json named the entry but held no password.
+    assert!(
+        text.contains(&format!(
+            r#"== auth.json: {{"version":1,"registries":{{"{host}":{{"username":"kilnuser","store":"keyring"}}}}}}"#
+        )),
+        "{text}"
+    );
+    assert_no_leaks(&k, &[&env.auth_password]);
+    assert!(files_containing(k.dir.path(), &env.auth_password).is_empty());
+
+    // Forcing the keyring where there is none is an error with a hint.
+    let run = kiln_with(
+        &k,
+        &[
+            "login",
+            host,
+            "-u",
+            &env.auth_user,
+            "--password-stdin",
+            "--insecure",
+            "--credential-store",
+            "keyring",
+        ],
+        Some(&format!("{}\n", env.auth_password)),
+        &[("DBUS_SESSION_BUS_ADDRESS", "")],
+    );
+    assert_eq!(run.status, 1, "{}", run.stderr);
+    assert_one_error(&run);
+    assert!(
+        run.stderr.contains("no keyring is available"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("KILN_CREDENTIAL_STORE=file"),
+        "{}",
+        run.stderr
+    );
+}
