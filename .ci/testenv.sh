@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The test environment: three docker-registry servers on 127.0.0.1 (plain
-# HTTP; basic auth; TLS with a private CA) holding fixture images built
-# offline from busybox-static.
+# The test environment: four docker-registry servers on 127.0.0.1 (plain
+# HTTP; basic auth; TLS with a private CA; token auth with the token server
+# .ci/token-server.py) holding fixture images built offline from
+# busybox-static.
 #
 #   bash .ci/testenv.sh up DIR       start everything, write DIR/env and DIR/digests.json
 #   bash .ci/testenv.sh down DIR     stop every process it started (by PID)
@@ -216,8 +217,8 @@ up() {
   trap 'rc=$?; if [ $rc -ne 0 ]; then log "up failed (exit $rc); stopping what was started"; down; fi' EXIT
   down
   rm -rf "$dir"; mkdir -p "$dir"
-  local plain auth tls
-  read -r plain auth tls < <(free_ports 3)
+  local plain auth tls token tokenserver
+  read -r plain auth tls token tokenserver < <(free_ports 5)
 
   # Private CA and a server certificate for 127.0.0.1 / localhost.
   openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=kiln test CA" \
@@ -229,6 +230,15 @@ up() {
 
   htpasswd -Bbn kilnuser kilnpass >"$dir/htpasswd"
 
+  # The token registry's signing key and certificate (self-signed: it is its
+  # own root in the registry's rootcertbundle), and its token server.
+  openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj "/CN=kiln test token issuer" \
+    -keyout "$dir/token.key" -out "$dir/token.pem" 2>/dev/null
+  python3 "$(dirname "${BASH_SOURCE[0]}")/token-server.py" --port "$tokenserver" --key "$dir/token.key" \
+    --cert "$dir/token.pem" --service kiln-test-token --issuer kiln-test-issuer \
+    --credentials kilnuser:kilnpass >"$dir/token-server.log" 2>&1 &
+  echo $! >>"$dir/pids"
+
   start_registry plain "$plain" "" ""
   start_registry auth "$auth" "" "auth:
   htpasswd:
@@ -237,10 +247,24 @@ up() {
   start_registry tls "$tls" "  tls:
     certificate: $dir/server.pem
     key: $dir/server.key" ""
+  start_registry token "$token" "" "auth:
+  token:
+    realm: http://127.0.0.1:$tokenserver/token
+    service: kiln-test-token
+    issuer: kiln-test-issuer
+    rootcertbundle: $dir/token.pem"
   wait_registry plain "http://127.0.0.1:$plain/v2/"
   wait_registry auth "http://127.0.0.1:$auth/v2/"
   wait_registry tls "https://127.0.0.1:$tls/v2/" --cacert "$dir/ca.pem"
-  log "registries up: plain $plain, auth $auth, tls $tls"
+  wait_registry token "http://127.0.0.1:$token/v2/"
+  local code
+  for _ in $(seq 1 100); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$tokenserver/token?service=kiln-test-token" || true)
+    [ "$code" = 200 ] && break
+    sleep 0.2
+  done
+  [ "$code" = 200 ] || { log "token server did not come up:"; cat "$dir/token-server.log" >&2; return 1; }
+  log "registries up: plain $plain, auth $auth, tls $tls, token $token (token server $tokenserver)"
 
   build_fixtures
   local R=127.0.0.1:$plain L=$dir/layouts/images
@@ -254,6 +278,7 @@ up() {
   push "$L:boot-1" "$R/boot:1"
   skopeo copy --quiet --all --dest-tls-verify=false "oci:$dir/layouts/multiarch:multiarch" "docker://$R/multiarch:1" >/dev/null
   push "$L:busybox-1" "127.0.0.1:$auth/busybox:1" --dest-creds kilnuser:kilnpass
+  push "$L:busybox-1" "127.0.0.1:$token/busybox:1" --dest-creds kilnuser:kilnpass
   mkdir -p "$dir/certs.d"; cp "$dir/ca.pem" "$dir/certs.d/ca.crt"
   skopeo copy --quiet --dest-cert-dir "$dir/certs.d" "oci:$L:busybox-1" "docker://127.0.0.1:$tls/busybox:1" >/dev/null
   log "fixtures pushed"
@@ -266,6 +291,7 @@ export KILN_TEST_AUTH_REGISTRY=127.0.0.1:$auth
 export KILN_TEST_AUTH_USER=kilnuser
 export KILN_TEST_AUTH_PASSWORD=kilnpass
 export KILN_TEST_TLS_REGISTRY=127.0.0.1:$tls
+export KILN_TEST_TOKEN_REGISTRY=127.0.0.1:$token
 export KILN_TEST_CA=$dir/ca.pem
 export KILN_TEST_FIXTURES=$dir/layouts
 ENV

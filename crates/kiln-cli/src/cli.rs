@@ -73,6 +73,19 @@ pub enum Command {
     },
     /// Install an IMGAPI image from a local manifest and file (imgadm install -m -f)
     Install(InstallArgs),
+    /// Log in to a registry: check the credentials, then keep them (keyring, else a mode 0600 file)
+    Login(LoginArgs),
+    /// Forget what `kiln login` kept for a registry
+    Logout {
+        /// Registry host (ghcr.io, docker.io, 127.0.0.1:5000)
+        host: String,
+    },
+    /// List the registries kiln has credentials for and where they come from (never a secret)
+    Registries {
+        /// Output format
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// Image commands, docker style (`kiln image ls|rm|inspect|prune|pull`)
     Image {
         #[command(subcommand)]
@@ -227,6 +240,40 @@ pub struct PullArgs {
     /// Benchmarking: decompress layers on the writing thread instead of a thread of their own
     #[arg(long, hide = true)]
     pub inline_diff_id: bool,
+    /// Credentials for this pull's registry, tried before any other (docs/credentials.md)
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub creds: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CredentialStoreArg {
+    /// The keyring when one answers, else the file
+    Auto,
+    /// auth.json beside the config file, mode 0600
+    File,
+    /// The OS keyring (Secret Service); an error when none answers
+    Keyring,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Registry host (ghcr.io, docker.io, 127.0.0.1:5000)
+    pub host: String,
+    /// User name [default: asked on a terminal]
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// Read the password (one line) from standard input
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Allow plain HTTP or unverified TLS for this registry
+    #[arg(long)]
+    pub insecure: bool,
+    /// Trust the CA certificates in this PEM file (repeatable)
+    #[arg(long = "ca-certs", value_name = "PEM")]
+    pub ca_certs: Vec<PathBuf>,
+    /// Where to keep the password
+    #[arg(long, value_enum, env = "KILN_CREDENTIAL_STORE", default_value_t = CredentialStoreArg::Auto)]
+    pub credential_store: CredentialStoreArg,
 }
 
 #[derive(Debug, Args)]

@@ -177,11 +177,11 @@ impl RegistryClient {
         }
     }
 
-    fn is_insecure(&self, host: &str) -> bool {
+    pub(crate) fn is_insecure(&self, host: &str) -> bool {
         self.options.insecure_registries.iter().any(|h| h == host)
     }
 
-    fn http(&self, insecure: bool) -> Result<&reqwest::Client> {
+    pub(crate) fn http(&self, insecure: bool) -> Result<&reqwest::Client> {
         let cell = if insecure {
             &self.unverified
         } else {
@@ -241,7 +241,7 @@ impl RegistryClient {
         Ok(())
     }
 
-    fn scheme(&self, host: &str) -> &'static str {
+    pub(crate) fn scheme(&self, host: &str) -> &'static str {
         self.schemes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -250,7 +250,7 @@ impl RegistryClient {
             .unwrap_or("https")
     }
 
-    fn remember_scheme(&self, host: &str, scheme: &'static str) {
+    pub(crate) fn remember_scheme(&self, host: &str, scheme: &'static str) {
         self.schemes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -839,7 +839,7 @@ impl BlobDownload<'_> {
     }
 }
 
-fn basic(username: &str, password: &str) -> HeaderValue {
+pub(crate) fn basic(username: &str, password: &str) -> HeaderValue {
     let encoded =
         base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
     let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))

@@ -69,6 +69,16 @@ pub enum OciError {
     /// A credential helper or docker config failed.
     #[error("credentials for {host}: {detail}")]
     Credentials { host: String, detail: String },
+    /// A credential source failed (a file others can read, a variable that
+    /// is not set); its message never holds a secret.
+    #[error("credentials for {host}: {source}")]
+    CredentialSource {
+        host: String,
+        kind: ErrorKind,
+        hint: Option<String>,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Building the HTTP client failed.
     #[error("HTTP client setup: {0}")]
     Client(String),
@@ -95,6 +105,7 @@ impl OciError {
             OciError::DigestMismatch { .. } | OciError::TooLarge { .. } => ErrorKind::DataLoss,
             OciError::Manifest { .. } => ErrorKind::InvalidArgument,
             OciError::CaCerts { .. } => ErrorKind::InvalidArgument,
+            OciError::CredentialSource { kind, .. } => *kind,
             OciError::Client(_) => ErrorKind::Internal,
             OciError::Io(error) => ErrorKind::of_io(error),
         }
@@ -110,10 +121,11 @@ impl OciError {
             OciError::RetriesExhausted { .. } => Some("the registry is overloaded or failing; try again later".into()),
             OciError::NotFound { .. } => Some("check the repository name and tag (`kiln pull` takes docker-style references)".into()),
             OciError::Denied { host, .. } | OciError::Token { host, .. } => {
-                Some(format!("log in with `docker login {host}` (kiln reads docker's config.json and credential helpers), or check that the repository exists"))
+                Some(format!("log in with `kiln login {host}` (kiln also reads its config file and docker's config.json and credential helpers), or check that the repository exists"))
             }
             OciError::DigestMismatch { .. } => Some("the registry served corrupt data; nothing was stored, try again".into()),
             OciError::Manifest { .. } => Some("kiln pulls OCI and Docker schema 2 images; check the reference".into()),
+            OciError::CredentialSource { hint, .. } => hint.clone(),
             _ => None,
         }
     }

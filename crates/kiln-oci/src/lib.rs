@@ -25,6 +25,7 @@ mod client;
 mod error;
 pub mod http;
 pub mod layer;
+mod login;
 mod upload;
 
 pub use auth::{
@@ -36,6 +37,7 @@ pub use client::{
 };
 pub use error::{OciError, Result};
 pub use layer::{DiffIdHasher, DiffIdSink, DiffIdWorker};
+pub use login::LoginCheck;
 pub use upload::{
     BlobSource, Mount, PushedManifest, UploadProgress, empty_index, referrer_descriptor,
     referrers_tag,

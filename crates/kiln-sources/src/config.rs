@@ -17,6 +17,15 @@
 //! url = "https://images.smartos.org"
 //! ```
 //!
+//! Registry credentials (documented in `docs/credentials.md`): a user name
+//! and where the password is, never the password itself:
+//!
+//! ```toml
+//! [registries."ghcr.io"]
+//! username = "me"
+//! password_env = "GHCR_TOKEN"        # or password_file = "/run/secrets/ghcr"
+//! ```
+//!
 //! While the file does not exist the built-in defaults apply; once written
 //! it lists every source, so removing a default sticks. Unknown keys are
 //! refused.
@@ -180,6 +189,52 @@ impl SourceConfig {
     }
 }
 
+/// Credentials for one registry: a user name and where its password is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// User name.
+    pub username: String,
+    /// Environment variable holding the password (or token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+    /// File holding the password (or token); must not be readable by group
+    /// or others. A trailing newline is not part of the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+impl RegistryConfig {
+    /// Checks that exactly one password source is named.
+    pub fn validate(&self, host: &str) -> std::result::Result<(), String> {
+        if self.username.is_empty() {
+            return Err(format!("registry {host}: username is empty"));
+        }
+        match (&self.password_env, &self.password_file) {
+            (Some(_), Some(_)) => Err(format!(
+                "registry {host}: give password_env or password_file, not both"
+            )),
+            (None, None) => Err(format!(
+                "registry {host}: give password_env or password_file"
+            )),
+            (Some(variable), None)
+                if variable.is_empty()
+                    || !variable
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
+                Err(format!(
+                    "registry {host}: password_env {variable:?} is not an environment variable name"
+                ))
+            }
+            (None, Some(path)) if path.as_os_str().is_empty() => {
+                Err(format!("registry {host}: password_file is empty"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// The whole config file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -189,6 +244,9 @@ pub struct Config {
     /// Sources by name.
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
+    /// Registry credentials by host (`docs/credentials.md`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub registries: BTreeMap<String, RegistryConfig>,
 }
 
 impl Default for Config {
@@ -225,6 +283,7 @@ impl Config {
         Config {
             version: CONFIG_VERSION,
             sources,
+            registries: BTreeMap::new(),
         }
     }
 
@@ -252,6 +311,9 @@ impl Config {
         }
         for (name, source) in &config.sources {
             source.validate(name).map_err(error)?;
+        }
+        for (host, registry) in &config.registries {
+            registry.validate(host).map_err(error)?;
         }
         Ok(config)
     }
@@ -283,6 +345,19 @@ mod tests {
     }
 
     #[test]
+    fn registries_round_trip() {
+        let text = "version = 1\n[registries.\"127.0.0.1:5000\"]\nusername = \"u\"\npassword_env = \"KILN_X\"\n[registries.\"ghcr.io\"]\nusername = \"v\"\npassword_file = \"/run/p\"\n";
+        let config = Config::parse(text, "c.toml").unwrap();
+        assert_eq!(config.registries.len(), 2);
+        assert_eq!(
+            config.registries["127.0.0.1:5000"].password_env.as_deref(),
+            Some("KILN_X")
+        );
+        assert_eq!(Config::parse(&config.to_toml(), "c.toml").unwrap(), config);
+        assert!(!Config::builtin().to_toml().contains("registries"));
+    }
+
+    #[test]
     fn refuses_bad_files_naming_the_line() {
         let cases = [
             (
@@ -307,6 +382,22 @@ mod tests {
                 "http",
             ),
             ("version = [\n", "line"),
+            (
+                "version = 1\n[registries.\"r.io\"]\nusername = \"u\"\npassword = \"p\"\n",
+                "password",
+            ),
+            (
+                "version = 1\n[registries.\"r.io\"]\nusername = \"u\"\n",
+                "password_env or password_file",
+            ),
+            (
+                "version = 1\n[registries.\"r.io\"]\nusername = \"u\"\npassword_env = \"A\"\npassword_file = \"/f\"\n",
+                "not both",
+            ),
+            (
+                "version = 1\n[registries.\"r.io\"]\nusername = \"u\"\npassword_env = \"A-B\"\n",
+                "A-B",
+            ),
         ];
         for (text, expected) in cases {
             let error = Config::parse(text, "c.toml").unwrap_err().to_string();

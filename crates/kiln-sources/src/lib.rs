@@ -26,6 +26,7 @@ pub mod http;
 pub mod imgapi;
 
 pub use checksum::{Checksum, Hashes, MultiHasher};
+pub use config::RegistryConfig;
 pub use config::{Config, SourceConfig, SourceType};
 pub use error::{Result, SourceError};
 pub use http::{Download, FetchOptions, Fetcher, Location};

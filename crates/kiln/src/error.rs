@@ -156,6 +156,9 @@ pub enum Error {
     /// A source's token variable is not set.
     #[error("the source's token variable {variable} is not set")]
     MissingToken { variable: String },
+    /// Registry credentials (login, logout, kiln's store, the config's `[registries]`).
+    #[error(transparent)]
+    Credentials(#[from] crate::credentials::CredentialError),
     /// The image cannot become what was asked.
     #[error("{image}: {detail}")]
     NotConvertible { image: String, detail: String },
@@ -196,6 +199,7 @@ impl Error {
             Error::NeedsRoot { .. } => ErrorKind::PermissionDenied,
             Error::Task(_) => ErrorKind::Internal,
             Error::Source(error) => error.kind(),
+            Error::Credentials(error) => error.kind(),
             Error::SourceReference(_)
             | Error::InvalidSource { .. }
             | Error::WrongSourceType { .. }
@@ -218,6 +222,7 @@ impl Error {
             Error::Rootfs(error) => error.hint(),
             Error::Registry(error) => error.hint(),
             Error::Source(error) => error.hint(),
+            Error::Credentials(error) => error.hint(),
             Error::UnknownSource { .. } => Some("`kiln sources ls` lists the sources; `kiln sources add NAME URL --type TYPE` adds one".into()),
             Error::SourceExists { name } => Some(format!("choose another name, or `kiln sources rm {name}` first")),
             Error::UnknownSourceImage { reference, .. } => Some(format!("`kiln avail {}` lists what the source offers", reference.split("://").next().unwrap_or_default())),

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod credentials;
 mod disk;
 mod error;
 mod progress;
@@ -31,6 +32,10 @@ mod sources;
 
 use std::path::Path;
 
+pub use credentials::{
+    AUTH_FILE_VERSION, CredentialError, LoginOptions, LoginOutcome, RegistryCredentials,
+    StoreChoice, StoreKind, normalize_host,
+};
 pub use disk::{Disk, DiskFormat, validate_disk_name};
 pub use error::{Error, Result};
 pub use kiln_oci::{Credential, CredentialProvider, StaticCredentials};

@@ -7,8 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use kiln_oci::{
-    ChainedCredentials, ClientOptions, CredentialProvider, DiffIdHasher, DiffIdSink, DockerConfig,
-    RegistryClient, RetryObserver,
+    ClientOptions, CredentialProvider, DiffIdHasher, DiffIdSink, RegistryClient, RetryObserver,
 };
 use kiln_store::{
     ImageBlob, IndexRecord, IngestStart, LayerRecord, Lease, NewImage, NewTag, StoreError,
@@ -437,11 +436,7 @@ impl Manager {
         reference: &Reference,
         options: &PullOptions,
     ) -> ClientOptions {
-        let mut providers: Vec<Arc<dyn CredentialProvider>> = Vec::new();
-        if let Some(credentials) = &options.credentials {
-            providers.push(credentials.clone());
-        }
-        providers.push(Arc::new(DockerConfig));
+        let credentials = self.credential_chain(options.credentials.clone());
         ClientOptions {
             insecure_registries: if options.insecure {
                 vec![reference.api_host().to_string()]
@@ -449,7 +444,7 @@ impl Manager {
                 Vec::new()
             },
             ca_certs: options.ca_certs.clone(),
-            credentials: Arc::new(ChainedCredentials(providers)),
+            credentials: Arc::new(credentials),
             ..ClientOptions::default()
         }
     }

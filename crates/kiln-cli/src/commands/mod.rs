@@ -4,6 +4,7 @@ mod disk;
 mod fsck;
 mod images;
 mod inspect;
+mod login;
 mod prune;
 mod pull;
 mod push;
@@ -50,6 +51,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Avail(args) => sources::avail(&open()?, args),
         Command::Update { sources } => sources::update(&open()?, &sources),
         Command::Install(args) => sources::install(&open()?, args),
+        Command::Login(args) => login::login(&open()?, args),
+        Command::Logout { host } => login::logout(&open()?, &host),
+        Command::Registries { format } => login::registries(&open()?, format),
         Command::Snapshot {
             disk,
             reference,

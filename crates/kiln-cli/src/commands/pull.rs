@@ -20,7 +20,7 @@ pub fn run(manager: &Manager, args: PullArgs) -> anyhow::Result<ExitCode> {
         insecure: args.insecure,
         ca_certs: args.ca_certs,
         concurrency: args.concurrency.into(),
-        credentials: None,
+        credentials: super::login::call_credentials(&args.reference, args.creds.as_deref())?,
         pipelined_diff_id: !args.inline_diff_id,
     };
     let reporter = Arc::new(Reporter::new(args.quiet || args.format == Format::Json));

@@ -23,6 +23,9 @@ pub struct Env {
     /// TLS registry with a private CA.
     pub tls_registry: String,
     pub ca: PathBuf,
+    /// Token-auth registry (plain HTTP; tokens from .ci/token-server.py for
+    /// the auth_user / auth_password account).
+    pub token_registry: String,
 }
 
 fn var(name: &str) -> String {
@@ -42,6 +45,7 @@ pub fn env() -> Env {
         auth_password: var("KILN_TEST_AUTH_PASSWORD"),
         tls_registry: var("KILN_TEST_TLS_REGISTRY"),
         ca: PathBuf::from(var("KILN_TEST_CA")),
+        token_registry: var("KILN_TEST_TOKEN_REGISTRY"),
     }
 }
 

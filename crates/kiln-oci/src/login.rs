@@ -1,0 +1,194 @@
+//! Checking credentials against a registry, as `docker login` does: `GET
+//! /v2/`, then answer its challenge (Basic, or Bearer through the token
+//! endpoint with `service` and `account` and no scope).
+
+use reqwest::header::{HeaderMap, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::{Method, StatusCode, Url};
+
+use crate::auth::Challenge;
+use crate::client::{RegistryClient, basic, registry_message};
+use crate::error::{OciError, Result};
+use crate::http::{describe, read_limited, send_following};
+
+const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
+
+/// What a login check found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginCheck {
+    /// The registry accepted the credentials.
+    Accepted,
+    /// The registry asks for no credentials at all (they were not checked).
+    NoAuthRequired,
+}
+
+impl RegistryClient {
+    /// Checks `username` and `password` against the registry at `host`
+    /// (host[:port] of its API). A refusal is [`OciError::Denied`] with
+    /// status 401 or 403; no error ever holds the password.
+    pub async fn check_login(
+        &self,
+        host: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<LoginCheck> {
+        let what = format!("the login of {username}");
+        let response = self.get_base(host, None).await?;
+        if response.status().is_success() {
+            return Ok(LoginCheck::NoAuthRequired);
+        }
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Err(unexpected(host, &what, response).await);
+        }
+        let challenge = response
+            .headers()
+            .get_all(WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(Challenge::parse)
+            .next();
+        let authorization = match challenge {
+            Some(Challenge::Basic) => basic(username, password),
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                let token = self
+                    .login_token(host, &realm, service.as_deref(), username, password)
+                    .await?;
+                let mut value =
+                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                        OciError::Token {
+                            host: host.to_string(),
+                            realm: realm.clone(),
+                            detail: "token is not a valid header value".into(),
+                        }
+                    })?;
+                value.set_sensitive(true);
+                value
+            }
+            None => {
+                return Err(OciError::Denied {
+                    host: host.to_string(),
+                    status: 401,
+                    what,
+                    message: Some("no usable WWW-Authenticate challenge".into()),
+                });
+            }
+        };
+        let response = self.get_base(host, Some(&authorization)).await?;
+        match response.status() {
+            status if status.is_success() => Ok(LoginCheck::Accepted),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => Err(OciError::Denied {
+                host: host.to_string(),
+                status: response.status().as_u16(),
+                what,
+                message: Some("credentials refused".into()),
+            }),
+            _ => Err(unexpected(host, &what, response).await),
+        }
+    }
+
+    /// `GET /v2/` on `host`, falling back to plain HTTP for an insecure
+    /// registry that does not speak TLS.
+    async fn get_base(
+        &self,
+        host: &str,
+        authorization: Option<&HeaderValue>,
+    ) -> Result<reqwest::Response> {
+        let insecure = self.is_insecure(host);
+        let client = self.http(insecure)?;
+        let mut scheme = self.scheme(host);
+        loop {
+            let url = Url::parse(&format!("{scheme}://{host}/v2/"))
+                .map_err(|e| OciError::Client(format!("bad URL for {host}: {e}")))?;
+            match send_following(client, &Method::GET, url, &HeaderMap::new(), authorization).await
+            {
+                Ok(response) => {
+                    self.remember_scheme(host, scheme);
+                    return Ok(response);
+                }
+                Err(_) if insecure && scheme == "https" => scheme = "http",
+                Err(error) => {
+                    return Err(OciError::Unreachable {
+                        host: host.to_string(),
+                        detail: describe(&error),
+                    });
+                }
+            }
+        }
+    }
+
+    /// A token for no scope, as `docker login` asks: proves the credentials.
+    async fn login_token(
+        &self,
+        host: &str,
+        realm: &str,
+        service: Option<&str>,
+        username: &str,
+        password: &str,
+    ) -> Result<String> {
+        let token_error = |detail: String| OciError::Token {
+            host: host.to_string(),
+            realm: realm.to_string(),
+            detail,
+        };
+        let url = Url::parse(realm).map_err(|e| token_error(format!("bad realm URL: {e}")))?;
+        let realm_insecure = url.host_str().is_some_and(|h| {
+            let with_port = url
+                .port()
+                .map(|p| format!("{h}:{p}"))
+                .unwrap_or_else(|| h.to_string());
+            self.is_insecure(&with_port) || self.is_insecure(h)
+        });
+        let mut query = vec![("account", username)];
+        if let Some(service) = service {
+            query.push(("service", service));
+        }
+        let response = self
+            .http(realm_insecure)?
+            .get(url)
+            .query(&query)
+            .basic_auth(username, Some(password))
+            .send()
+            .await
+            .map_err(|e| token_error(describe(&e)))?;
+        let status = response.status();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            return Err(OciError::Denied {
+                host: host.to_string(),
+                status: status.as_u16(),
+                what: format!("the login of {username}"),
+                message: Some("credentials refused".into()),
+            });
+        }
+        if !status.is_success() {
+            return Err(token_error(format!("HTTP {status}")));
+        }
+        let body = read_limited(response, MAX_TOKEN_RESPONSE)
+            .await
+            .map_err(&token_error)?;
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| token_error("malformed token response".into()))?;
+        parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| token_error("response has no token".into()))
+    }
+}
+
+async fn unexpected(host: &str, what: &str, response: reqwest::Response) -> OciError {
+    let status = response.status().as_u16();
+    let message = read_limited(response, 16 << 10)
+        .await
+        .ok()
+        .and_then(|body| registry_message(&body));
+    OciError::Status {
+        host: host.to_string(),
+        status,
+        what: what.to_string(),
+        message,
+    }
+}
