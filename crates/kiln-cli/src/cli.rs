@@ -225,12 +225,8 @@ pub struct PullArgs {
     /// No progress output
     #[arg(short, long)]
     pub quiet: bool,
-    /// Allow plain HTTP or unverified TLS for this registry
-    #[arg(long)]
-    pub insecure: bool,
-    /// Trust the CA certificates in this PEM file (repeatable)
-    #[arg(long = "ca-certs", value_name = "PEM")]
-    pub ca_certs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Layers downloaded at once
     #[arg(long, default_value_t = kiln::DEFAULT_CONCURRENCY as u16, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
@@ -265,15 +261,22 @@ pub struct LoginArgs {
     /// Read the password (one line) from standard input
     #[arg(long)]
     pub password_stdin: bool,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Where to keep the password
+    #[arg(long, value_enum, env = "KILN_CREDENTIAL_STORE", default_value_t = CredentialStoreArg::Auto)]
+    pub credential_store: CredentialStoreArg,
+}
+
+/// How to reach a registry (pull, push, login, rootfs referrers).
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
     /// Allow plain HTTP or unverified TLS for this registry
     #[arg(long)]
     pub insecure: bool,
     /// Trust the CA certificates in this PEM file (repeatable)
     #[arg(long = "ca-certs", value_name = "PEM")]
     pub ca_certs: Vec<PathBuf>,
-    /// Where to keep the password
-    #[arg(long, value_enum, env = "KILN_CREDENTIAL_STORE", default_value_t = CredentialStoreArg::Auto)]
-    pub credential_store: CredentialStoreArg,
 }
 
 #[derive(Debug, Args)]
@@ -297,12 +300,11 @@ pub struct PushArgs {
     /// No progress output
     #[arg(short, long)]
     pub quiet: bool,
-    /// Allow plain HTTP or unverified TLS for this registry
-    #[arg(long)]
-    pub insecure: bool,
-    /// Trust the CA certificates in this PEM file (repeatable)
-    #[arg(long = "ca-certs", value_name = "PEM")]
-    pub ca_certs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Credentials for the destination registry, tried before any other (docs/credentials.md)
+    #[arg(long, value_name = "USER:PASSWORD")]
+    pub creds: Option<String>,
     /// Blobs uploaded at once
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub concurrency: u16,
@@ -413,12 +415,8 @@ pub struct RootfsArgs {
     /// Convert here even when the image's registry has this rootfs as a referrer
     #[arg(long)]
     pub no_referrers: bool,
-    /// Allow plain HTTP or unverified TLS when asking the image's registry for referrers
-    #[arg(long)]
-    pub insecure: bool,
-    /// Trust the CA certificates in this PEM file (repeatable)
-    #[arg(long = "ca-certs", value_name = "PEM")]
-    pub ca_certs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// `512M`, `2G`, `1048576`: binary units, as disk tools count.

@@ -541,3 +541,97 @@ fn an_imgapi_image_pulled_back_keeps_its_uuid_names_and_manifest() {
     assert!(original["source"]["manifest"].is_object(), "{original}");
     other_host.run(&["fsck"]).ok();
 }
+
+#[test]
+fn push_through_token_auth_with_call_credentials_never_shows_the_password() {
+    let env = env();
+    let kiln = Kiln::new();
+    let source = format!("{}/busybox:multi", env.registry);
+    kiln.run(&["pull", "-q", "--insecure", &source]).ok();
+    let destination = format!("{}/{}:1", env.token_registry, unique("token"));
+    let creds = format!("{}:{}", env.auth_user, env.auth_password);
+    let wrong = format!("{}:not-{}", env.auth_user, env.auth_password);
+
+    let mut outputs = Vec::new();
+    // Anonymous: the token server grants no push.
+    let anonymous = kiln
+        .run(&["push", "--insecure", &source, &destination])
+        .fails(1);
+    assert!(anonymous.stderr.contains("hint:"), "{}", anonymous.stderr);
+    outputs.push(anonymous);
+    // Wrong password: refused by the token server.
+    let refused = kiln
+        .run(&[
+            "push",
+            "--insecure",
+            "--creds",
+            &wrong,
+            &source,
+            &destination,
+        ])
+        .fails(1);
+    assert!(refused.stderr.contains("refused"), "{}", refused.stderr);
+    outputs.push(refused);
+    // Right password given to the call: a token with push scope.
+    let pushed = kiln
+        .run(&[
+            "push",
+            "--insecure",
+            "--creds",
+            &creds,
+            &source,
+            &destination,
+            "--format",
+            "json",
+        ])
+        .ok();
+    assert_eq!(pushed.json()["uploaded"], 4, "{}", pushed.stdout);
+    outputs.push(pushed);
+
+    // Another host pulls it back with a stored login.
+    let other_host = Kiln::new();
+    let mut login = other_host.command(&[
+        "login",
+        "--insecure",
+        &env.token_registry,
+        "-u",
+        &env.auth_user,
+        "--password-stdin",
+    ]);
+    login.stdin(std::process::Stdio::piped());
+    let mut child = login
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "{}", env.auth_password).unwrap();
+    }
+    let login = child.wait_with_output().unwrap();
+    assert!(
+        login.status.success(),
+        "{}",
+        String::from_utf8_lossy(&login.stderr)
+    );
+    other_host
+        .run(&["pull", "-q", "--insecure", &destination])
+        .ok();
+    assert_eq!(
+        identity(&other_host, &destination),
+        identity(&kiln, &source)
+    );
+
+    for run in &outputs {
+        for text in [&run.stdout, &run.stderr] {
+            assert!(
+                !text.contains(&env.auth_password) && !text.contains("not-kilnpass"),
+                "a password in the output: {text}"
+            );
+        }
+    }
+    for text in [&login.stdout, &login.stderr] {
+        assert!(!String::from_utf8_lossy(text).contains(&env.auth_password));
+    }
+}

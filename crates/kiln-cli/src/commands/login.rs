@@ -42,8 +42,8 @@ pub fn login(manager: &Manager, args: LoginArgs) -> anyhow::Result<ExitCode> {
         bail!("the password is empty");
     }
     let options = LoginOptions {
-        insecure: args.insecure,
-        ca_certs: args.ca_certs,
+        insecure: args.registry.insecure,
+        ca_certs: args.registry.ca_certs,
         store: match args.credential_store {
             CredentialStoreArg::Auto => StoreChoice::Auto,
             CredentialStoreArg::File => StoreChoice::File,

@@ -12,8 +12,12 @@ pub fn run(manager: &Manager, args: PushArgs) -> anyhow::Result<ExitCode> {
     let options = PushOptions {
         platform: super::parse_platform(args.platform.as_deref())?,
         registry: PullOptions {
-            insecure: args.insecure,
-            ca_certs: args.ca_certs,
+            insecure: args.registry.insecure,
+            ca_certs: args.registry.ca_certs,
+            credentials: super::login::call_credentials(
+                args.destination.as_deref().unwrap_or(&args.image),
+                args.creds.as_deref(),
+            )?,
             concurrency: args.concurrency.into(),
             ..PullOptions::default()
         },

@@ -21,8 +21,8 @@ pub fn run(manager: &Manager, args: RootfsArgs) -> anyhow::Result<ExitCode> {
         // A rootfs another host converted and pushed as a referrer of this
         // image beats converting here; any failure to ask just converts.
         let registry = kiln::PullOptions {
-            insecure: args.insecure,
-            ca_certs: args.ca_certs.clone(),
+            insecure: args.registry.insecure,
+            ca_certs: args.registry.ca_certs.clone(),
             ..kiln::PullOptions::default()
         };
         let reporter = std::sync::Arc::new(crate::progress::Reporter::new(args.json));
