@@ -164,6 +164,7 @@ impl Progress for Reporter {
                 human_delay(delay)
             )),
             Event::Stored { manifest } => self.line(format!("stored {manifest}")),
+            Event::Warning { message } => self.line(format!("warning: {message}")),
             Event::UploadStarted {
                 digest,
                 size: total,

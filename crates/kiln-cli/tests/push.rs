@@ -234,6 +234,20 @@ fn push_names_what_is_wrong() {
     // A registry that is not there: a one-line error naming it.
     let source = format!("{}/busybox:1", env.registry);
     kiln.run(&["pull", "-q", "--insecure", &source]).ok();
+    // Without a destination, only the image's own registry name is used:
+    // never a digest prefix read as a Docker Hub repository.
+    let digest = kiln.run(&["images", "-q"]).ok().stdout;
+    let prefix = &digest.trim().trim_start_matches("sha256:")[..12];
+    let guessed = kiln.run(&["push", "--insecure", prefix]).fails(1);
+    assert!(
+        guessed.stderr.contains("no registry name") && guessed.stderr.contains("hint:"),
+        "{}",
+        guessed.stderr
+    );
+    let own = push_json(&kiln, &["--insecure", &source]);
+    assert_eq!(own["reference"], source.as_str());
+    assert_eq!(own["existing"], 2, "{own}");
+
     let unreachable = kiln
         .run(&["push", "--insecure", &source, "127.0.0.1:9/nowhere:1"])
         .fails(1);

@@ -301,6 +301,9 @@ impl RegistryClient {
         let insecure = self.is_insecure(host);
         let mut failures = 0u32;
         let mut authenticated_once = false;
+        // The authorization this call obtained: used for its retry even if
+        // a concurrent request replaced the shared one meanwhile.
+        let mut fresh_authorization: Option<HeaderValue> = None;
         loop {
             let scheme = self.scheme(host);
             let absolute = target.starts_with("http://") || target.starts_with("https://");
@@ -309,16 +312,17 @@ impl RegistryClient {
             } else {
                 Url::parse(&format!("{scheme}://{host}{target}"))
             }
-            .map_err(|e| OciError::Client(format!("bad URL for {host}{target}: {e}")))?;
-            let same_host = url.host_str().is_some_and(|h| {
-                let authority = url
-                    .port()
-                    .map(|p| format!("{h}:{p}"))
-                    .unwrap_or_else(|| h.to_string());
-                authority == *host || h == host
-            });
+            .map_err(|e| OciError::Client(format!("bad URL for a request to {host}: {e}")))?;
+            // Credentials go only to the registry's own origin (scheme,
+            // host and port): never to an upload location elsewhere, and
+            // never downgraded to plain HTTP.
+            let same_origin = Url::parse(&format!("{scheme}://{host}/"))
+                .is_ok_and(|registry| registry.origin() == url.origin());
             let client = self.http(insecure)?;
-            let authorization = self.cached_authorization(repository).filter(|_| same_host);
+            let authorization = fresh_authorization
+                .clone()
+                .or_else(|| self.cached_authorization(repository))
+                .filter(|_| same_origin);
             let sent = match body {
                 None => {
                     crate::http::send_following(
@@ -352,13 +356,16 @@ impl RegistryClient {
                     self.remember_scheme(host, "http");
                     continue;
                 }
-                Err(error) => Attempt::Retry(describe(&error), None),
+                Err(error) => Attempt::Retry(describe(&error.without_url()), None),
                 Ok(response) => {
-                    self.remember_scheme(host, scheme);
+                    if !absolute {
+                        self.remember_scheme(host, scheme);
+                    }
                     let status = response.status();
-                    if status == StatusCode::UNAUTHORIZED && !authenticated_once {
+                    if status == StatusCode::UNAUTHORIZED && !authenticated_once && same_origin {
                         authenticated_once = true;
-                        self.authenticate(repository, &response, what).await?;
+                        fresh_authorization =
+                            Some(self.authenticate(repository, &response, what).await?);
                         continue;
                     }
                     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
@@ -408,7 +415,7 @@ impl RegistryClient {
         repository: &Repository,
         response: &reqwest::Response,
         what: &str,
-    ) -> Result<()> {
+    ) -> Result<HeaderValue> {
         let host = repository.host.clone();
         let challenge = response
             .headers()
@@ -465,9 +472,9 @@ impl RegistryClient {
             .unwrap_or_else(|p| p.into_inner())
             .insert(
                 (repository.host.clone(), repository.name.clone()),
-                authorization,
+                authorization.clone(),
             );
-        Ok(())
+        Ok(authorization)
     }
 
     async fn fetch_token(
@@ -508,7 +515,10 @@ impl RegistryClient {
                     client.post(url.clone()).form(&form)
                 }
                 other => {
-                    let mut query = vec![("scope", scope)];
+                    // Several scopes (a mount names two repositories) go
+                    // as repeated `scope` parameters, as registries expect.
+                    let mut query: Vec<(&str, &str)> =
+                        scope.split_whitespace().map(|s| ("scope", s)).collect();
                     if let Some(service) = service {
                         query.push(("service", service));
                     }

@@ -53,7 +53,11 @@ fn unchanged(
         && base.uid == metadata.uid()
         && base.gid == metadata.gid()
         && (matches!(base.kind, Kind::Directory(_)) || base.mtime == metadata.mtime())
-        && base.xattrs == read_xattrs(host)?;
+        && base
+            .xattrs
+            .iter()
+            .filter(|(name, _)| carried(name))
+            .eq(read_xattrs(host)?.iter());
     if !same_meta && !matches!(base.kind, Kind::Symlink(_)) {
         return Ok(false);
     }
@@ -79,8 +83,15 @@ fn unchanged(
     })
 }
 
-/// The extended attributes of `path` (not following a symlink), without
-/// the host's SELinux label. A filesystem without xattr support has none.
+/// Whether an xattr goes into a layer: not the host's SELinux label, and
+/// only names a PAX record can carry (UTF-8). Applied to both sides of the
+/// comparison, so neither makes a file look changed.
+fn carried(name: &[u8]) -> bool {
+    name != b"security.selinux" && std::str::from_utf8(name).is_ok()
+}
+
+/// The extended attributes of `path` (not following a symlink) that
+/// [`carried`] keeps. A filesystem without xattr support has none.
 fn read_xattrs(path: &Path) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     use std::ffi::CString;
     let mut found = BTreeMap::new();
@@ -116,7 +127,7 @@ fn read_xattrs(path: &Path) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
         Err(error) => return Err(error),
     };
     for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if name == b"security.selinux" {
+        if !carried(name) {
             continue;
         }
         let c_name = CString::new(name)?;

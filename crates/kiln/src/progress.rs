@@ -134,6 +134,11 @@ pub enum Event {
         /// Its digest.
         digest: Digest,
     },
+    /// Something the user should know that does not stop the operation.
+    Warning {
+        /// One line.
+        message: String,
+    },
     /// The image is recorded in the catalog.
     Stored {
         /// Its manifest digest.

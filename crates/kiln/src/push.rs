@@ -162,15 +162,6 @@ impl Manager {
             });
         }
         let destination = self.push_destination(source, destination, &image)?;
-        if let Some(pinned) = destination.digest()
-            && *pinned != image.manifest_digest
-            && image.media_type != RECORD_MEDIA_TYPE
-        {
-            return Err(Error::PushDigest {
-                destination: destination.to_string(),
-                image: image.manifest_digest.clone(),
-            });
-        }
         let client = self.registry_client(&destination, &options.registry);
         client.check_ca_certs()?;
         let observer = Arc::new(Observer(progress.clone()));
@@ -204,6 +195,15 @@ impl Manager {
                 let bytes = content.read_blob(&image.manifest_digest)?;
                 (Bytes::from(bytes), image.media_type.clone(), None)
             };
+        let manifest_digest = Digest::sha256_of(&manifest_bytes);
+        if let Some(pinned) = destination.digest()
+            && *pinned != manifest_digest
+        {
+            return Err(Error::PushDigest {
+                destination: destination.to_string(),
+                image: manifest_digest,
+            });
+        }
         let mut sources = Vec::with_capacity(blobs.len());
         for (digest, size) in blobs {
             catalog.lease_blob(guard.lease(), &digest)?;
@@ -238,7 +238,7 @@ impl Manager {
         let selector = destination
             .tag()
             .map(str::to_string)
-            .unwrap_or_else(|| Digest::sha256_of(&manifest_bytes).to_string());
+            .unwrap_or_else(|| manifest_digest.to_string());
         let pushed = client
             .put_manifest(
                 &repository,
@@ -293,10 +293,18 @@ impl Manager {
         if let Some(destination) = destination {
             return Ok(destination.parse()?);
         }
+        // Only a registry name the image has (as pulled or loaded), never a
+        // digest prefix or a local name read as a Docker Hub reference.
         if image.media_type != RECORD_MEDIA_TYPE
+            && image.kind != "snapshot"
             && !kiln_types::SourceReference::looks_like(source)
-            && source.parse::<Digest>().is_err()
             && let Ok(reference) = source.parse::<Reference>()
+            && self
+                .store
+                .catalog()
+                .tags_of(image.id)?
+                .iter()
+                .any(|tag| tag.name == crate::tag_name(&reference))
         {
             return Ok(reference);
         }
@@ -599,7 +607,9 @@ impl Manager {
         progress: Arc<dyn Progress>,
     ) -> Result<Option<RootfsArtifact>> {
         let image = self.one_image(query, platform)?;
-        if image.media_type == RECORD_MEDIA_TYPE {
+        if image.media_type == RECORD_MEDIA_TYPE || image.kind == "snapshot" {
+            // Source images ship their own rootfs; a snapshot's names are
+            // local, not where it came from.
             return Ok(None);
         }
         let options = match (format, size) {
@@ -625,7 +635,7 @@ impl Manager {
         for origin in origins {
             // One quick try: a registry that is gone must not slow down a
             // conversion that works offline.
-            let client = RegistryClient::new(kiln_oci::ClientOptions {
+            let quick = RegistryClient::new(kiln_oci::ClientOptions {
                 retry: kiln_oci::RetryPolicy {
                     max_attempts: 1,
                     ..kiln_oci::RetryPolicy::default()
@@ -635,7 +645,7 @@ impl Manager {
                 ..self.client_options(&origin, registry)
             });
             let repository = Repository::of(&origin);
-            let listed = match client
+            let listed = match quick
                 .referrers(
                     &repository,
                     &image.manifest_digest,
@@ -646,7 +656,7 @@ impl Manager {
             {
                 Ok(Some(index)) => index,
                 Ok(None) => {
-                    match client
+                    match quick
                         .referrers_by_tag(
                             &origin.with_digest(image.manifest_digest.clone()),
                             &image.manifest_digest,
@@ -671,82 +681,115 @@ impl Manager {
             let Some(candidate) = candidate else {
                 continue;
             };
-            let fetched = client
-                .fetch_manifest(&origin, &candidate.digest.to_string(), observer.as_ref())
-                .await?;
-            let manifest: ImageManifest =
-                serde_json::from_slice(&fetched.bytes).map_err(|e| Error::Artifact {
-                    reference: origin.to_string(),
-                    detail: format!("artifact {} is not an image manifest: {e}", fetched.digest),
-                })?;
-            let layer = match manifest.layers.as_slice() {
-                [layer]
-                    if layer.media_type == rootfs_media_type(format)
-                        && manifest.subject.as_ref().map(|s| &s.digest)
-                            == Some(&image.manifest_digest) =>
-                {
-                    layer.clone()
-                }
-                _ => {
-                    return Err(Error::Artifact {
-                        reference: origin.to_string(),
-                        detail: format!(
-                            "artifact {} is not one {} layer for {}",
-                            fetched.digest,
-                            rootfs_media_type(format),
-                            image.manifest_digest
-                        ),
-                    });
-                }
-            };
-            let guard = LeaseGuard {
-                manager: self,
-                lease: Some(catalog.create_lease()?),
-            };
-            self.fetch_plain_blob(
-                &client,
-                &origin,
-                &layer,
-                guard.lease(),
-                &progress,
-                &observer,
-            )
+            // The download gets the normal retries (only the lookup is quick).
+            let client = self.registry_client(&origin, registry);
+            match self
+                .fetch_rootfs_referrer(
+                    &client,
+                    &origin,
+                    &image,
+                    &candidate.digest,
+                    format,
+                    &options,
+                    &progress,
+                    &observer,
+                )
+                .await
+            {
+                Ok(artifact) => return Ok(Some(artifact)),
+                Err(error) => progress.event(Event::Warning {
+                    message: format!(
+                        "cannot use the {} referrer {} on {origin}, converting here instead: {error}",
+                        format.as_str(),
+                        candidate.digest
+                    ),
+                }),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Downloads the rootfs referrer `digest` of `image` from `origin`,
+    /// checks it and records it as the image's derived artifact.
+    #[allow(clippy::too_many_arguments)]
+    async fn fetch_rootfs_referrer(
+        &self,
+        client: &RegistryClient,
+        origin: &Reference,
+        image: &kiln_store::ImageRecord,
+        digest: &Digest,
+        format: RootfsFormat,
+        options: &str,
+        progress: &Arc<dyn Progress>,
+        observer: &Arc<Observer>,
+    ) -> Result<RootfsArtifact> {
+        let catalog = self.store.catalog();
+        let fetched = client
+            .fetch_manifest(origin, &digest.to_string(), observer.as_ref())
             .await?;
-            let path = self.store.content().blob_path(&layer.digest);
-            if !crate::rootfs::looks_like(format, &path) {
+        let manifest: ImageManifest =
+            serde_json::from_slice(&fetched.bytes).map_err(|e| Error::Artifact {
+                reference: origin.to_string(),
+                detail: format!("artifact {} is not an image manifest: {e}", fetched.digest),
+            })?;
+        let layer = match manifest.layers.as_slice() {
+            [layer]
+                if layer.media_type == rootfs_media_type(format)
+                    && manifest.subject.as_ref().map(|s| &s.digest)
+                        == Some(&image.manifest_digest) =>
+            {
+                layer.clone()
+            }
+            _ => {
                 return Err(Error::Artifact {
                     reference: origin.to_string(),
                     detail: format!(
-                        "the {} published in {} is not a {} image",
-                        layer.digest,
+                        "artifact {} is not one {} layer for {}",
                         fetched.digest,
-                        format.as_str()
+                        rootfs_media_type(format),
+                        image.manifest_digest
                     ),
                 });
             }
-            let mut guard = guard;
-            catalog.add_artifact(
-                &ArtifactRecord {
-                    image_id: image.id,
-                    format: format.as_str().to_string(),
-                    options: options.clone(),
-                    converter_version: CONVERTER_VERSION.to_string(),
-                    digest: layer.digest.clone(),
-                    size: layer.size,
-                    created_at: kiln_store::fsutil::now(),
-                },
-                guard.lease.take(),
-            )?;
-            return Ok(Some(RootfsArtifact {
-                image: image.manifest_digest.clone(),
-                format,
-                path,
-                digest: layer.digest,
-                size: layer.size,
-                cached: false,
-            }));
+        };
+        let mut guard = LeaseGuard {
+            manager: self,
+            lease: Some(catalog.create_lease()?),
+        };
+        self.fetch_plain_blob(client, origin, &layer, guard.lease(), progress, observer)
+            .await?;
+        let path = self.store.content().blob_path(&layer.digest);
+        if !crate::rootfs::looks_like(format, &path) {
+            return Err(Error::Artifact {
+                reference: origin.to_string(),
+                detail: format!(
+                    "the {} published in {} is not a {} image",
+                    layer.digest,
+                    fetched.digest,
+                    format.as_str()
+                ),
+            });
         }
-        Ok(None)
+        catalog.add_artifact(
+            &ArtifactRecord {
+                image_id: image.id,
+                format: format.as_str().to_string(),
+                options: options.to_string(),
+                converter_version: CONVERTER_VERSION.to_string(),
+                digest: layer.digest.clone(),
+                size: layer.size,
+                created_at: kiln_store::fsutil::now(),
+            },
+            guard.lease.take(),
+        )?;
+        Ok(RootfsArtifact {
+            image: image.manifest_digest.clone(),
+            format,
+            path,
+            digest: layer.digest,
+            size: layer.size,
+            cached: false,
+        })
     }
 }
 
@@ -772,10 +815,15 @@ async fn push_blob(
     }
     let mut location = None;
     for from in mount_from {
-        match client
+        // A mount is an optimisation: a registry that refuses it (no access
+        // to the other repository, no support) gets an upload instead.
+        let Ok(mount) = client
             .mount_blob(repository, &blob.digest, from, observer.as_ref())
-            .await?
-        {
+            .await
+        else {
+            continue;
+        };
+        match mount {
             Mount::Mounted => {
                 progress.event(Event::BlobOnRegistry {
                     digest: blob.digest.clone(),
@@ -822,13 +870,14 @@ async fn push_blob(
             Ok(()) => break,
             Err(error)
                 if attempt == 0
-                    && matches!(
+                    && !matches!(
                         error.kind(),
-                        kiln_types::ErrorKind::Unavailable | kiln_types::ErrorKind::NotFound
+                        kiln_types::ErrorKind::PermissionDenied | kiln_types::ErrorKind::DataLoss
                     ) =>
             {
-                // A failed upload session is gone on most registries: start
-                // a new one once.
+                // A failed upload session is gone or confused on most
+                // registries (a retried PATCH may be refused as out of
+                // order): start a new one once.
                 attempt += 1;
                 progress.event(Event::Retrying {
                     what: format!("upload of blob {}", blob.digest),
@@ -971,11 +1020,31 @@ impl Manager {
             platform: platform.clone(),
             index: Some(artifact),
         }];
-        tags.extend(names.into_iter().map(|name| kiln_store::NewTag {
-            name,
-            platform: platform.clone(),
-            index: None,
-        }));
+        // A source name already naming another image stays where it is:
+        // an artifact from a registry does not re-point what the source's
+        // own pull installed.
+        for name in names {
+            let taken = self
+                .store
+                .catalog()
+                .tags_named(&name)?
+                .into_iter()
+                .filter_map(|tag| self.store.catalog().image(tag.image_id).ok().flatten())
+                .any(|image| image.manifest_digest != record_digest);
+            if taken {
+                progress.event(Event::Warning {
+                    message: format!(
+                        "{name} already names another image; {reference} is recorded without that name"
+                    ),
+                });
+                continue;
+            }
+            tags.push(kiln_store::NewTag {
+                name,
+                platform: platform.clone(),
+                index: None,
+            });
+        }
         self.commit_record(
             &record,
             &record_digest,
