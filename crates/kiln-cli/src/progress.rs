@@ -165,6 +165,9 @@ impl Progress for Reporter {
                     bar.set_position(position);
                 }
             }
+            Event::ArchiveEntry { name, size: total } => {
+                self.line(format!("{name} ({})", size(total)))
+            }
             Event::FileExists { name, size: total } => {
                 self.line(format!("{name}: already in the store ({})", size(total)))
             }

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod archive;
 pub mod catalog;
 pub mod checksum;
 pub mod config;

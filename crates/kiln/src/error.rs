@@ -159,6 +159,22 @@ pub enum Error {
     /// The image cannot become what was asked.
     #[error("{image}: {detail}")]
     NotConvertible { image: String, detail: String },
+    /// An image archive kiln refuses (`load`).
+    #[error("{archive}: {source}")]
+    Archive {
+        archive: String,
+        #[source]
+        source: kiln_sources::archive::ArchiveError,
+    },
+    /// A tar archive would be read from or written to a terminal.
+    #[error("{stream} is a terminal: kiln does not {action} a tar archive there")]
+    TerminalArchive {
+        stream: &'static str,
+        action: &'static str,
+    },
+    /// An image `save` cannot write.
+    #[error("{image}: {detail}")]
+    NotSaveable { image: String, detail: String },
 }
 
 impl Error {
@@ -197,6 +213,9 @@ impl Error {
             Error::HasDependents { .. }
             | Error::OriginMissing { .. }
             | Error::NotConvertible { .. } => ErrorKind::FailedPrecondition,
+            Error::Archive { source, .. } => source.kind(),
+            Error::TerminalArchive { .. } => ErrorKind::InvalidArgument,
+            Error::NotSaveable { .. } => ErrorKind::FailedPrecondition,
         }
     }
 
@@ -229,6 +248,10 @@ impl Error {
             Error::UnsupportedMediaType { .. } | Error::Manifest { .. } => {
                 Some("kiln pulls OCI and Docker schema 2 container images (gzip, zstd or uncompressed layers)".into())
             }
+            Error::Archive { .. } => Some("nothing from the archive was recorded; kiln loads `docker save` archives and OCI image layouts in a tar (docs/archives.md)".into()),
+            Error::TerminalArchive { stream: "stdout", .. } => Some("use -o FILE or redirect stdout".into()),
+            Error::TerminalArchive { .. } => Some("use -i FILE or redirect stdin".into()),
+            Error::NotSaveable { .. } => Some("`kiln save` writes OCI images; an image from a non-OCI source is published with `kiln push`".into()),
             _ => None,
         }
     }

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod archive;
 mod disk;
 mod error;
 mod progress;
@@ -30,6 +31,7 @@ mod sources;
 
 use std::path::Path;
 
+pub use archive::{ArchiveFormat, LoadOptions, LoadedImage, SaveReport};
 pub use disk::{Disk, DiskFormat, validate_disk_name};
 pub use error::{Error, Result};
 pub use kiln_oci::{Credential, CredentialProvider, StaticCredentials};

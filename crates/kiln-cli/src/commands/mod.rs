@@ -4,10 +4,12 @@ mod disk;
 mod fsck;
 mod images;
 mod inspect;
+mod load;
 mod prune;
 mod pull;
 mod rmi;
 mod rootfs;
+mod save;
 mod sources;
 
 use std::process::ExitCode;
@@ -41,6 +43,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | Command::Image {
             command: ImageCommand::Prune(args),
         } => prune::run(&open()?, args),
+        Command::Load(args) => load::run(&open()?, args),
+        Command::Save(args) => save::run(&open()?, args),
         Command::Fsck(args) => fsck::run(&open()?, args),
         Command::Rootfs(args) => rootfs::run(&open()?, args),
         Command::Disk { command } => disk::run(&open()?, command),
