@@ -207,22 +207,44 @@ fn save_then_load_keeps_every_digest() {
     assert_eq!(manifest, identity(&source, &references[2]).0);
     target.run(&["inspect", &references[2]]).fails(1);
 
-    // An unnamed image is listed, reachable by digest, saved by digest.
-    let unnamed = Kiln::new();
-    unnamed
-        .run(&["pull", "-q", "--insecure", &references[0]])
-        .ok();
-    let digest = identity(&unnamed, &references[0]).0;
-    unnamed.run(&["rmi", &references[0]]).ok();
+    // An archive naming its image by a bare tag (the OCI convention for
+    // ref.name): loaded unnamed, with a note; listed, saved and removed by digest.
+    let oci = work.path().join("all-oci.tar");
+    let bare = work.path().join("bare-tag.tar");
+    rewrite(
+        &oci,
+        &bare,
+        "if m.name == 'index.json':\n    import json\n    d = json.loads(data)\n    for x in d['manifests']: x['annotations'] = {'org.opencontainers.image.ref.name': '1.0'}\n    data = json.dumps(d).encode()",
+    );
+    let target = Kiln::new();
+    let run = target.run(&["load", "-i", bare.to_str().unwrap()]).ok();
+    assert!(
+        run.stderr
+            .contains("note: the archive names this image only by the tag \"1.0\""),
+        "{}",
+        run.stderr
+    );
+    let images = target.run(&["images", "--format", "json"]).ok().json();
+    assert_eq!(images.as_array().unwrap().len(), tags.len());
+    assert!(
+        images
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["reference"].is_null()),
+        "{images}"
+    );
+    let digest = identity(&source, &references[1]).0;
     let again = work.path().join("by-digest.tar");
-    source
+    target
         .run(&["save", "-q", &digest, "-o", again.to_str().unwrap()])
         .ok();
-    let target = Kiln::new();
-    target
+    target.run(&["rmi", &digest]).ok();
+    let other = Kiln::new();
+    other
         .run(&["load", "-q", "-i", again.to_str().unwrap()])
         .ok();
-    assert_eq!(identity(&target, &digest).0, digest);
+    assert_eq!(identity(&other, &digest), identity(&source, &references[1]));
 }
 
 #[test]

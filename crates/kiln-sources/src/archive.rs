@@ -813,7 +813,7 @@ mod tests {
         header.set_entry_type(tar::EntryType::Regular);
         header.set_cksum();
         let mut bytes = header.as_bytes().to_vec();
-        bytes.extend_from_slice(&[b'h', b'i']);
+        bytes.extend_from_slice(b"hi");
         bytes.resize(1024 + 2048, 0);
         let mut sink = Collect(Vec::new());
         let error = read_archive(&bytes[..], &mut sink).unwrap_err();

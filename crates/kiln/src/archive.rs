@@ -13,7 +13,7 @@
 //!
 //! Save writes the stored manifest, config and layer blobs byte for byte.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{BufWriter, Read, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -35,6 +35,12 @@ use crate::rootfs::Scratch;
 use crate::{LeaseGuard, Manager, tag_name};
 
 const CHUNK: usize = 1 << 20;
+/// Bytes read from the archive at a time (and queued to a diff_id worker:
+/// at most 64 of them per worker).
+const READ_CHUNK: usize = 256 << 10;
+/// diff_id workers still running for earlier entries while the next one
+/// streams: decompression of one layer overlaps the copy of the next.
+const MAX_PENDING: usize = 1;
 const MAX_MANIFEST_SIZE: u64 = 4 << 20;
 const MAX_CONFIG_SIZE: u64 = 16 << 20;
 
@@ -103,7 +109,6 @@ pub struct SavedImage {
 struct Stored {
     digest: Digest,
     size: u64,
-    layer: Option<Guess>,
 }
 
 /// A diff_id computed while an entry streamed past, for the compression its
@@ -181,6 +186,8 @@ struct Loader<'a> {
     buffer: Vec<u8>,
     entries: HashMap<String, Stored>,
     by_digest: HashMap<Digest, Stored>,
+    guesses: HashMap<Digest, Guess>,
+    pending: VecDeque<(Digest, Compression, DiffIdSink)>,
 }
 
 impl Loader<'_> {
@@ -192,7 +199,7 @@ impl Loader<'_> {
         size: u64,
         data: &mut dyn Read,
         mut target: Target<'_>,
-    ) -> Result<(Option<Compression>, Option<(Digest, u64)>), Failure> {
+    ) -> Result<(Option<Compression>, Option<DiffIdSink>), Failure> {
         let mut total = 0u64;
         let mut detected = None;
         let mut diff: Option<DiffIdSink> = None;
@@ -229,8 +236,7 @@ impl Loader<'_> {
                 detail: format!("truncated: {total} of {size} bytes"),
             }));
         }
-        let diff_id = diff.and_then(|sink| sink.finish().ok());
-        Ok((detected, diff_id))
+        Ok((detected, diff))
     }
 
     fn remember(&mut self, path: &str, stored: Stored) {
@@ -240,26 +246,50 @@ impl Loader<'_> {
         self.entries.insert(path.to_string(), stored);
     }
 
-    fn guess(
+    /// Records what the first bytes of an entry showed; a compressed
+    /// layer's diff_id worker finishes later (see [`Loader::settle`]).
+    fn observe(
+        &mut self,
         digest: &Digest,
         size: u64,
         detected: Option<Compression>,
-        diff_id: Option<(Digest, u64)>,
-    ) -> Option<Guess> {
-        match (detected, diff_id) {
+        diff: Option<DiffIdSink>,
+    ) {
+        match (detected, diff) {
             (Some(Compression::None), _) if digest.algorithm() == Algorithm::Sha256 => {
-                Some(Guess {
-                    compression: Compression::None,
-                    diff_id: digest.clone(),
-                    uncompressed_size: size,
-                })
+                self.guesses.insert(
+                    digest.clone(),
+                    Guess {
+                        compression: Compression::None,
+                        diff_id: digest.clone(),
+                        uncompressed_size: size,
+                    },
+                );
             }
-            (Some(compression), Some((diff_id, uncompressed_size))) => Some(Guess {
-                compression,
-                diff_id,
-                uncompressed_size,
-            }),
-            _ => None,
+            (Some(compression), Some(sink)) => {
+                self.pending.push_back((digest.clone(), compression, sink));
+                self.settle(MAX_PENDING);
+            }
+            _ => {}
+        }
+    }
+
+    /// Waits for diff_id workers until at most `keep` are running.
+    fn settle(&mut self, keep: usize) {
+        while self.pending.len() > keep {
+            let Some((digest, compression, sink)) = self.pending.pop_front() else {
+                break;
+            };
+            if let Ok((diff_id, uncompressed_size)) = sink.finish() {
+                self.guesses.insert(
+                    digest,
+                    Guess {
+                        compression,
+                        diff_id,
+                        uncompressed_size,
+                    },
+                );
+            }
         }
     }
 }
@@ -286,7 +316,7 @@ impl EntrySink for Loader<'_> {
         } else {
             other!(store.content().ingest(digest, Some(size), false))?
         };
-        let (detected, diff_id) = match start {
+        let (detected, diff) = match start {
             IngestStart::Committed { .. } => {
                 let mut hasher = Hasher::new(digest.algorithm());
                 let result = self.stream(path, size, data, Target::Discard(&mut hasher))?;
@@ -326,13 +356,12 @@ impl EntrySink for Loader<'_> {
             }
         };
         other!(store.catalog().record_blob(digest, size))?;
-        let layer = Loader::guess(digest, size, detected, diff_id);
+        self.observe(digest, size, detected, diff);
         self.remember(
             path,
             Stored {
                 digest: digest.clone(),
                 size,
-                layer,
             },
         );
         Ok(())
@@ -357,7 +386,7 @@ impl EntrySink for Loader<'_> {
         let file = other!(fs_err::File::create(&file_path).map_err(StoreError::from))?;
         let mut writer = BufWriter::with_capacity(CHUNK, file);
         let mut hasher = Hasher::new(Algorithm::Sha256);
-        let (detected, diff_id) =
+        let (detected, diff) =
             self.stream(path, size, data, Target::File(&mut writer, &mut hasher))?;
         other!(writer.flush().map_err(StoreError::from))?;
         drop(writer);
@@ -378,15 +407,8 @@ impl EntrySink for Loader<'_> {
             other!(store.content().adopt_file(&file_path, &digest, size))?;
         }
         other!(store.catalog().record_blob(&digest, size))?;
-        let layer = Loader::guess(&digest, size, detected, diff_id);
-        self.remember(
-            path,
-            Stored {
-                digest,
-                size,
-                layer,
-            },
-        );
+        self.observe(&digest, size, detected, diff);
+        self.remember(path, Stored { digest, size });
         Ok(())
     }
 }
@@ -470,12 +492,15 @@ impl Manager {
             progress: progress.as_ref(),
             scratch: None,
             files: 0,
-            buffer: vec![0u8; CHUNK],
+            buffer: vec![0u8; READ_CHUNK],
             entries: HashMap::new(),
             by_digest: HashMap::new(),
+            guesses: HashMap::new(),
+            pending: VecDeque::new(),
         };
         let contents = format::read_archive(reader, &mut loader).map_err(wrap)?;
         drop(loader.scratch.take());
+        loader.settle(0);
         let layout = contents.layout().map_err(|e| wrap(e.into()))?;
         let candidates = self
             .candidates(&mut loader, &contents, layout, options)
@@ -570,7 +595,6 @@ impl Manager {
             Stored {
                 digest: digest.clone(),
                 size: bytes.len() as u64,
-                layer: None,
             },
         );
         Ok(digest)
@@ -696,7 +720,7 @@ impl Manager {
                     entry: path.clone(),
                     referrer: referrer.into(),
                 })?;
-            let media_type = match stored.layer.as_ref().map(|g| g.compression) {
+            let media_type = match loader.guesses.get(&stored.digest).map(|g| g.compression) {
                 Some(Compression::Gzip) => media_type::OCI_LAYER_GZIP,
                 Some(Compression::Zstd) => media_type::OCI_LAYER_ZSTD,
                 _ => media_type::OCI_LAYER_TAR,
@@ -846,7 +870,7 @@ impl Manager {
                 }
                 .into());
             }
-            let (diff_id, uncompressed_size) = match &stored.layer {
+            let (diff_id, uncompressed_size) = match loader.guesses.get(&layer.digest) {
                 Some(guess) if guess.compression == compression => {
                     (guess.diff_id.clone(), guess.uncompressed_size)
                 }
