@@ -627,3 +627,88 @@ fn bad_archives_are_refused_and_leave_nothing() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("stdin: the input is empty"));
     assert_store_empty(&kiln);
 }
+
+/// podman, with its own storage in a temporary directory (vfs: no mounts).
+fn podman(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("podman")
+        .arg("--root")
+        .arg(dir.join("root"))
+        .arg("--runroot")
+        .arg(dir.join("run"))
+        .args(["--storage-driver", "vfs"])
+        .args(args)
+        .output()
+        .expect("podman is installed (.ci/run installs it)");
+    assert!(
+        output.status.success(),
+        "podman {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn podman_loads_what_kiln_saves_and_kiln_loads_what_podman_saves() {
+    let env = env();
+    let digests = digests();
+    let expected = expected_identity(&digests["busybox:multi"]);
+    let reference = format!("{}/busybox:multi", env.registry);
+    let kiln = Kiln::new();
+    kiln.run(&["pull", "-q", "--insecure", &reference]).ok();
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("kiln.tar");
+    kiln.run(&["save", "-q", &reference, "-o", archive.to_str().unwrap()])
+        .ok();
+
+    let storage = work.path().join("podman");
+    podman(&storage, &["load", "-q", "-i", archive.to_str().unwrap()]);
+    let inspect: Value =
+        serde_json::from_str(&podman(&storage, &["image", "inspect", &reference])).unwrap();
+    assert_eq!(
+        format!("sha256:{}", inspect[0]["Id"].as_str().unwrap()),
+        expected.1,
+        "podman's image ID is the config digest"
+    );
+    let diff_ids: Vec<String> = inspect[0]["RootFS"]["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        diff_ids,
+        expected
+            .2
+            .iter()
+            .map(|(_, d)| d.clone())
+            .collect::<Vec<_>>()
+    );
+
+    let back = work.path().join("podman.tar");
+    podman(
+        &storage,
+        &[
+            "save",
+            "-q",
+            "--format",
+            "docker-archive",
+            "-o",
+            back.to_str().unwrap(),
+            &reference,
+        ],
+    );
+    let again = Kiln::new();
+    again
+        .run(&["load", "-q", "-i", back.to_str().unwrap()])
+        .ok();
+    let (_, config, layers) = identity(&again, &reference);
+    assert_eq!(config, expected.1);
+    assert_eq!(
+        layers.iter().map(|(_, d)| d.clone()).collect::<Vec<_>>(),
+        expected
+            .2
+            .iter()
+            .map(|(_, d)| d.clone())
+            .collect::<Vec<_>>()
+    );
+}
