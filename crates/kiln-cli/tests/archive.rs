@@ -604,6 +604,21 @@ fn bad_archives_are_refused_and_leave_nothing() {
     assert!(run.stderr.contains("outside the archive"), "{}", run.stderr);
     assert_store_empty(&kiln);
 
+    // Cut in the middle of a layer.
+    let truncated = work.path().join("truncated.tar");
+    let size = std::fs::metadata(&good).unwrap().len();
+    std::fs::write(
+        &truncated,
+        &std::fs::read(&good).unwrap()[..(size / 2) as usize],
+    )
+    .unwrap();
+    let kiln = Kiln::new();
+    let run = kiln
+        .run(&["load", "-i", truncated.to_str().unwrap()])
+        .fails(1);
+    assert!(run.stderr.contains("truncated"), "{}", run.stderr);
+    assert_store_empty(&kiln);
+
     // Not a tar at all, and nothing at all.
     let random = work.path().join("random.bin");
     sh(&format!(
@@ -613,6 +628,12 @@ fn bad_archives_are_refused_and_leave_nothing() {
     let kiln = Kiln::new();
     let run = kiln.run(&["load", "-i", random.to_str().unwrap()]).fails(1);
     assert!(run.stderr.contains("not a tar archive"), "{}", run.stderr);
+    assert_eq!(
+        run.stderr.lines().count(),
+        2,
+        "one error line and a hint: {}",
+        run.stderr
+    );
     assert_store_empty(&kiln);
     let empty = work.path().join("empty.tar");
     std::fs::write(&empty, b"").unwrap();

@@ -416,6 +416,21 @@ pub fn decompressed<'a>(input: impl Read + 'a) -> Result<Box<dyn Read + 'a>, Arc
     Ok(Box::new(reader))
 }
 
+/// `text` on one line, without control or non-ASCII characters (the tar
+/// crate quotes raw header bytes in its errors), at most 120 characters.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(120)
+        .collect()
+}
+
 /// Reads an archive once: streams blobs and files into `sink`, keeps
 /// metadata, checks every path.
 pub fn read_archive<S: EntrySink>(input: impl Read, sink: &mut S) -> Result<Contents, S::Error> {
@@ -430,11 +445,11 @@ pub fn read_archive<S: EntrySink>(input: impl Read, sink: &mut S) -> Result<Cont
     for entry in entries {
         let mut entry = entry.map_err(|e| match &last {
             None => ArchiveError::NotTar {
-                detail: e.to_string(),
+                detail: "its first 512 bytes are not a tar header".into(),
             },
             Some(previous) => ArchiveError::Read {
                 entry: format!("after {previous}"),
-                detail: e.to_string(),
+                detail: format!("corrupt or truncated tar: {}", printable(&e.to_string())),
             },
         })?;
         let raw = entry.path_bytes().into_owned();
@@ -524,10 +539,8 @@ pub fn read_archive<S: EntrySink>(input: impl Read, sink: &mut S) -> Result<Cont
         contents.files.insert(path);
     }
     if last.is_none() {
-        return Err(ArchiveError::NotTar {
-            detail: "no entries".into(),
-        }
-        .into());
+        // A valid but empty tar (only its end-of-archive blocks).
+        return Err(ArchiveError::NotImage.into());
     }
     Ok(contents)
 }
