@@ -86,6 +86,10 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Load images from a tar archive (docker save or OCI layout), from -i FILE or stdin
+    Load(LoadArgs),
+    /// Save images to a tar archive (docker or OCI layout), to -o FILE or stdout
+    Save(SaveArgs),
     /// Image commands, docker style (`kiln image ls|rm|inspect|prune|pull`)
     Image {
         #[command(subcommand)]
@@ -311,6 +315,49 @@ pub struct PushArgs {
     /// Output format of the result
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
+}
+
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// Read the archive from this file (plain, gzip or zstd) [default: stdin]
+    #[arg(short, long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// Name for the first image, instead of the names in the archive
+    #[arg(short, long, value_name = "REF")]
+    pub tag: Option<String>,
+    /// Platform to load from a multi-platform index (the only platform loaded), os/arch[/variant]
+    #[arg(long)]
+    pub platform: Option<String>,
+    /// No progress output
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Output format of the result
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ArchiveFormatArg {
+    /// docker 25+ layout: OCI layout plus manifest.json (docker load, podman, skopeo docker-archive:)
+    Docker,
+    /// OCI image layout (skopeo oci-archive:)
+    Oci,
+}
+
+#[derive(Debug, Args)]
+pub struct SaveArgs {
+    /// Images: names, digests or digest prefixes
+    #[arg(required = true)]
+    pub references: Vec<String>,
+    /// Write the archive to this file (atomically) [default: stdout]
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Archive layout
+    #[arg(long, value_enum, default_value_t = ArchiveFormatArg::Docker)]
+    pub format: ArchiveFormatArg,
+    /// No progress output
+    #[arg(short, long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

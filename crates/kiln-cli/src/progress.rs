@@ -213,6 +213,9 @@ impl Progress for Reporter {
                 self.start(name.clone(), name, total.unwrap_or(0), 0, line);
             }
             Event::FileProgress { name, position } => self.advance(&name, position),
+            Event::ArchiveEntry { name, size: total } => {
+                self.line(format!("{name} ({})", size(total)))
+            }
             Event::FileExists { name, size: total } => {
                 self.line(format!("{name}: already in the store ({})", size(total)))
             }

@@ -2,7 +2,8 @@
 //! release assets, checksum catalogs, IMGAPI image servers, and the config
 //! file that names them. This crate reads sources; it never touches the
 //! store or the catalog — the facade (`kiln`) streams what it fetches into
-//! the store.
+//! the store. [`archive`] reads and writes image archives (`docker save`,
+//! OCI layouts in a tar) the same way: streamed entries, no store.
 //!
 //! ```no_run
 //! # async fn example() -> kiln_sources::Result<()> {
@@ -17,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod archive;
 pub mod catalog;
 pub mod checksum;
 pub mod config;

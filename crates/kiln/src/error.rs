@@ -171,6 +171,22 @@ pub enum Error {
     /// An OCI artifact kiln cannot use.
     #[error("{reference}: {detail}")]
     Artifact { reference: String, detail: String },
+    /// An image archive kiln refuses (`load`).
+    #[error("{archive}: {source}")]
+    Archive {
+        archive: String,
+        #[source]
+        source: kiln_sources::archive::ArchiveError,
+    },
+    /// A tar archive would be read from or written to a terminal.
+    #[error("{stream} is a terminal: kiln does not {action} a tar archive there")]
+    TerminalArchive {
+        stream: &'static str,
+        action: &'static str,
+    },
+    /// An image `save` cannot write.
+    #[error("{image}: {detail}")]
+    NotSaveable { image: String, detail: String },
 }
 
 impl Error {
@@ -212,6 +228,9 @@ impl Error {
             | Error::NotConvertible { .. } => ErrorKind::FailedPrecondition,
             Error::PushDestination { .. } | Error::PushDigest { .. } => ErrorKind::InvalidArgument,
             Error::Artifact { .. } => ErrorKind::DataLoss,
+            Error::Archive { source, .. } => source.kind(),
+            Error::TerminalArchive { .. } => ErrorKind::InvalidArgument,
+            Error::NotSaveable { .. } => ErrorKind::FailedPrecondition,
         }
     }
 
@@ -247,6 +266,10 @@ impl Error {
             Error::UnsupportedMediaType { .. } | Error::Manifest { .. } => {
                 Some("kiln pulls OCI and Docker schema 2 container images (gzip, zstd or uncompressed layers)".into())
             }
+            Error::Archive { .. } => Some("nothing from the archive was recorded; kiln loads `docker save` archives and OCI image layouts in a tar (docs/archives.md)".into()),
+            Error::TerminalArchive { stream: "stdout", .. } => Some("use -o FILE or redirect stdout".into()),
+            Error::TerminalArchive { .. } => Some("use -i FILE or redirect stdin".into()),
+            Error::NotSaveable { .. } => Some("`kiln save` writes OCI images; an image from a non-OCI source is published with `kiln push`".into()),
             _ => None,
         }
     }

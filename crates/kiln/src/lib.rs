@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+mod archive;
 mod credentials;
 mod disk;
 mod error;
@@ -32,6 +33,7 @@ mod sources;
 
 use std::path::Path;
 
+pub use archive::{ArchiveFormat, LoadOptions, LoadedImage, SaveReport};
 pub use credentials::{
     AUTH_FILE_VERSION, CredentialError, LoginOptions, LoginOutcome, RegistryCredentials,
     StoreChoice, StoreKind, normalize_host,

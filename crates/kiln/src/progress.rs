@@ -144,6 +144,13 @@ pub enum Event {
         /// Its manifest digest.
         manifest: Digest,
     },
+    /// An archive entry is read (`load`) or written (`save`).
+    ArchiveEntry {
+        /// Its path in the archive.
+        name: String,
+        /// Its size.
+        size: u64,
+    },
 }
 
 /// Receives [`Event`]s. Must be cheap: it is called for every chunk.

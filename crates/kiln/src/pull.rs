@@ -823,7 +823,7 @@ impl Manager {
 }
 
 /// Picks the index entry for `platform`.
-fn choose_platform<'a>(
+pub(crate) fn choose_platform<'a>(
     reference: &str,
     manifests: &'a [Descriptor],
     platform: &Platform,

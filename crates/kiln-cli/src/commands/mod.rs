@@ -4,12 +4,14 @@ mod disk;
 mod fsck;
 mod images;
 mod inspect;
+mod load;
 mod login;
 mod prune;
 mod pull;
 mod push;
 mod rmi;
 mod rootfs;
+mod save;
 mod sources;
 
 use std::process::ExitCode;
@@ -44,6 +46,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             command: ImageCommand::Prune(args),
         } => prune::run(&open()?, args),
         Command::Push(args) => push::run(&open()?, args),
+        Command::Load(args) => load::run(&open()?, args),
+        Command::Save(args) => save::run(&open()?, args),
         Command::Fsck(args) => fsck::run(&open()?, args),
         Command::Rootfs(args) => rootfs::run(&open()?, args),
         Command::Disk { command } => disk::run(&open()?, command),
