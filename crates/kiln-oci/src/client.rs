@@ -490,15 +490,7 @@ impl RegistryClient {
             realm: realm.to_string(),
             detail,
         };
-        let url = Url::parse(realm).map_err(|e| token_error(format!("bad realm URL: {e}")))?;
-        let realm_insecure = url.host_str().is_some_and(|h| {
-            let with_port = url
-                .port()
-                .map(|p| format!("{h}:{p}"))
-                .unwrap_or_else(|| h.to_string());
-            self.is_insecure(&with_port) || self.is_insecure(h)
-        });
-        let client = self.http(realm_insecure)?;
+        let (url, client) = self.realm_client(realm).map_err(&token_error)?;
         let mut failures = 0;
         loop {
             let request = match credential {
@@ -568,22 +560,26 @@ impl RegistryClient {
             if !status.is_success() {
                 return Err(token_error(format!("HTTP {status}")));
             }
-            let body = read_limited(response, MAX_TOKEN_RESPONSE)
-                .await
-                .map_err(&token_error)?;
-            #[derive(serde::Deserialize)]
-            struct TokenResponse {
-                token: Option<String>,
-                access_token: Option<String>,
-            }
-            let parsed: TokenResponse = serde_json::from_slice(&body)
-                .map_err(|e| token_error(format!("malformed token response: {e}")))?;
-            return parsed
-                .token
-                .or(parsed.access_token)
-                .filter(|t| !t.is_empty())
-                .ok_or_else(|| token_error("response has no token".into()));
+            return read_token(response).await.map_err(token_error);
         }
+    }
+
+    /// The token endpoint `realm` as a URL, and the HTTP client that reaches
+    /// it (unverified TLS when its host is an insecure registry).
+    pub(crate) fn realm_client(
+        &self,
+        realm: &str,
+    ) -> std::result::Result<(Url, &reqwest::Client), String> {
+        let url = Url::parse(realm).map_err(|e| format!("bad realm URL: {e}"))?;
+        let realm_insecure = url.host_str().is_some_and(|h| {
+            let with_port = url
+                .port()
+                .map(|p| format!("{h}:{p}"))
+                .unwrap_or_else(|| h.to_string());
+            self.is_insecure(&with_port) || self.is_insecure(h)
+        });
+        let client = self.http(realm_insecure).map_err(|e| e.to_string())?;
+        Ok((url, client))
     }
 
     /// Turns a non-success status into the matching error.
@@ -856,6 +852,24 @@ pub(crate) fn basic(username: &str, password: &str) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
     value.set_sensitive(true);
     value
+}
+
+/// The token in a token endpoint's successful answer (`token`, or OAuth2's
+/// `access_token`). The error never holds the body.
+pub(crate) async fn read_token(response: reqwest::Response) -> std::result::Result<String, String> {
+    let body = read_limited(response, MAX_TOKEN_RESPONSE).await?;
+    #[derive(serde::Deserialize)]
+    struct TokenResponse {
+        token: Option<String>,
+        access_token: Option<String>,
+    }
+    let parsed: TokenResponse =
+        serde_json::from_slice(&body).map_err(|_| "malformed token response".to_string())?;
+    parsed
+        .token
+        .or(parsed.access_token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| "response has no token".to_string())
 }
 
 /// The first message of a distribution-spec error body.

@@ -10,8 +10,6 @@ use crate::client::{RegistryClient, basic, registry_message};
 use crate::error::{OciError, Result};
 use crate::http::{describe, read_limited, send_following};
 
-const MAX_TOKEN_RESPONSE: u64 = 1 << 20;
-
 /// What a login check found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LoginCheck {
@@ -129,20 +127,12 @@ impl RegistryClient {
             realm: realm.to_string(),
             detail,
         };
-        let url = Url::parse(realm).map_err(|e| token_error(format!("bad realm URL: {e}")))?;
-        let realm_insecure = url.host_str().is_some_and(|h| {
-            let with_port = url
-                .port()
-                .map(|p| format!("{h}:{p}"))
-                .unwrap_or_else(|| h.to_string());
-            self.is_insecure(&with_port) || self.is_insecure(h)
-        });
+        let (url, client) = self.realm_client(realm).map_err(&token_error)?;
         let mut query = vec![("account", username)];
         if let Some(service) = service {
             query.push(("service", service));
         }
-        let response = self
-            .http(realm_insecure)?
+        let response = client
             .get(url)
             .query(&query)
             .basic_auth(username, Some(password))
@@ -161,21 +151,9 @@ impl RegistryClient {
         if !status.is_success() {
             return Err(token_error(format!("HTTP {status}")));
         }
-        let body = read_limited(response, MAX_TOKEN_RESPONSE)
+        crate::client::read_token(response)
             .await
-            .map_err(&token_error)?;
-        #[derive(serde::Deserialize)]
-        struct TokenResponse {
-            token: Option<String>,
-            access_token: Option<String>,
-        }
-        let parsed: TokenResponse = serde_json::from_slice(&body)
-            .map_err(|_| token_error("malformed token response".into()))?;
-        parsed
-            .token
-            .or(parsed.access_token)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| token_error("response has no token".into()))
+            .map_err(token_error)
     }
 }
 

@@ -23,7 +23,7 @@ use kiln_oci::{DiffIdHasher, DiffIdSink};
 use kiln_sources::archive::{
     self as format, ArchiveError, ArchiveWriter, DockerManifestEntry, EntrySink, ImageName, Layout,
 };
-use kiln_store::{ImageBlob, IndexRecord, IngestStart, LayerRecord, NewImage, NewTag, StoreError};
+use kiln_store::{ImageBlob, IndexRecord, IngestStart, NewImage, NewTag, StoreError};
 use kiln_types::manifest::{ImageIndex, Manifest};
 use kiln_types::media_type::{self, Compression, ManifestKind};
 use kiln_types::{Algorithm, Descriptor, Digest, Hasher, ImageConfig, Platform, Reference};
@@ -831,20 +831,8 @@ impl Manager {
                 ),
             ));
         }
-        let mut blobs = vec![ImageBlob {
-            role: "config".into(),
-            position: 0,
-            digest: manifest.config.digest.clone(),
-            media_type: manifest.config.media_type.clone(),
-            size: config_bytes.len() as u64,
-        }];
-        let mut layers = Vec::new();
-        for (position, (layer, expected)) in manifest
-            .layers
-            .iter()
-            .zip(&config.rootfs.diff_ids)
-            .enumerate()
-        {
+        let mut diff_ids = Vec::with_capacity(manifest.layers.len());
+        for (position, layer) in manifest.layers.iter().enumerate() {
             let entry = blob_entry(&layer.digest);
             let Some(compression) = media_type::layer_compression(&layer.media_type) else {
                 return Err(Failure::Other(Error::UnsupportedMediaType {
@@ -883,42 +871,23 @@ impl Manager {
                     .diff_id_of(&layer.digest, compression)
                     .map_err(Failure::Other)?,
             };
-            if diff_id != *expected {
-                return Err(Failure::Other(Error::DiffIdMismatch {
-                    layer: layer.digest.clone(),
-                    expected: expected.clone(),
-                    actual: diff_id,
-                }));
-            }
-            blobs.push(ImageBlob {
-                role: "layer".into(),
-                position: position as u32,
-                digest: layer.digest.clone(),
-                media_type: layer.media_type.clone(),
-                size: layer.size,
-            });
-            layers.push(LayerRecord {
-                digest: layer.digest.clone(),
-                media_type: layer.media_type.clone(),
-                diff_id: Some(diff_id),
-                uncompressed_size: Some(uncompressed_size),
-            });
+            diff_ids.push((diff_id, uncompressed_size));
         }
-        let image = NewImage {
-            manifest: ImageBlob {
+        let image = crate::pull::oci_image(
+            ImageBlob {
                 role: "manifest".into(),
                 position: 0,
                 digest: candidate.digest.clone(),
                 media_type: manifest_media_type,
                 size: bytes.len() as u64,
             },
-            kind: "oci".into(),
-            platform: Some(platform.to_string()),
-            image_created: config.created.clone(),
-            blobs,
-            layers,
-            source: None,
-        };
+            &manifest,
+            &config,
+            config_bytes.len() as u64,
+            diff_ids,
+            &platform,
+        )
+        .map_err(Failure::Other)?;
         let tags = candidate
             .names
             .iter()

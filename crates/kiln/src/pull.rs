@@ -313,65 +313,32 @@ impl Manager {
         .try_collect()
         .await?;
 
-        let mut layers = Vec::with_capacity(outcomes.len());
-        let mut blobs = vec![ImageBlob {
-            role: "config".into(),
-            position: 0,
-            digest: manifest.config.digest.clone(),
-            media_type: manifest.config.media_type.clone(),
-            size: config_bytes_len,
-        }];
+        let mut diff_ids = Vec::with_capacity(outcomes.len());
         let mut downloaded = 0;
-        for (position, ((layer, outcome), expected)) in manifest
-            .layers
-            .iter()
-            .zip(&outcomes)
-            .zip(&config.rootfs.diff_ids)
-            .enumerate()
-        {
-            let Some((diff_id, uncompressed_size)) = outcome.diff_id.clone() else {
+        for (layer, outcome) in manifest.layers.iter().zip(&outcomes) {
+            let Some(diff_id) = outcome.diff_id.clone() else {
                 return Err(Error::Task(format!(
                     "layer {} has no diff_id",
                     layer.digest
                 )));
             };
-            if diff_id != *expected {
-                return Err(Error::DiffIdMismatch {
-                    layer: layer.digest.clone(),
-                    expected: expected.clone(),
-                    actual: diff_id,
-                });
-            }
+            diff_ids.push(diff_id);
             downloaded += outcome.downloaded;
-            blobs.push(ImageBlob {
-                role: "layer".into(),
-                position: position as u32,
-                digest: layer.digest.clone(),
-                media_type: layer.media_type.clone(),
-                size: layer.size,
-            });
-            layers.push(LayerRecord {
-                digest: layer.digest.clone(),
-                media_type: layer.media_type.clone(),
-                diff_id: Some(diff_id),
-                uncompressed_size: Some(uncompressed_size),
-            });
         }
-        let image = NewImage {
-            manifest: ImageBlob {
+        let image = oci_image(
+            ImageBlob {
                 role: "manifest".into(),
                 position: 0,
                 digest: manifest_digest.clone(),
                 media_type: manifest_media_type,
                 size: manifest_bytes.len() as u64,
             },
-            kind: "oci".into(),
-            platform: Some(image_platform.to_string()),
-            image_created: config.created.clone(),
-            blobs,
-            layers,
-            source: None,
-        };
+            &manifest,
+            &config,
+            config_bytes_len,
+            diff_ids,
+            &image_platform,
+        )?;
         let tag = NewTag {
             name: tag_name(&reference),
             platform: image_platform.to_string(),
@@ -820,6 +787,65 @@ impl Manager {
             layers: blobs.iter().filter(|b| b.role == "layer").count(),
         }))
     }
+}
+
+/// The catalog entry of an OCI image whose blobs are all in the store.
+/// `diff_ids` holds each layer's computed diff_id and uncompressed size, in
+/// order; each must be the one the config lists (the caller has checked that
+/// the counts agree).
+pub(crate) fn oci_image(
+    manifest_blob: ImageBlob,
+    manifest: &ImageManifest,
+    config: &ImageConfig,
+    config_size: u64,
+    diff_ids: Vec<(Digest, u64)>,
+    platform: &Platform,
+) -> Result<NewImage> {
+    let mut blobs = vec![ImageBlob {
+        role: "config".into(),
+        position: 0,
+        digest: manifest.config.digest.clone(),
+        media_type: manifest.config.media_type.clone(),
+        size: config_size,
+    }];
+    let mut layers = Vec::with_capacity(diff_ids.len());
+    for (position, ((layer, (diff_id, uncompressed_size)), expected)) in manifest
+        .layers
+        .iter()
+        .zip(diff_ids)
+        .zip(&config.rootfs.diff_ids)
+        .enumerate()
+    {
+        if diff_id != *expected {
+            return Err(Error::DiffIdMismatch {
+                layer: layer.digest.clone(),
+                expected: expected.clone(),
+                actual: diff_id,
+            });
+        }
+        blobs.push(ImageBlob {
+            role: "layer".into(),
+            position: position as u32,
+            digest: layer.digest.clone(),
+            media_type: layer.media_type.clone(),
+            size: layer.size,
+        });
+        layers.push(LayerRecord {
+            digest: layer.digest.clone(),
+            media_type: layer.media_type.clone(),
+            diff_id: Some(diff_id),
+            uncompressed_size: Some(uncompressed_size),
+        });
+    }
+    Ok(NewImage {
+        manifest: manifest_blob,
+        kind: "oci".into(),
+        platform: Some(platform.to_string()),
+        image_created: config.created.clone(),
+        blobs,
+        layers,
+        source: None,
+    })
 }
 
 /// Picks the index entry for `platform`.
