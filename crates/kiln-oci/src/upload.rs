@@ -103,22 +103,34 @@ impl RegistryClient {
             encode(&digest.to_string()),
             encode(from)
         );
-        let response = self
-            .execute_with_body(
-                repository,
-                Method::POST,
-                &path,
-                empty_body_headers(),
-                Some(&|| Ok(reqwest::Body::from(Bytes::new()))),
-                &what,
-                observer,
-            )
-            .await?;
+        let response = self.post_empty(repository, &path, &what, observer).await?;
         match response.status() {
             StatusCode::CREATED => Ok(Mount::Mounted),
             StatusCode::ACCEPTED => Ok(Mount::Upload(self.location(repository, &response, &what)?)),
             _ => Err(self.status_error(repository, response, &what).await),
         }
+    }
+
+    /// POST with an empty body (an upload session or a mount).
+    async fn post_empty(
+        &self,
+        repository: &Repository,
+        path: &str,
+        what: &str,
+        observer: &dyn RetryObserver,
+    ) -> Result<reqwest::Response> {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(0u64));
+        self.execute_with_body(
+            repository,
+            Method::POST,
+            path,
+            headers,
+            Some(&|| Ok(reqwest::Body::from(Bytes::new()))),
+            what,
+            observer,
+        )
+        .await
     }
 
     /// Opens an upload session; returns its location.
@@ -129,17 +141,7 @@ impl RegistryClient {
     ) -> Result<String> {
         let what = format!("an upload to {}", repository.name);
         let path = format!("/v2/{}/blobs/uploads/", repository.name);
-        let response = self
-            .execute_with_body(
-                repository,
-                Method::POST,
-                &path,
-                empty_body_headers(),
-                Some(&|| Ok(reqwest::Body::from(Bytes::new()))),
-                &what,
-                observer,
-            )
-            .await?;
+        let response = self.post_empty(repository, &path, &what, observer).await?;
         if response.status() != StatusCode::ACCEPTED {
             return Err(self.status_error(repository, response, &what).await);
         }
@@ -437,12 +439,6 @@ pub fn referrer_descriptor(
         annotations,
         artifact_type: Some(artifact_type.to_string()),
     }
-}
-
-fn empty_body_headers() -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    headers.insert(CONTENT_LENGTH, HeaderValue::from(0u64));
-    headers
 }
 
 fn header_value(text: &str) -> Result<HeaderValue> {
