@@ -39,6 +39,6 @@ pub use error::{OciError, Result};
 pub use layer::{DiffIdHasher, DiffIdSink, DiffIdWorker};
 pub use login::LoginCheck;
 pub use upload::{
-    BlobSource, Mount, PushedManifest, UploadProgress, empty_index, referrer_descriptor,
-    referrers_tag,
+    BlobSource, Mount, PushedManifest, UploadProgress, UploadSession, empty_index,
+    referrer_descriptor, referrers_tag,
 };

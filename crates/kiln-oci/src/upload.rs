@@ -26,14 +26,24 @@ pub struct BlobSource {
     pub size: u64,
 }
 
+/// An open upload session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadSession {
+    /// Where the upload goes (`Location` of the registry's answer).
+    pub location: String,
+    /// The smallest chunk the registry accepts for chunked uploads
+    /// (`OCI-Chunk-Min-Length`), when it says.
+    pub min_chunk: Option<u64>,
+}
+
 /// What a mount request did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mount {
     /// The registry linked the blob from the other repository.
     Mounted,
     /// It did not (unknown blob, no access, no support); an upload session
-    /// was opened at this location instead.
-    Upload(String),
+    /// was opened instead.
+    Upload(UploadSession),
 }
 
 /// Told how many bytes of an upload were sent so far.
@@ -106,7 +116,7 @@ impl RegistryClient {
         let response = self.post_empty(repository, &path, &what, observer).await?;
         match response.status() {
             StatusCode::CREATED => Ok(Mount::Mounted),
-            StatusCode::ACCEPTED => Ok(Mount::Upload(self.location(repository, &response, &what)?)),
+            StatusCode::ACCEPTED => Ok(Mount::Upload(self.session(repository, &response, &what)?)),
             _ => Err(self.status_error(repository, response, &what).await),
         }
     }
@@ -133,36 +143,55 @@ impl RegistryClient {
         .await
     }
 
-    /// Opens an upload session; returns its location.
+    /// Opens an upload session.
     pub async fn start_upload(
         &self,
         repository: &Repository,
         observer: &dyn RetryObserver,
-    ) -> Result<String> {
+    ) -> Result<UploadSession> {
         let what = format!("an upload to {}", repository.name);
         let path = format!("/v2/{}/blobs/uploads/", repository.name);
         let response = self.post_empty(repository, &path, &what, observer).await?;
         if response.status() != StatusCode::ACCEPTED {
             return Err(self.status_error(repository, response, &what).await);
         }
-        self.location(repository, &response, &what)
+        self.session(repository, &response, &what)
     }
 
-    /// Uploads `blob` into the session at `location`: in one PUT, or in
-    /// PATCH requests of `chunk_size` bytes followed by the closing PUT.
+    /// The session an upload-opening answer describes.
+    fn session(
+        &self,
+        repository: &Repository,
+        response: &reqwest::Response,
+        what: &str,
+    ) -> Result<UploadSession> {
+        Ok(UploadSession {
+            location: self.location(repository, response, what)?,
+            min_chunk: response
+                .headers()
+                .get("oci-chunk-min-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok()),
+        })
+    }
+
+    /// Uploads `blob` into `session`: in one PUT, or in PATCH requests of
+    /// `chunk_size` bytes (at least what the registry asks for) followed by
+    /// the closing PUT.
     pub async fn upload_blob(
         &self,
         repository: &Repository,
-        location: String,
+        session: UploadSession,
         blob: &BlobSource,
         chunk_size: Option<u64>,
         progress: UploadProgress,
         observer: &dyn RetryObserver,
     ) -> Result<()> {
         let what = format!("upload of blob {}", blob.digest);
-        let mut location = location;
+        let mut location = session.location;
         let mut offset = 0u64;
         if let Some(chunk_size) = chunk_size.filter(|c| *c > 0) {
+            let chunk_size = chunk_size.max(session.min_chunk.unwrap_or(0));
             while offset < blob.size {
                 let length = chunk_size.min(blob.size - offset);
                 let mut headers = HeaderMap::new();

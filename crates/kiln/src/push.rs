@@ -813,7 +813,7 @@ async fn push_blob(
         });
         return Ok(BlobOutcome::Existing);
     }
-    let mut location = None;
+    let mut opened_session = None;
     for from in mount_from {
         // A mount is an optimisation: a registry that refuses it (no access
         // to the other repository, no support) gets an upload instead.
@@ -833,7 +833,7 @@ async fn push_blob(
                 return Ok(BlobOutcome::Mounted);
             }
             Mount::Upload(opened) => {
-                location = Some(opened);
+                opened_session = Some(opened);
                 break;
             }
         }
@@ -844,8 +844,8 @@ async fn push_blob(
     });
     let mut attempt = 0;
     loop {
-        let session = match location.take() {
-            Some(location) => location,
+        let session = match opened_session.take() {
+            Some(session) => session,
             None => client.start_upload(repository, observer.as_ref()).await?,
         };
         let reporter = progress.clone();
