@@ -733,3 +733,54 @@ fn podman_loads_what_kiln_saves_and_kiln_loads_what_podman_saves() {
             .collect::<Vec<_>>()
     );
 }
+
+#[test]
+fn a_load_killed_halfway_leaves_a_consistent_store_and_the_next_load_works() {
+    use std::io::Write;
+    let env = env();
+    let source = Kiln::new();
+    let reference = format!("{}/big:1", env.registry);
+    source.run(&["pull", "-q", "--insecure", &reference]).ok();
+    let archive = source.dir.path().join("big.tar");
+    source
+        .run(&["save", "-q", &reference, "-o", archive.to_str().unwrap()])
+        .ok();
+    let bytes = std::fs::read(&archive).unwrap();
+
+    // Feed half of the archive through a pipe, then kill -9 the loader
+    // while it waits for the rest.
+    let kiln = Kiln::new();
+    let mut child = kiln
+        .command(&["load", "-q"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(stdin);
+
+    // Nothing is recorded, every blob on disk is whole, and prune clears
+    // what the dead load left.
+    let images = kiln.run(&["images", "--format", "json"]).ok().json();
+    assert_eq!(images, serde_json::json!([]), "no image from a killed load");
+    kiln.run(&["fsck"]).ok();
+    kiln.run(&["prune", "--yes"]).ok();
+    assert!(
+        kiln.blob_files().is_empty(),
+        "the dead load's lease expired and its blobs went: {:?}",
+        kiln.blob_files()
+    );
+    kiln.run(&["fsck"]).ok();
+
+    // The same load, whole, succeeds and gives the pulled image.
+    kiln.run(&["load", "-q", "-i", archive.to_str().unwrap()])
+        .ok();
+    assert_eq!(identity(&kiln, &reference), identity(&source, &reference));
+    kiln.run(&["fsck"]).ok();
+}
