@@ -649,3 +649,73 @@ fn push_through_token_auth_with_call_credentials_never_shows_the_password() {
         assert!(!String::from_utf8_lossy(text).contains(&env.auth_password));
     }
 }
+
+#[test]
+fn on_a_registry_with_the_referrers_api_no_tag_schema_is_written() {
+    let env = env();
+    let proxy = support::proxy::Proxy::start(&env.registry);
+    proxy.referrers_api();
+    let kiln = Kiln::new();
+    let source = format!("{}/busybox:multi", env.registry);
+    kiln.run(&["pull", "-q", "--insecure", &source]).ok();
+    let repository = unique("api");
+    let destination = format!("{}/{repository}:1", proxy.host());
+
+    let pushed = push_json(
+        &kiln,
+        &["--insecure", "--rootfs", "ext4", &source, &destination],
+    );
+    let referrer = &pushed["referrer"];
+    assert_eq!(referrer["tag_schema"], false, "{pushed}");
+    // The registry behind the proxy has no referrers tag for it.
+    let tag = pushed["manifest_digest"]
+        .as_str()
+        .unwrap()
+        .replace(':', "-");
+    let listed = Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{}/{repository}:{tag}", env.registry))
+        .output()
+        .unwrap();
+    assert!(!listed.status.success(), "no tag schema index was written");
+
+    // Another host finds it through the referrers API.
+    let other_host = Kiln::new();
+    other_host
+        .run(&["pull", "-q", "--insecure", &destination])
+        .ok();
+    let built = other_host
+        .run(&[
+            "rootfs",
+            &destination,
+            "--format",
+            "ext4",
+            "--json",
+            "--insecure",
+        ])
+        .ok()
+        .json();
+    assert_eq!(built["from_referrer"], true, "{built}");
+    assert_eq!(built["digest"], referrer["rootfs"]);
+    assert!(
+        proxy
+            .requests()
+            .iter()
+            .any(|r| r.method == "GET" && r.path.contains("/referrers/")),
+        "the referrers API was asked"
+    );
+    // An erofs lookup finds no erofs referrer (artifactType filter) and converts.
+    let erofs = other_host
+        .run(&[
+            "rootfs",
+            &destination,
+            "--format",
+            "erofs",
+            "--json",
+            "--insecure",
+        ])
+        .ok()
+        .json();
+    assert_eq!(erofs["from_referrer"], false);
+    proxy.stop();
+}

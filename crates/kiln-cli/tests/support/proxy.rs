@@ -5,7 +5,11 @@
 //! truncated body after some bytes, corrupted bytes, a redirect of blob GETs
 //! to another origin. It can demand bearer tokens (with a token endpoint of
 //! its own, as Docker Hub's auth service does), throttle bodies, and counts
-//! every byte of body it sends per path.
+//! every byte of body it sends per path. Request bodies (uploads, manifest
+//! PUTs) are forwarded. It can also play a registry with the OCI 1.1
+//! referrers API in front of one without it (`referrers_api`): manifests
+//! with a `subject` are answered with `OCI-Subject` and listed by
+//! `GET /v2/NAME/referrers/DIGEST`, as the distribution spec describes.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -53,6 +57,8 @@ struct State {
     throttle: Option<u64>,
     bearer: Option<(String, Option<(String, String)>)>,
     redirect_blobs: bool,
+    /// Emulated referrers API: subject digest → descriptors.
+    referrers: Option<HashMap<String, Vec<serde_json::Value>>>,
 }
 
 #[derive(Clone)]
@@ -135,6 +141,11 @@ impl Proxy {
             Some((TOKEN.into(), credentials.map(|(u, p)| (u.into(), p.into()))));
     }
 
+    /// Serve the OCI 1.1 referrers API (the upstream has none).
+    pub fn referrers_api(&self) {
+        self.state.lock().unwrap().referrers = Some(HashMap::new());
+    }
+
     pub fn redirect_blobs(&self) {
         self.state.lock().unwrap().redirect_blobs = true;
     }
@@ -198,6 +209,11 @@ impl Proxy {
                 .map(|(_, v)| v.clone())
         };
         let authorization = header("authorization");
+        let mut request_body = Vec::new();
+        if let Some(length) = header("content-length").and_then(|l| l.parse::<usize>().ok()) {
+            request_body.resize(length, 0);
+            stream.read_exact(&mut request_body).await?;
+        }
         self.state.lock().unwrap().requests.push(Request {
             method: method.clone(),
             path: path.clone(),
@@ -275,6 +291,43 @@ impl Proxy {
             return respond(&mut stream, 307, &[("Location".into(), location)], b"").await;
         }
 
+        // The emulated referrers API.
+        let emulated = self.state.lock().unwrap().referrers.is_some();
+        if emulated && method == "GET" && path.contains("/referrers/") {
+            let (before, query) = path.split_once('?').unwrap_or((path.as_str(), ""));
+            let subject = before.rsplit('/').next().unwrap_or_default().to_string();
+            let wanted = query
+                .split('&')
+                .find_map(|p| p.strip_prefix("artifactType="))
+                .map(|t| t.replace("%2B", "+").replace("%2F", "/"));
+            let listed: Vec<serde_json::Value> = self
+                .state
+                .lock()
+                .unwrap()
+                .referrers
+                .as_ref()
+                .and_then(|r| r.get(&subject).cloned())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|d| wanted.as_deref().is_none_or(|w| d["artifactType"] == w))
+                .collect();
+            let index = serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": listed,
+            });
+            return respond(
+                &mut stream,
+                200,
+                &[(
+                    "Content-Type".into(),
+                    "application/vnd.oci.image.index.v1+json".into(),
+                )],
+                &serde_json::to_vec(&index).unwrap(),
+            )
+            .await;
+        }
+
         // Faults that replace the answer.
         let fault = {
             let mut state = self.state.lock().unwrap();
@@ -298,9 +351,15 @@ impl Proxy {
         let url = format!("http://{}{path}", self.upstream);
         let mut request = client.request(method.parse().unwrap(), &url);
         for (name, value) in &headers {
-            if matches!(name.as_str(), "accept" | "range") {
+            if matches!(
+                name.as_str(),
+                "accept" | "range" | "content-type" | "content-range"
+            ) {
                 request = request.header(name.as_str(), value.as_str());
             }
+        }
+        if !request_body.is_empty() || matches!(method.as_str(), "PUT" | "POST" | "PATCH") {
+            request = request.body(request_body.clone());
         }
         let Ok(response) = request.send().await else {
             return respond(&mut stream, 502, &[], b"upstream failed").await;
@@ -318,6 +377,38 @@ impl Proxy {
             if let Some(value) = response.headers().get(name).and_then(|v| v.to_str().ok()) {
                 forwarded.push((name.to_string(), value.to_string()));
             }
+        }
+        // A manifest with a subject: index it and say so, as a registry
+        // with the referrers API does.
+        if emulated
+            && method == "PUT"
+            && path.contains("/manifests/")
+            && (200..300).contains(&status)
+            && let Ok(manifest) = serde_json::from_slice::<serde_json::Value>(&request_body)
+            && let Some(subject) = manifest["subject"]["digest"].as_str()
+        {
+            use sha2::Digest as _;
+            let digest = format!(
+                "sha256:{}",
+                hex::encode(sha2::Sha256::digest(&request_body))
+            );
+            let descriptor = serde_json::json!({
+                "mediaType": manifest["mediaType"],
+                "digest": digest,
+                "size": request_body.len(),
+                "artifactType": manifest["artifactType"],
+                "annotations": manifest["annotations"],
+            });
+            self.state
+                .lock()
+                .unwrap()
+                .referrers
+                .as_mut()
+                .unwrap()
+                .entry(subject.to_string())
+                .or_default()
+                .push(descriptor);
+            forwarded.push(("oci-subject".into(), subject.to_string()));
         }
         let declared_length = response.content_length();
         let mut body = response
