@@ -719,3 +719,42 @@ fn on_a_registry_with_the_referrers_api_no_tag_schema_is_written() {
     assert_eq!(erofs["from_referrer"], false);
     proxy.stop();
 }
+
+#[test]
+fn a_concurrent_update_of_the_referrers_tag_is_read_again_not_lost() {
+    let env = env();
+    let proxy = support::proxy::Proxy::start(&env.registry);
+    let kiln = Kiln::new();
+    let source = format!("{}/busybox:multi", env.registry);
+    kiln.run(&["pull", "-q", "--insecure", &source]).ok();
+    let repository = unique("ifmatch");
+    let destination = format!("{}/{repository}:1", proxy.host());
+    // The first write of the referrers tag finds it changed (412).
+    proxy.add_rule(
+        "/manifests/sha256-",
+        Some("PUT"),
+        support::proxy::Fault::Status(412, vec![]),
+        1,
+    );
+    let pushed = push_json(
+        &kiln,
+        &["--insecure", "--rootfs", "ext4", &source, &destination],
+    );
+    assert_eq!(pushed["referrer"]["tag_schema"], true);
+    let puts = proxy
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT" && r.path.contains("/manifests/sha256-"))
+        .count();
+    assert_eq!(puts, 2, "written again after the 412");
+    let tag = pushed["manifest_digest"]
+        .as_str()
+        .unwrap()
+        .replace(':', "-");
+    let index = skopeo_inspect(&format!("{}/{repository}:{tag}", env.registry), true);
+    assert_eq!(
+        index["manifests"][0]["digest"],
+        pushed["referrer"]["digest"]
+    );
+    proxy.stop();
+}

@@ -276,6 +276,23 @@ impl RegistryClient {
         media_type: &str,
         observer: &dyn RetryObserver,
     ) -> Result<PushedManifest> {
+        self.put_manifest_if(repository, selector, bytes, media_type, None, observer)
+            .await
+    }
+
+    /// [`RegistryClient::put_manifest`], only if what `selector` names now
+    /// is `if_match` (an `If-Match` ETag; registries that do not support it
+    /// ignore it). A registry that sees another version answers 412
+    /// ([`OciError::Status`] with status 412).
+    pub async fn put_manifest_if(
+        &self,
+        repository: &Repository,
+        selector: &str,
+        bytes: Bytes,
+        media_type: &str,
+        if_match: Option<&str>,
+        observer: &dyn RetryObserver,
+    ) -> Result<PushedManifest> {
         let digest = Digest::sha256_of(&bytes);
         let separator = if selector.contains(':') { '@' } else { ':' };
         let what = format!("manifest {}{separator}{selector}", repository.name);
@@ -283,6 +300,9 @@ impl RegistryClient {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, header_value(media_type)?);
         headers.insert(CONTENT_LENGTH, HeaderValue::from(bytes.len() as u64));
+        if let Some(etag) = if_match {
+            headers.insert(reqwest::header::IF_MATCH, header_value(etag)?);
+        }
         let body = move || Ok(reqwest::Body::from(bytes.clone()));
         let response = self
             .execute_with_body(
@@ -392,15 +412,34 @@ impl RegistryClient {
         digest: &Digest,
         observer: &dyn RetryObserver,
     ) -> Result<ImageIndex> {
+        Ok(self
+            .referrers_tag_index(reference, digest, observer)
+            .await?
+            .0)
+    }
+
+    /// [`RegistryClient::referrers_by_tag`] with the ETag to update it
+    /// with ([`RegistryClient::put_manifest_if`]): the quoted digest of the
+    /// index read, as distribution registries give it; `None` when there
+    /// was none.
+    pub async fn referrers_tag_index(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        observer: &dyn RetryObserver,
+    ) -> Result<(ImageIndex, Option<String>)> {
         let repository = Repository::of(reference);
         let tag = referrers_tag(digest);
         match self.fetch_manifest(reference, &tag, observer).await {
-            Ok(fetched) => parse_index(
-                &repository,
-                &format!("referrers tag {}:{tag}", repository.name),
-                &fetched.bytes,
-            ),
-            Err(OciError::NotFound { .. }) => Ok(empty_index()),
+            Ok(fetched) => Ok((
+                parse_index(
+                    &repository,
+                    &format!("referrers tag {}:{tag}", repository.name),
+                    &fetched.bytes,
+                )?,
+                Some(format!("\"{}\"", fetched.digest)),
+            )),
+            Err(OciError::NotFound { .. }) => Ok((empty_index(), None)),
             Err(error) => Err(error),
         }
     }

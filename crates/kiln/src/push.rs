@@ -559,27 +559,41 @@ impl Manager {
             // No referrers API: keep the referrers index under the tag
             // `sha256-HEX` (OCI distribution spec, "referrers tag schema").
             let tag_reference = destination.with_digest(subject_digest.clone());
-            let mut index = client
-                .referrers_by_tag(&tag_reference, subject_digest, observer.as_ref())
-                .await?;
-            if !index.manifests.iter().any(|d| d.digest == digest) {
+            // Read, add, write back only if nobody changed it meanwhile
+            // (If-Match); another host's concurrent update means read again.
+            let mut attempts = 0;
+            loop {
+                let (mut index, etag) = client
+                    .referrers_tag_index(&tag_reference, subject_digest, observer.as_ref())
+                    .await?;
+                if index.manifests.iter().any(|d| d.digest == digest) {
+                    break;
+                }
                 index.manifests.push(kiln_oci::referrer_descriptor(
                     digest.clone(),
                     size,
                     &artifact_type,
-                    annotations,
+                    annotations.clone(),
                 ));
                 let bytes = serde_json::to_vec(&index)
                     .map_err(|e| Error::Task(format!("referrers index: {e}")))?;
-                client
-                    .put_manifest(
+                match client
+                    .put_manifest_if(
                         &repository,
                         &kiln_oci::referrers_tag(subject_digest),
                         Bytes::from(bytes),
                         media_type::OCI_INDEX,
+                        etag.as_deref(),
                         observer.as_ref(),
                     )
-                    .await?;
+                    .await
+                {
+                    Ok(_) => break,
+                    Err(kiln_oci::OciError::Status { status: 412, .. }) if attempts < 5 => {
+                        attempts += 1;
+                    }
+                    Err(error) => return Err(error.into()),
+                }
             }
             tag_schema = true;
         }
