@@ -87,6 +87,22 @@ impl CredentialProvider for DockerConfig {
                 }
                 Err(E::NoCredentialConfigured) => continue,
                 Err(E::ConfigNotFound | E::ConfigReadError) => return Ok(None),
+                // A helper that has nothing for this host (docker's helpers
+                // say "credentials not found"): anonymous, as docker does.
+                Err(E::HelperFailure { stdout, stderr, .. })
+                    if format!("{stdout}{stderr}")
+                        .to_ascii_lowercase()
+                        .contains("credentials not found") =>
+                {
+                    continue;
+                }
+                // Only the helper's name: its output may hold anything.
+                Err(E::HelperFailure { helper, .. }) => {
+                    return Err(OciError::Credentials {
+                        host: registry.to_string(),
+                        detail: format!("docker credential helper {helper} failed"),
+                    });
+                }
                 Err(error) => {
                     return Err(OciError::Credentials {
                         host: registry.to_string(),

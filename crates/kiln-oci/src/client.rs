@@ -362,7 +362,12 @@ impl RegistryClient {
                         self.remember_scheme(host, scheme);
                     }
                     let status = response.status();
-                    if status == StatusCode::UNAUTHORIZED && !authenticated_once && same_origin {
+                    // Only the registry's own 401 is answered with its
+                    // credentials: not one from a host a redirect led to.
+                    let from_registry = same_origin
+                        && Url::parse(&format!("{scheme}://{host}/"))
+                            .is_ok_and(|r| r.origin() == response.url().origin());
+                    if status == StatusCode::UNAUTHORIZED && !authenticated_once && from_registry {
                         authenticated_once = true;
                         fresh_authorization =
                             Some(self.authenticate(repository, &response, what).await?);
@@ -452,11 +457,16 @@ impl RegistryClient {
                         credential.as_ref(),
                     )
                     .await?;
-                HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| OciError::Token {
-                    host: host.clone(),
-                    realm,
-                    detail: "token is not a valid header value".into(),
-                })?
+                let mut value =
+                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                        OciError::Token {
+                            host: host.clone(),
+                            realm,
+                            detail: "token is not a valid header value".into(),
+                        }
+                    })?;
+                value.set_sensitive(true);
+                value
             }
             None => {
                 return Err(OciError::Denied {
@@ -490,7 +500,7 @@ impl RegistryClient {
             realm: realm.to_string(),
             detail,
         };
-        let (url, client) = self.realm_client(realm).map_err(&token_error)?;
+        let (url, client) = self.realm_client(host, realm).map_err(&token_error)?;
         let mut failures = 0;
         loop {
             let request = match credential {
@@ -564,10 +574,13 @@ impl RegistryClient {
         }
     }
 
-    /// The token endpoint `realm` as a URL, and the HTTP client that reaches
-    /// it (unverified TLS when its host is an insecure registry).
+    /// The token endpoint `realm` of `host`'s registry as a URL, and the
+    /// HTTP client that reaches it (unverified TLS when its host is an
+    /// insecure registry; plain HTTP only when the registry or the realm's
+    /// host is insecure).
     pub(crate) fn realm_client(
         &self,
+        host: &str,
         realm: &str,
     ) -> std::result::Result<(Url, &reqwest::Client), String> {
         let url = Url::parse(realm).map_err(|e| format!("bad realm URL: {e}"))?;
@@ -578,6 +591,14 @@ impl RegistryClient {
                 .unwrap_or_else(|| h.to_string());
             self.is_insecure(&with_port) || self.is_insecure(h)
         });
+        // Credentials go to the token service: never in clear text unless
+        // the user allowed plain HTTP for this registry.
+        if url.scheme() != "https" && !realm_insecure && !self.is_insecure(host) {
+            return Err(format!(
+                "the token service is not HTTPS ({}); pass --insecure to allow it",
+                url.scheme()
+            ));
+        }
         let client = self.http(realm_insecure).map_err(|e| e.to_string())?;
         Ok((url, client))
     }

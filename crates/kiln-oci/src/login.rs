@@ -37,6 +37,18 @@ impl RegistryClient {
         if response.status() != StatusCode::UNAUTHORIZED {
             return Err(unexpected(host, &what, response).await);
         }
+        // Only the registry's own challenge gets the password: not one from
+        // a host a redirect led to.
+        let own_origin = Url::parse(&format!("{}://{host}/", self.scheme(host)))
+            .is_ok_and(|base| base.origin() == response.url().origin());
+        if !own_origin {
+            return Err(OciError::Denied {
+                host: host.to_string(),
+                status: 401,
+                what,
+                message: Some("the challenge came from another host after a redirect".into()),
+            });
+        }
         let challenge = response
             .headers()
             .get_all(WWW_AUTHENTICATE)
@@ -127,7 +139,7 @@ impl RegistryClient {
             realm: realm.to_string(),
             detail,
         };
-        let (url, client) = self.realm_client(realm).map_err(&token_error)?;
+        let (url, client) = self.realm_client(host, realm).map_err(&token_error)?;
         let mut query = vec![("account", username)];
         if let Some(service) = service {
             query.push(("service", service));

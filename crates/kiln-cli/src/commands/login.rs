@@ -58,6 +58,11 @@ pub fn login(manager: &Manager, args: LoginArgs) -> anyhow::Result<ExitCode> {
             outcome.host
         ));
     }
+    if let Some(reason) = &outcome.keyring_fallback {
+        printer::status(format!(
+            "warning: no keyring ({reason}): the password is kept in a file only you can read (mode 0600)"
+        ));
+    }
     printer::status(format!(
         "credentials for {} ({}) stored in {}",
         outcome.host, outcome.username, outcome.source

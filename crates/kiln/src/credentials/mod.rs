@@ -202,6 +202,8 @@ pub struct LoginOutcome {
     pub source: String,
     /// False when the registry asks for no credentials (they were stored unchecked).
     pub verified: bool,
+    /// Why no keyring was used when `auto` fell back to the file.
+    pub keyring_fallback: Option<String>,
 }
 
 /// One host kiln has credentials for, and where they come from. Never a secret.
@@ -535,33 +537,42 @@ impl Manager {
             }
             Err(error) => return Err(error.into()),
         };
-        let kind = store::choose_store(options.store)?;
+        let (kind, fallback) = store::choose_store(options.store)?;
         let auth = self.auth_store();
-        if kind == StoreKind::Keyring {
-            store::keyring_set(&host, password)?;
-        }
-        let previous = auth.edit(|file| {
-            Ok(file.registries.insert(
+        // The keyring changes under the file's lock too, so two logins at
+        // once never pair one's user name with the other's password.
+        let keyring = auth.clone();
+        let written = auth.edit(|file| {
+            if kind == StoreKind::Keyring {
+                keyring.keyring_set(&host, password)?;
+            }
+            let previous = file.registries.insert(
                 host.clone(),
                 StoredEntry {
                     username: username.to_string(),
                     store: kind,
                     password: (kind == StoreKind::File).then(|| password.to_string()),
                 },
-            ))
-        })?;
-        if let Some(previous) = previous
-            && previous.store == StoreKind::Keyring
-            && kind == StoreKind::File
-        {
-            // The password moved to the file: leave no stale copy behind.
-            let _ = store::keyring_delete(&host);
+            );
+            if previous.is_some_and(|p| p.store == StoreKind::Keyring) && kind == StoreKind::File {
+                // The password moved to the file: leave no stale copy behind.
+                let _ = keyring.keyring_delete(&host);
+            }
+            Ok(())
+        });
+        if let Err(error) = written {
+            if kind == StoreKind::Keyring {
+                // The file was not written: take the password back out.
+                let _ = auth.keyring_delete(&host);
+            }
+            return Err(error.into());
         }
         Ok(LoginOutcome {
             source: KilnStore(auth).describe(kind),
             host,
             username: username.to_string(),
             verified: check == LoginCheck::Accepted,
+            keyring_fallback: fallback,
         })
     }
 
@@ -570,22 +581,32 @@ impl Manager {
     pub fn logout(&self, host: &str) -> Result<bool> {
         let host = normalize_host(host);
         validate_host(&host)?;
-        let removed = self.auth_store().edit(|file| {
+        let auth = self.auth_store();
+        let keyring = auth.clone();
+        let removed = auth.edit(|file| {
             let key = file
                 .registries
                 .keys()
                 .find(|key| normalize_host(key) == host)
                 .cloned();
-            Ok(key.and_then(|key| file.registries.remove(&key)))
-        })?;
-        match removed {
-            Some(entry) if entry.store == StoreKind::Keyring => {
-                store::keyring_delete(&host)?;
-                Ok(true)
+            let Some(key) = key else {
+                return Ok(false);
+            };
+            match file.registries.get(&key).map(|entry| entry.store) {
+                // The secret goes first: an entry is forgotten only once
+                // its keyring copy is gone (a locked keyring fails the
+                // logout, which can be tried again).
+                Some(StoreKind::Keyring) => keyring.keyring_delete(&host)?,
+                // A file entry: a keyring copy from an older login is
+                // removed where a keyring answers.
+                _ => {
+                    let _ = keyring.keyring_delete(&host);
+                }
             }
-            Some(_) => Ok(true),
-            None => Ok(false),
-        }
+            file.registries.remove(&key);
+            Ok(true)
+        })?;
+        Ok(removed)
     }
 
     /// The error for a logout of a host kiln's store does not hold, naming

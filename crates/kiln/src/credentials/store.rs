@@ -146,8 +146,21 @@ fn describe_json_error(error: &serde_json::Error) -> &'static str {
     }
 }
 
-/// Refuses a file that group or others can read or write.
+/// Refuses a file that group or others can read or write, or that
+/// another user owns.
 pub fn check_private(path: &Path, metadata: &std::fs::Metadata) -> Result<(), CredentialError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let user = unsafe { libc::geteuid() };
+    if metadata.uid() != user {
+        return Err(CredentialError::File {
+            path: path.to_path_buf(),
+            detail: format!(
+                "owned by user {}, not by you ({user}); kiln reads only your own credentials",
+                metadata.uid()
+            ),
+        });
+    }
     if metadata.permissions().mode() & 0o077 != 0 {
         return Err(CredentialError::NotPrivate {
             path: path.to_path_buf(),
@@ -217,6 +230,18 @@ impl AuthStore {
         fs_err::create_dir_all(directory).map_err(io_error)?;
         let _lock = LockFile::acquire(&directory.join(".auth.json.lock"), LockMode::Exclusive)
             .map_err(io_error)?;
+        // A writer killed between its temp file and the rename left the
+        // temp file (mode 0600) behind: nobody else writes them while we
+        // hold the lock.
+        if let Ok(entries) = std::fs::read_dir(directory) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with(".auth-") && name.ends_with(".tmp") {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
         let mut file = self.load()?;
         let result = change(&mut file)?;
         let text = serde_json::to_string_pretty(&file)
@@ -233,8 +258,24 @@ impl AuthStore {
                 path: self.path.clone(),
                 detail: format!("entry {host} has no password"),
             }),
-            (StoreKind::Keyring, _) => keyring_get(host),
+            (StoreKind::Keyring, _) => keyring_get(host, &self.keyring_account(host)),
         }
+    }
+
+    /// The keyring account of `host` for this file: two config files
+    /// (two `auth.json`) never share or overwrite each other's entries.
+    pub fn keyring_account(&self, host: &str) -> String {
+        format!("{host} ({})", self.path.display())
+    }
+
+    /// Stores `host`'s password in the keyring under this file's account.
+    pub fn keyring_set(&self, host: &str, password: &str) -> Result<(), CredentialError> {
+        keyring_set(host, &self.keyring_account(host), password)
+    }
+
+    /// Deletes `host`'s keyring entry of this file (none is fine).
+    pub fn keyring_delete(&self, host: &str) -> Result<(), CredentialError> {
+        keyring_delete(host, &self.keyring_account(host))
     }
 }
 
@@ -280,8 +321,8 @@ fn keyring_detail(error: &keyring::Error) -> String {
     }
 }
 
-fn keyring_entry(host: &str) -> Result<keyring::Entry, CredentialError> {
-    keyring::Entry::new(KEYRING_SERVICE, host).map_err(|e| CredentialError::Keyring {
+fn keyring_entry(host: &str, account: &str) -> Result<keyring::Entry, CredentialError> {
+    keyring::Entry::new(KEYRING_SERVICE, account).map_err(|e| CredentialError::Keyring {
         host: host.to_string(),
         detail: keyring_detail(&e),
     })
@@ -300,23 +341,23 @@ pub fn keyring_probe() -> Result<(), String> {
     }
 }
 
-/// Picks the store a login writes to.
-pub fn choose_store(choice: StoreChoice) -> Result<StoreKind, CredentialError> {
+/// Picks the store a login writes to, and why `auto` fell back to the file
+/// when it did.
+pub fn choose_store(choice: StoreChoice) -> Result<(StoreKind, Option<String>), CredentialError> {
     match choice {
-        StoreChoice::File => Ok(StoreKind::File),
+        StoreChoice::File => Ok((StoreKind::File, None)),
         StoreChoice::Keyring => keyring_probe()
-            .map(|()| StoreKind::Keyring)
+            .map(|()| (StoreKind::Keyring, None))
             .map_err(|detail| CredentialError::KeyringUnavailable { detail }),
-        StoreChoice::Auto => Ok(if keyring_probe().is_ok() {
-            StoreKind::Keyring
-        } else {
-            StoreKind::File
+        StoreChoice::Auto => Ok(match keyring_probe() {
+            Ok(()) => (StoreKind::Keyring, None),
+            Err(reason) => (StoreKind::File, Some(reason)),
         }),
     }
 }
 
-pub fn keyring_set(host: &str, password: &str) -> Result<(), CredentialError> {
-    keyring_entry(host)?
+fn keyring_set(host: &str, account: &str, password: &str) -> Result<(), CredentialError> {
+    keyring_entry(host, account)?
         .set_password(password)
         .map_err(|e| CredentialError::Keyring {
             host: host.to_string(),
@@ -324,8 +365,8 @@ pub fn keyring_set(host: &str, password: &str) -> Result<(), CredentialError> {
         })
 }
 
-fn keyring_get(host: &str) -> Result<String, CredentialError> {
-    keyring_entry(host)?
+fn keyring_get(host: &str, account: &str) -> Result<String, CredentialError> {
+    keyring_entry(host, account)?
         .get_password()
         .map_err(|e| CredentialError::Keyring {
             host: host.to_string(),
@@ -333,8 +374,8 @@ fn keyring_get(host: &str) -> Result<String, CredentialError> {
         })
 }
 
-pub fn keyring_delete(host: &str) -> Result<(), CredentialError> {
-    match keyring_entry(host)?.delete_credential() {
+fn keyring_delete(host: &str, account: &str) -> Result<(), CredentialError> {
+    match keyring_entry(host, account)?.delete_credential() {
         Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
         Err(e) => Err(CredentialError::Keyring {
             host: host.to_string(),
@@ -456,8 +497,8 @@ mod tests {
                 choose_store(StoreChoice::Keyring),
                 Err(CredentialError::KeyringUnavailable { .. })
             ));
-            assert_eq!(choose_store(StoreChoice::Auto).unwrap(), StoreKind::File);
+            assert_eq!(choose_store(StoreChoice::Auto).unwrap().0, StoreKind::File);
         }
-        assert_eq!(choose_store(StoreChoice::File).unwrap(), StoreKind::File);
+        assert_eq!(choose_store(StoreChoice::File).unwrap(), (StoreKind::File, None));
     }
 }
