@@ -426,6 +426,28 @@ fn multi_platform_layouts_and_names() {
         "{images}"
     );
 
+    // `-t` names the first image the platform filter keeps.
+    let tagged = Kiln::new();
+    tagged
+        .run(&[
+            "load",
+            "-i",
+            archive,
+            "--platform",
+            "linux/arm64",
+            "-t",
+            "localhost/mine:1",
+        ])
+        .ok();
+    let mine = tagged
+        .run(&["inspect", "localhost/mine:1", "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(
+        mine[0]["manifest_digest"],
+        platforms["linux/arm64/v8"]["digest"]
+    );
+
     // Without --platform: the host's from the index, every plain image.
     let kiln = Kiln::new();
     kiln.run(&["load", "-i", archive]).ok();
@@ -570,6 +592,26 @@ fn bad_archives_are_refused_and_leave_nothing() {
             "huge-manifest",
             "if m.name == 'manifest.json': data = data + b' ' * (5 << 20)".into(),
             "larger than the 4194304-byte limit",
+        ),
+        (
+            "link-as-blob",
+            "if m.name == 'oci-layout':\n    i = tarfile.TarInfo('blobs/sha256/' + '0' * 64); i.type = tarfile.SYMTYPE; i.linkname = '../../oci-layout'; out.addfile(i)".into(),
+            "a link where a blob must be",
+        ),
+        (
+            "link-and-file",
+            "if m.name == 'oci-layout':\n    i = tarfile.TarInfo('oci-layout'); i.type = tarfile.SYMTYPE; i.linkname = 'index.json'; out.addfile(i)".into(),
+            "appears twice",
+        ),
+        (
+            "huge-long-name",
+            "if m.name == 'oci-layout': extra.append(('x/' + 'a' * 70000, b'x'))".into(),
+            "an extension header",
+        ),
+        (
+            "control-character",
+            "if m.name == 'oci-layout': extra.append(('evil\\x1b[2Jname', b'x'))".into(),
+            "control character",
         ),
     ];
     for (name, edit, message) in cases {

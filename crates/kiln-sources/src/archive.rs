@@ -46,6 +46,10 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// The annotation docker 25+ and containerd write with the full image name.
 pub const CONTAINERD_NAME: &str = "io.containerd.image.name";
 const MAX_LINK_HOPS: usize = 16;
+/// Most entries one archive may have.
+pub const MAX_ENTRIES: usize = 100_000;
+/// Largest long-name or PAX extension header kiln reads.
+pub const MAX_EXTENSION_HEADER: u64 = 64 << 10;
 
 /// Why an archive was refused.
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +134,8 @@ pub enum EntryKind {
 }
 
 /// Normalizes a tar entry path: `./a//b` → `a/b`. Refuses absolute paths,
-/// `..`, and names that are not UTF-8. `None` for the archive root itself.
+/// `..`, control characters (a name must print as one line) and names that
+/// are not UTF-8. `None` for the archive root itself.
 pub fn normalize_path(raw: &[u8]) -> Result<Option<String>, ArchiveError> {
     let text = std::str::from_utf8(raw).map_err(|_| ArchiveError::UnsafePath {
         entry: String::from_utf8_lossy(raw).into_owned(),
@@ -152,10 +157,10 @@ pub fn normalize_path(raw: &[u8]) -> Result<Option<String>, ArchiveError> {
                     reason: "'..' component".into(),
                 });
             }
-            part if part.contains('\0') => {
+            part if part.chars().any(char::is_control) => {
                 return Err(ArchiveError::UnsafePath {
-                    entry: text.into(),
-                    reason: "NUL byte".into(),
+                    entry: printable(text),
+                    reason: "control character in the name".into(),
                 });
             }
             part => parts.push(part),
@@ -436,35 +441,112 @@ fn printable(text: &str) -> String {
 pub fn read_archive<S: EntrySink>(input: impl Read, sink: &mut S) -> Result<Contents, S::Error> {
     let input = decompressed(input)?;
     let mut archive = tar::Archive::new(input);
-    let entries = archive.entries().map_err(|e| ArchiveError::NotTar {
-        detail: e.to_string(),
-    })?;
+    // Raw entries: long names and PAX headers are read here, bounded, not
+    // by the tar crate (which would read any size into memory).
+    let entries = archive
+        .entries()
+        .map_err(|e| ArchiveError::NotTar {
+            detail: e.to_string(),
+        })?
+        .raw(true);
     let mut contents = Contents::default();
     let mut metadata_total = 0u64;
     let mut last: Option<String> = None;
+    let mut count = 0usize;
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut long_link: Option<Vec<u8>> = None;
     for entry in entries {
         let mut entry = entry.map_err(|e| match &last {
             None => ArchiveError::NotTar {
-                detail: "its first 512 bytes are not a tar header".into(),
+                detail: format!(
+                    "its first 512 bytes are not a tar header ({})",
+                    printable(&e.to_string())
+                ),
             },
             Some(previous) => ArchiveError::Read {
                 entry: format!("after {previous}"),
                 detail: format!("corrupt or truncated tar: {}", printable(&e.to_string())),
             },
         })?;
-        let raw = entry.path_bytes().into_owned();
+        count += 1;
+        if count > MAX_ENTRIES {
+            return Err(ArchiveError::Malformed {
+                entry: "the archive".into(),
+                detail: format!("it has more than {MAX_ENTRIES} entries"),
+            }
+            .into());
+        }
+        use tar::EntryType;
+        let entry_type = entry.header().entry_type();
+        if matches!(
+            entry_type,
+            EntryType::GNULongName
+                | EntryType::GNULongLink
+                | EntryType::XHeader
+                | EntryType::XGlobalHeader
+        ) {
+            let after = last.clone().unwrap_or_else(|| "the start".into());
+            if entry.size() > MAX_EXTENSION_HEADER {
+                return Err(ArchiveError::Malformed {
+                    entry: format!("an extension header after {after}"),
+                    detail: format!("{} bytes (more than {MAX_EXTENSION_HEADER})", entry.size()),
+                }
+                .into());
+            }
+            let mut bytes = Vec::new();
+            (&mut entry)
+                .take(MAX_EXTENSION_HEADER)
+                .read_to_end(&mut bytes)
+                .map_err(|e| ArchiveError::Read {
+                    entry: format!("an extension header after {after}"),
+                    detail: e.to_string(),
+                })?;
+            let trimmed = |mut b: Vec<u8>| {
+                while b.last() == Some(&0) {
+                    b.pop();
+                }
+                b
+            };
+            match entry_type {
+                EntryType::GNULongName => long_name = Some(trimmed(bytes)),
+                EntryType::GNULongLink => long_link = Some(trimmed(bytes)),
+                EntryType::XHeader => {
+                    for record in tar::PaxExtensions::new(&bytes).flatten() {
+                        match record.key_bytes() {
+                            b"path" => long_name = Some(record.value_bytes().to_vec()),
+                            b"linkpath" => long_link = Some(record.value_bytes().to_vec()),
+                            _ => {}
+                        }
+                    }
+                }
+                _ => {}
+            }
+            continue;
+        }
+        let raw = long_name
+            .take()
+            .unwrap_or_else(|| entry.path_bytes().into_owned());
+        let link = long_link.take();
         let Some(path) = normalize_path(&raw)? else {
             continue;
         };
         last = Some(path.clone());
-        let entry_type = entry.header().entry_type();
-        use tar::EntryType;
         match entry_type {
-            EntryType::Directory | EntryType::XGlobalHeader => continue,
+            EntryType::Directory => continue,
             EntryType::Symlink | EntryType::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
+                if contents.links.contains_key(&path) || contents.files.contains(&path) {
+                    return Err(ArchiveError::Duplicate { entry: path }.into());
+                }
+                if matches!(classify(&path), EntryKind::Blob(_)) {
+                    return Err(ArchiveError::UnsafePath {
+                        entry: path,
+                        reason: "a link where a blob must be (blobs are named by their digest)"
+                            .into(),
+                    }
+                    .into());
+                }
+                let target = link
+                    .or_else(|| entry.link_name_bytes().map(|t| t.into_owned()))
                     .unwrap_or_default();
                 let target =
                     std::str::from_utf8(&target).map_err(|_| ArchiveError::UnsafePath {
@@ -493,6 +575,9 @@ pub fn read_archive<S: EntrySink>(input: impl Read, sink: &mut S) -> Result<Cont
                 };
                 return Err(ArchiveError::Special { entry: path, kind }.into());
             }
+        }
+        if contents.links.contains_key(&path) {
+            return Err(ArchiveError::Duplicate { entry: path }.into());
         }
         let size = entry.size();
         let mut data: &mut dyn Read = &mut entry;

@@ -361,28 +361,27 @@ impl Catalog {
         tags: &[NewTag],
         lease: Option<Lease>,
     ) -> Result<i64> {
+        let ids = self.commit_images(&[(image, tags)], lease)?;
+        Ok(ids[0])
+    }
+
+    /// Records several images, each with its tags, in one transaction: all
+    /// or none (a load of an archive of several images). The lease goes
+    /// with them.
+    pub fn commit_images(
+        &self,
+        images: &[(&NewImage, &[NewTag])],
+        lease: Option<Lease>,
+    ) -> Result<Vec<i64>> {
         let mut connection = self.lock();
         let transaction = connection
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(self.wrap())?;
-        let id = insert_image(&transaction, image).map_err(self.wrap())?;
-        for tag in tags {
-            if let Some(index) = &tag.index {
-                transaction
-                    .execute(
-                        "INSERT INTO indexes (digest, media_type, size) VALUES (?1, ?2, ?3) ON CONFLICT(digest) DO NOTHING",
-                        params![index.digest.to_string(), index.media_type, index.size as i64],
-                    )
-                    .map_err(self.wrap())?;
-            }
-            transaction
-                .execute(
-                    "INSERT INTO tags (name, platform, image_id, index_digest, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT(name, platform) DO UPDATE SET image_id = excluded.image_id,
-                         index_digest = excluded.index_digest, updated_at = excluded.updated_at",
-                    params![tag.name, tag.platform, id, tag.index.as_ref().map(|i| i.digest.to_string()), now()],
-                )
-                .map_err(self.wrap())?;
+        let mut ids = Vec::with_capacity(images.len());
+        for (image, tags) in images {
+            let id = insert_image(&transaction, image).map_err(self.wrap())?;
+            ids.push(id);
+            Self::insert_tags(&transaction, id, tags).map_err(self.wrap())?;
         }
         if let Some(lease) = lease {
             transaction
@@ -390,7 +389,29 @@ impl Catalog {
                 .map_err(self.wrap())?;
         }
         transaction.commit().map_err(self.wrap())?;
-        Ok(id)
+        Ok(ids)
+    }
+
+    fn insert_tags(
+        transaction: &rusqlite::Transaction<'_>,
+        id: i64,
+        tags: &[NewTag],
+    ) -> rusqlite::Result<()> {
+        for tag in tags {
+            if let Some(index) = &tag.index {
+                transaction.execute(
+                    "INSERT INTO indexes (digest, media_type, size) VALUES (?1, ?2, ?3) ON CONFLICT(digest) DO NOTHING",
+                    params![index.digest.to_string(), index.media_type, index.size as i64],
+                )?;
+            }
+            transaction.execute(
+                "INSERT INTO tags (name, platform, image_id, index_digest, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(name, platform) DO UPDATE SET image_id = excluded.image_id,
+                     index_digest = excluded.index_digest, updated_at = excluded.updated_at",
+                params![tag.name, tag.platform, id, tag.index.as_ref().map(|i| i.digest.to_string()), now()],
+            )?;
+        }
+        Ok(())
     }
 
     /// Tags whose name is `name`, every platform.

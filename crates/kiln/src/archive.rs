@@ -414,6 +414,11 @@ impl EntrySink for Loader<'_> {
 }
 
 /// An image found in the archive's index, before it is checked.
+/// Most images one archive may hold.
+const MAX_IMAGES: usize = 1000;
+/// Most layers one image may have (overlay filesystems stop at 128).
+const MAX_LAYERS: usize = 1000;
+
 struct Candidate {
     digest: Digest,
     size: u64,
@@ -502,14 +507,42 @@ impl Manager {
         drop(loader.scratch.take());
         loader.settle(0);
         let layout = contents.layout().map_err(|e| wrap(e.into()))?;
-        let candidates = self
+        let listed = self
             .candidates(&mut loader, &contents, layout, options)
             .map_err(wrap)?;
+        // One image per manifest, however often the archive lists it (its
+        // names merged), and a bound on how many.
+        let mut candidates: Vec<Candidate> = Vec::new();
+        for candidate in listed {
+            match candidates.iter_mut().find(|c| c.digest == candidate.digest) {
+                Some(known) => {
+                    for name in candidate.names {
+                        if !known.names.contains(&name) {
+                            known.names.push(name);
+                        }
+                    }
+                }
+                None => candidates.push(candidate),
+            }
+            if candidates.len() > MAX_IMAGES {
+                return Err(wrap(Failure::Archive(ArchiveError::Malformed {
+                    entry: "the archive".into(),
+                    detail: format!("it lists more than {MAX_IMAGES} images"),
+                })));
+            }
+        }
         let mut checked = Vec::new();
         let mut skipped = Vec::new();
-        for (position, mut candidate) in candidates.into_iter().enumerate() {
-            if position == 0
+        for mut candidate in candidates {
+            // `-t` names the first image the platform filter keeps.
+            if checked.is_empty()
                 && let Some(tag) = &tag
+                && candidate.descriptor_platform.as_ref().is_none_or(|p| {
+                    options
+                        .platform
+                        .as_ref()
+                        .is_none_or(|wanted| wanted.accepts(p))
+                })
             {
                 candidate.names = vec![tag.clone()];
                 candidate.note = None;
@@ -531,17 +564,16 @@ impl Manager {
                 available: skipped,
             });
         }
-        let last = checked.len() - 1;
+        // Every image in one transaction: a load records all or nothing.
+        let records: Vec<(&NewImage, &[NewTag])> = checked
+            .iter()
+            .map(|item| (&item.image, item.tags.as_slice()))
+            .collect();
+        self.store
+            .catalog()
+            .commit_images(&records, guard.lease.take())?;
         let mut loaded = Vec::new();
-        for (position, item) in checked.into_iter().enumerate() {
-            let lease = if position == last {
-                guard.lease.take()
-            } else {
-                None
-            };
-            self.store
-                .catalog()
-                .commit_image_tags(&item.image, &item.tags, lease)?;
+        for item in checked {
             progress.event(Event::Stored {
                 manifest: item.loaded.manifest_digest.clone(),
             });
@@ -820,6 +852,15 @@ impl Manager {
             && !wanted.accepts(&platform)
         {
             return Ok(Err(platform.to_string()));
+        }
+        if manifest.layers.len() > MAX_LAYERS {
+            return Err(malformed(
+                &manifest_entry,
+                format!(
+                    "it lists {} layers (more than {MAX_LAYERS})",
+                    manifest.layers.len()
+                ),
+            ));
         }
         if manifest.layers.len() != config.rootfs.diff_ids.len() {
             return Err(malformed(

@@ -61,13 +61,22 @@ fn save_to_file<T>(
     let name = path
         .file_name()
         .with_context(|| format!("{} is not a file name", path.display()))?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let temp = dir.join(format!(
-        ".{}.{}.tmp",
+        ".{}.{}-{nanos}.tmp",
         name.to_string_lossy(),
         std::process::id()
     ));
     let result = (|| {
-        let mut file = std::fs::File::create(&temp)
+        // A new file only (never through a symlink someone planted, never
+        // truncating another writer's file).
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
             .with_context(|| format!("cannot create {}", temp.display()))?;
         let value = write(&mut file)?;
         file.flush()?;

@@ -499,6 +499,9 @@ mod tests {
             ));
             assert_eq!(choose_store(StoreChoice::Auto).unwrap().0, StoreKind::File);
         }
-        assert_eq!(choose_store(StoreChoice::File).unwrap(), (StoreKind::File, None));
+        assert_eq!(
+            choose_store(StoreChoice::File).unwrap(),
+            (StoreKind::File, None)
+        );
     }
 }
