@@ -802,7 +802,11 @@ fn a_load_killed_halfway_leaves_a_consistent_store_and_the_next_load_works() {
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(&bytes[..bytes.len() / 2]).unwrap();
     stdin.flush().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    support::wait_for(
+        || !kiln.blob_files().is_empty() || !kiln.partial_files().is_empty(),
+        "the load to write part of the archive",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(200));
     child.kill().unwrap();
     child.wait().unwrap();
     drop(stdin);
