@@ -2,6 +2,8 @@
 //! the compressed bytes stream past.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
@@ -81,6 +83,9 @@ impl DiffIdHasher {
 pub struct DiffIdWorker {
     sender: Option<SyncSender<Bytes>>,
     thread: Option<JoinHandle<std::io::Result<(Digest, u64)>>>,
+    /// Set when the result is no longer wanted: queued chunks are dropped
+    /// unread (a decompression bomb is not worked through on the way out).
+    cancelled: Arc<AtomicBool>,
 }
 
 impl DiffIdWorker {
@@ -88,11 +93,16 @@ impl DiffIdWorker {
     pub fn spawn(compression: Compression) -> std::io::Result<DiffIdWorker> {
         let mut hasher = DiffIdHasher::new(compression)?;
         let (sender, receiver): (SyncSender<Bytes>, Receiver<Bytes>) = sync_channel(64);
+        let cancelled = Arc::new(AtomicBool::new(false));
+        let stop = cancelled.clone();
         let thread = std::thread::Builder::new()
             .name("kiln-diff-id".into())
             .spawn(move || {
                 let mut failure = None;
                 for chunk in receiver {
+                    if failure.is_none() && stop.load(Ordering::Relaxed) {
+                        failure = Some(std::io::Error::other("cancelled"));
+                    }
                     if failure.is_none()
                         && let Err(error) = hasher.update(&chunk)
                     {
@@ -107,6 +117,7 @@ impl DiffIdWorker {
         Ok(DiffIdWorker {
             sender: Some(sender),
             thread: Some(thread),
+            cancelled,
         })
     }
 
@@ -132,6 +143,8 @@ impl DiffIdWorker {
 
 impl Drop for DiffIdWorker {
     fn drop(&mut self) {
+        // Dropped without `finish`: nobody wants the diff_id any more.
+        self.cancelled.store(true, Ordering::Relaxed);
         drop(self.sender.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
