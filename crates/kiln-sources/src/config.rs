@@ -204,6 +204,15 @@ pub struct RegistryConfig {
     pub password_file: Option<std::path::PathBuf>,
 }
 
+/// Whether a `password_env` value is more likely a token than a variable
+/// name: a known token prefix, or longer than any sensible name.
+fn looks_like_a_secret(value: &str) -> bool {
+    const PREFIXES: [&str; 8] = [
+        "ghp_", "gho_", "ghs_", "ghu_", "github_pat_", "glpat-", "dckr_pat_", "hf_",
+    ];
+    value.len() > 64 || PREFIXES.iter().any(|p| value.starts_with(p))
+}
+
 impl RegistryConfig {
     /// Checks that exactly one password source is named.
     pub fn validate(&self, host: &str) -> std::result::Result<(), String> {
@@ -216,6 +225,10 @@ impl RegistryConfig {
             )),
             (None, None) => Err(format!(
                 "registry {host}: give password_env or password_file"
+            )),
+            // A secret pasted where a variable name goes is never echoed.
+            (Some(variable), None) if looks_like_a_secret(variable) => Err(format!(
+                "registry {host}: password_env looks like a token, not the name of an environment variable (put the token in a variable and name the variable)"
             )),
             (Some(variable), None)
                 if variable.is_empty()
@@ -403,6 +416,18 @@ mod tests {
             let error = Config::parse(text, "c.toml").unwrap_err().to_string();
             assert!(error.contains(expected), "{text:?}: {error}");
             assert!(error.contains("c.toml"), "{error}");
+        }
+    }
+
+    #[test]
+    fn a_token_pasted_as_password_env_is_refused_without_being_shown() {
+        for token in ["ghp_abcdefghijklmnopqrstuvwxyz0123456789", &"x".repeat(80)] {
+            let text = format!(
+                "version = 1\n[registries.\"r.io\"]\nusername = \"u\"\npassword_env = \"{token}\"\n"
+            );
+            let error = Config::parse(&text, "c.toml").unwrap_err().to_string();
+            assert!(error.contains("looks like a token"), "{error}");
+            assert!(!error.contains(token), "the token is not echoed: {error}");
         }
     }
 }
