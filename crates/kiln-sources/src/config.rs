@@ -208,7 +208,14 @@ pub struct RegistryConfig {
 /// name: a known token prefix, or longer than any sensible name.
 fn looks_like_a_secret(value: &str) -> bool {
     const PREFIXES: [&str; 8] = [
-        "ghp_", "gho_", "ghs_", "ghu_", "github_pat_", "glpat-", "dckr_pat_", "hf_",
+        "ghp_",
+        "gho_",
+        "ghs_",
+        "ghu_",
+        "github_pat_",
+        "glpat-",
+        "dckr_pat_",
+        "hf_",
     ];
     value.len() > 64 || PREFIXES.iter().any(|p| value.starts_with(p))
 }

@@ -480,7 +480,13 @@ impl Manager {
                 archive: archive.clone(),
                 source,
             },
-            Failure::Other(error) => error,
+            // Store failures speak for themselves; anything about the
+            // content (diff_ids, decompression, platforms) names the archive.
+            Failure::Other(error @ Error::Store(_)) => error,
+            Failure::Other(error) => Error::InArchive {
+                archive: archive.clone(),
+                source: Box::new(error),
+            },
         };
         let tag = options
             .tag

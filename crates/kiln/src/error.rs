@@ -184,6 +184,13 @@ pub enum Error {
         stream: &'static str,
         action: &'static str,
     },
+    /// A failure about the content of an archive being loaded.
+    #[error("{archive}: {source}")]
+    InArchive {
+        archive: String,
+        #[source]
+        source: Box<Error>,
+    },
     /// An image `save` cannot write.
     #[error("{image}: {detail}")]
     NotSaveable { image: String, detail: String },
@@ -230,6 +237,7 @@ impl Error {
             Error::Artifact { .. } => ErrorKind::DataLoss,
             Error::Archive { source, .. } => source.kind(),
             Error::TerminalArchive { .. } => ErrorKind::InvalidArgument,
+            Error::InArchive { source, .. } => source.kind(),
             Error::NotSaveable { .. } => ErrorKind::FailedPrecondition,
         }
     }
@@ -248,6 +256,12 @@ impl Error {
             Error::MissingToken { variable } => Some(format!("export {variable}=TOKEN, or remove token_env from the source (`kiln sources rm` and add it again)")),
             Error::HasDependents { .. } => Some("remove the dependent images first, or pass --force".into()),
             Error::OriginMissing { origin, .. } => Some(format!("install the origin first (`kiln pull SOURCE://{origin}` or `kiln install -m -f`)")),
+            Error::InArchive { source, .. } => match source.as_ref() {
+                Error::DiffIdMismatch { .. } | Error::LayerCount { .. } | Error::Decompress { .. } => {
+                    Some("the archive is inconsistent; nothing was recorded from it".into())
+                }
+                other => other.hint(),
+            },
             Error::PushDestination { .. } => Some("name the destination: `kiln push IMAGE REGISTRY/REPOSITORY:TAG`".into()),
             Error::PushDigest { .. } => Some("name the destination by tag, or by the image's own digest".into()),
             Error::NotCached { reference } => Some(format!("run `kiln pull {reference}` while the registry is reachable")),
