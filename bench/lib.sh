@@ -25,31 +25,39 @@ ensure_kiln() {
   fi
 }
 
-# start_registry -> sets REGISTRY=127.0.0.1:PORT (storage kept in $BENCH_DIR/registry)
-start_bench_registry() {
-  local port
+# serve_registry DIR -> a docker-registry with its storage and config in
+# DIR; sets $served (127.0.0.1:PORT) and $served_pid
+serve_registry() {
+  local dir=$1 port
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  mkdir -p "$BENCH_DIR/registry"
-  cat >"$BENCH_DIR/registry.yml" <<YAML
+  mkdir -p "$dir/storage"
+  cat >"$dir/config.yml" <<YAML
 version: 0.1
 log:
   level: error
 storage:
   filesystem:
-    rootdirectory: $BENCH_DIR/registry
+    rootdirectory: $dir/storage
   delete:
     enabled: true
 http:
   addr: 127.0.0.1:$port
 YAML
-  docker-registry serve "$BENCH_DIR/registry.yml" >"$BENCH_DIR/registry.log" 2>&1 &
-  bench_pids+=($!)
-  REGISTRY=127.0.0.1:$port
+  docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
+  served_pid=$!
+  bench_pids+=("$served_pid")
+  served=127.0.0.1:$port
   for _ in $(seq 1 100); do
-    curl -sf "http://$REGISTRY/v2/" >/dev/null && return 0
+    curl -sf "http://$served/v2/" >/dev/null && return 0
     sleep 0.1
   done
-  echo "registry did not start" >&2; cat "$BENCH_DIR/registry.log" >&2; return 1
+  echo "registry in $dir did not start" >&2; cat "$dir/registry.log" >&2; return 1
+}
+
+# start_bench_registry -> sets REGISTRY=127.0.0.1:PORT (storage kept in $BENCH_DIR/registry)
+start_bench_registry() {
+  serve_registry "$BENCH_DIR/registry"
+  REGISTRY=$served
 }
 
 # seconds COMMAND... : wall time of one run, in seconds

@@ -21,28 +21,9 @@ work=$BENCH_DIR/push-work; rm -rf "$work"; mkdir -p "$work"
 
 # empty_registry NAME: a registry with fresh storage; sets $DEST and $dest_pid
 empty_registry() {
-  local name=$1 port
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  rm -rf "$work/$name"; mkdir -p "$work/$name/storage"
-  cat >"$work/$name/config.yml" <<YAML
-version: 0.1
-log:
-  level: error
-storage:
-  filesystem:
-    rootdirectory: $work/$name/storage
-http:
-  addr: 127.0.0.1:$port
-YAML
-  docker-registry serve "$work/$name/config.yml" >"$work/$name.log" 2>&1 &
-  dest_pid=$!
-  bench_pids+=("$dest_pid")
-  DEST=127.0.0.1:$port
-  for _ in $(seq 1 100); do
-    curl -sf "http://$DEST/v2/" >/dev/null && return 0
-    sleep 0.1
-  done
-  echo "registry $name did not start" >&2; cat "$work/$name.log" >&2; return 1
+  rm -rf "${work:?}/$1"
+  serve_registry "$work/$1"
+  DEST=$served dest_pid=$served_pid
 }
 stop_registry() { kill "$dest_pid" 2>/dev/null || true; wait "$dest_pid" 2>/dev/null || true; rm -rf "$work/$1"; }
 

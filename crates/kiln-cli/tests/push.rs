@@ -55,6 +55,14 @@ fn identity(kiln: &Kiln, reference: &str) -> serde_json::Value {
     })
 }
 
+/// `kiln rootfs IMAGE ARGS... --json --insecure`, which must succeed.
+fn rootfs_json(kiln: &Kiln, image: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["rootfs", image];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--json", "--insecure"]);
+    kiln.run(&all).ok().json()
+}
+
 /// `kiln push ARGS... --format json`, which must succeed.
 fn push_json(kiln: &Kiln, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["push"];
@@ -444,17 +452,7 @@ fn a_pushed_rootfs_referrer_replaces_conversion_on_another_host() {
     other_host
         .run(&["pull", "-q", "--insecure", &destination])
         .ok();
-    let built = other_host
-        .run(&[
-            "rootfs",
-            &destination,
-            "--format",
-            "ext4",
-            "--json",
-            "--insecure",
-        ])
-        .ok()
-        .json();
+    let built = rootfs_json(&other_host, &destination, &["--format", "ext4"]);
     assert_eq!(built["from_referrer"], true, "{built}");
     assert_eq!(built["digest"], referrer["rootfs"]);
     let fsck = Command::new("e2fsck")
@@ -463,52 +461,27 @@ fn a_pushed_rootfs_referrer_replaces_conversion_on_another_host() {
         .unwrap();
     assert!(fsck.status.success());
     // Next time it is in the store.
-    let again = other_host
-        .run(&[
-            "rootfs",
-            &destination,
-            "--format",
-            "ext4",
-            "--json",
-            "--insecure",
-        ])
-        .ok()
-        .json();
+    let again = rootfs_json(&other_host, &destination, &["--format", "ext4"]);
     assert_eq!(again["cached"], true);
     assert_eq!(again["from_referrer"], false);
 
     // Options must match: a sized ext4 is not what was published, so it
     // is converted here; --no-referrers converts too.
-    let sized = other_host
-        .run(&[
-            "rootfs",
-            &destination,
-            "--format",
-            "ext4",
-            "--size",
-            "64M",
-            "--json",
-            "--insecure",
-        ])
-        .ok()
-        .json();
+    let sized = rootfs_json(
+        &other_host,
+        &destination,
+        &["--format", "ext4", "--size", "64M"],
+    );
     assert_eq!(sized["from_referrer"], false);
     let third_host = Kiln::new();
     third_host
         .run(&["pull", "-q", "--insecure", &destination])
         .ok();
-    let local = third_host
-        .run(&[
-            "rootfs",
-            &destination,
-            "--format",
-            "erofs",
-            "--json",
-            "--insecure",
-            "--no-referrers",
-        ])
-        .ok()
-        .json();
+    let local = rootfs_json(
+        &third_host,
+        &destination,
+        &["--format", "erofs", "--no-referrers"],
+    );
     assert_eq!(local["from_referrer"], false);
     third_host.run(&["fsck"]).ok();
 }
@@ -684,17 +657,7 @@ fn on_a_registry_with_the_referrers_api_no_tag_schema_is_written() {
     other_host
         .run(&["pull", "-q", "--insecure", &destination])
         .ok();
-    let built = other_host
-        .run(&[
-            "rootfs",
-            &destination,
-            "--format",
-            "ext4",
-            "--json",
-            "--insecure",
-        ])
-        .ok()
-        .json();
+    let built = rootfs_json(&other_host, &destination, &["--format", "ext4"]);
     assert_eq!(built["from_referrer"], true, "{built}");
     assert_eq!(built["digest"], referrer["rootfs"]);
     assert!(
@@ -705,17 +668,7 @@ fn on_a_registry_with_the_referrers_api_no_tag_schema_is_written() {
         "the referrers API was asked"
     );
     // An erofs lookup finds no erofs referrer (artifactType filter) and converts.
-    let erofs = other_host
-        .run(&[
-            "rootfs",
-            &destination,
-            "--format",
-            "erofs",
-            "--json",
-            "--insecure",
-        ])
-        .ok()
-        .json();
+    let erofs = rootfs_json(&other_host, &destination, &["--format", "erofs"]);
     assert_eq!(erofs["from_referrer"], false);
     proxy.stop();
 }

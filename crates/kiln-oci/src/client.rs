@@ -457,16 +457,7 @@ impl RegistryClient {
                         credential.as_ref(),
                     )
                     .await?;
-                let mut value =
-                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                        OciError::Token {
-                            host: host.clone(),
-                            realm,
-                            detail: "token is not a valid header value".into(),
-                        }
-                    })?;
-                value.set_sensitive(true);
-                value
+                bearer(&host, &realm, &token)?
             }
             None => {
                 return Err(OciError::Denied {
@@ -864,6 +855,18 @@ impl BlobDownload<'_> {
             }
         }
     }
+}
+
+/// `Authorization: Bearer TOKEN`, marked sensitive.
+pub(crate) fn bearer(host: &str, realm: &str, token: &str) -> Result<HeaderValue> {
+    let mut value =
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| OciError::Token {
+            host: host.to_string(),
+            realm: realm.to_string(),
+            detail: "token is not a valid header value".into(),
+        })?;
+    value.set_sensitive(true);
+    Ok(value)
 }
 
 pub(crate) fn basic(username: &str, password: &str) -> HeaderValue {

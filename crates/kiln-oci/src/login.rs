@@ -62,16 +62,7 @@ impl RegistryClient {
                 let token = self
                     .login_token(host, &realm, service.as_deref(), username, password)
                     .await?;
-                let mut value =
-                    HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                        OciError::Token {
-                            host: host.to_string(),
-                            realm: realm.clone(),
-                            detail: "token is not a valid header value".into(),
-                        }
-                    })?;
-                value.set_sensitive(true);
-                value
+                crate::client::bearer(host, &realm, &token)?
             }
             None => {
                 return Err(OciError::Denied {
