@@ -12,9 +12,7 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 RUNS=${RUNS:-5}
-need bc bc
-need /usr/bin/time time
-ensure_kiln
+bench_setup
 bench_image   # $layout, $compressed
 work=$BENCH_DIR/work-archive; rm -rf "$work"; mkdir -p "$work"
 

@@ -19,6 +19,13 @@ need() { # command package
   command -v "$1" >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
 }
 
+# bench_setup: the tools every timing benchmark needs, and a release kiln.
+bench_setup() {
+  need bc bc
+  need /usr/bin/time time
+  ensure_kiln
+}
+
 ensure_kiln() {
   if [ ! -x "$KILN" ]; then
     (cd "$repo_root" && cargo build --release -p kiln-cli)

@@ -10,9 +10,7 @@ set -euo pipefail
 
 RUNS=${RUNS:-5}
 CACHED_RUNS=${CACHED_RUNS:-20}
-need bc bc
-need /usr/bin/time time
-ensure_kiln
+bench_setup
 
 bench_image   # $layout, $compressed
 push_bench_image   # $REGISTRY, $ref

@@ -10,14 +10,16 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
 RUNS=${RUNS:-5}
-need bc bc
-need /usr/bin/time time
-ensure_kiln
+bench_setup
 
 bench_image         # $layout, $compressed
-push_bench_image    # $REGISTRY, $ref (the source the store pulls from)
 work=$BENCH_DIR/push-work; rm -rf "$work"; mkdir -p "$work"
-"$KILN" --root "$work/kiln" pull --insecure -q "$ref" >/dev/null
+# The image in a kiln store, loaded from a tar of the OCI layout (the same
+# blobs a pull stores).
+ref=localhost/bench:1
+tar -C "$layout" -cf "$work/layout.tar" .
+"$KILN" --root "$work/kiln" load -q -i "$work/layout.tar" -t "$ref" >/dev/null
+rm -f "$work/layout.tar"
 
 # empty_registry NAME: a registry with fresh storage; sets $DEST and $dest_pid
 empty_registry() {

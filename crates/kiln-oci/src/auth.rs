@@ -147,6 +147,17 @@ pub enum Challenge {
 }
 
 impl Challenge {
+    /// The first challenge of a response's `WWW-Authenticate` headers that
+    /// kiln speaks.
+    pub fn of(headers: &reqwest::header::HeaderMap) -> Option<Challenge> {
+        headers
+            .get_all(reqwest::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(Challenge::parse)
+            .next()
+    }
+
     /// Parses a header value; `None` for schemes kiln does not speak.
     pub fn parse(header: &str) -> Option<Challenge> {
         let header = header.trim();

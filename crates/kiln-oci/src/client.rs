@@ -11,9 +11,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use kiln_types::media_type::MANIFEST_ACCEPT;
 use kiln_types::{Digest, Reference};
-use reqwest::header::{
-    ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
-};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderValue, RANGE, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 
 use crate::auth::{Anonymous, Challenge, Credential, CredentialProvider};
@@ -55,6 +53,18 @@ impl RetryPolicy {
         self.initial_backoff
             .saturating_mul(factor)
             .min(self.max_backoff)
+    }
+
+    /// Why `response` is worth another attempt (a 5xx or a 429) and the
+    /// delay it asks for; `None` for a final answer.
+    pub fn retryable(&self, response: &reqwest::Response) -> Option<(String, Option<Duration>)> {
+        let status = response.status();
+        (status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS).then(|| {
+            (
+                format!("HTTP {status}"),
+                self.retry_after(response.headers()),
+            )
+        })
     }
 
     /// The delay a `Retry-After: SECONDS` header asks for, capped at
@@ -373,11 +383,9 @@ impl RegistryClient {
                             Some(self.authenticate(repository, &response, what).await?);
                         continue;
                     }
-                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                        let retry_after = self.options.retry.retry_after(response.headers());
-                        Attempt::Retry(format!("HTTP {status}"), retry_after)
-                    } else {
-                        Attempt::Response(response)
+                    match self.options.retry.retryable(&response) {
+                        Some((reason, retry_after)) => Attempt::Retry(reason, retry_after),
+                        None => Attempt::Response(response),
                     }
                 }
             };
@@ -422,13 +430,7 @@ impl RegistryClient {
         what: &str,
     ) -> Result<HeaderValue> {
         let host = repository.host.clone();
-        let challenge = response
-            .headers()
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(Challenge::parse)
-            .next();
+        let challenge = Challenge::of(response.headers());
         let credential = self.options.credentials.credentials(&repository.registry)?;
         let authorization = match challenge {
             Some(Challenge::Basic) => match &credential {
@@ -525,13 +527,10 @@ impl RegistryClient {
                 }
             };
             let response = match request.send().await {
-                Ok(response)
-                    if response.status().is_server_error()
-                        || response.status() == StatusCode::TOO_MANY_REQUESTS =>
-                {
-                    Err(format!("HTTP {}", response.status()))
-                }
-                Ok(response) => Ok(response),
+                Ok(response) => match self.options.retry.retryable(&response) {
+                    Some((reason, _)) => Err(reason),
+                    None => Ok(response),
+                },
                 Err(error) => Err(describe(&error)),
             };
             let response = match response {

@@ -2,7 +2,7 @@
 //! /v2/`, then answer its challenge (Basic, or Bearer through the token
 //! endpoint with `service` and `account` and no scope).
 
-use reqwest::header::{HeaderMap, HeaderValue, WWW_AUTHENTICATE};
+use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
 use crate::auth::Challenge;
@@ -49,13 +49,7 @@ impl RegistryClient {
                 message: Some("the challenge came from another host after a redirect".into()),
             });
         }
-        let challenge = response
-            .headers()
-            .get_all(WWW_AUTHENTICATE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .filter_map(Challenge::parse)
-            .next();
+        let challenge = Challenge::of(response.headers());
         let authorization = match challenge {
             Some(Challenge::Basic) => basic(username, password),
             Some(Challenge::Bearer { realm, service, .. }) => {

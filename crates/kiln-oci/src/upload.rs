@@ -339,24 +339,6 @@ impl RegistryClient {
         })
     }
 
-    /// Whether `repository` has the manifest `digest` (HEAD).
-    pub async fn manifest_exists(
-        &self,
-        repository: &Repository,
-        digest: &Digest,
-        observer: &dyn RetryObserver,
-    ) -> Result<bool> {
-        let what = format!("manifest {}@{digest}", repository.name);
-        let path = format!("/v2/{}/manifests/{digest}", repository.name);
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            reqwest::header::ACCEPT,
-            HeaderValue::from_static(media_type::MANIFEST_ACCEPT),
-        );
-        self.exists(repository, &path, headers, &what, observer)
-            .await
-    }
-
     /// The manifests that name `digest` as their subject, from the referrers
     /// API; `None` when the registry has no referrers API (then use the tag
     /// schema: [`RegistryClient::referrers_by_tag`]).
@@ -499,13 +481,9 @@ pub fn referrer_descriptor(
     annotations: std::collections::BTreeMap<String, String>,
 ) -> Descriptor {
     Descriptor {
-        media_type: media_type::OCI_MANIFEST.to_string(),
-        digest,
-        size,
-        platform: None,
-        urls: Vec::new(),
         annotations,
         artifact_type: Some(artifact_type.to_string()),
+        ..Descriptor::new(media_type::OCI_MANIFEST, digest, size)
     }
 }
 

@@ -208,15 +208,10 @@ impl Fetcher {
             .await
             {
                 Err(error) => Attempt::Retry(describe(&error.without_url()), None),
-                Ok(response) => {
-                    let status = response.status();
-                    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-                        let retry_after = self.retry.retry_after(response.headers());
-                        Attempt::Retry(format!("HTTP {status}"), retry_after)
-                    } else {
-                        Attempt::Response(response)
-                    }
-                }
+                Ok(response) => match self.retry.retryable(&response) {
+                    Some((reason, retry_after)) => Attempt::Retry(reason, retry_after),
+                    None => Attempt::Response(response),
+                },
             };
             match attempt {
                 Attempt::Response(response) => return Ok(response),

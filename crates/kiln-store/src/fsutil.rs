@@ -26,20 +26,54 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// Writes `bytes` to `path` atomically: temp file in the same directory,
 /// fsync, optional read-only mode, rename, fsync of the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], read_only: bool) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let temp = dir.join(temp_name("write"));
-    let result = (|| {
-        let mut file = fs::File::create(&temp)?;
+    write_atomic_with(path, 0o644, |file| {
         file.write_all(bytes)?;
-        file.sync_all()?;
         if read_only {
-            set_read_only(&temp)?;
+            file.sync_all()?;
+            set_read_only_file(file)?;
         }
+        Ok::<_, std::io::Error>(())
+    })
+}
+
+/// Writes `path` atomically through `write`: a new temporary file in the
+/// same directory, created with `mode` (so a secret is never readable by
+/// others, not even for a moment), then fsync, rename over `path`, fsync
+/// of the directory. On any failure `path` is untouched and the temporary
+/// file (`.NAME-….tmp`, NAME being `path`'s file name) is gone.
+pub fn write_atomic_with<T, E: From<std::io::Error>>(
+    path: &Path,
+    mode: u32,
+    write: impl FnOnce(&mut std::fs::File) -> Result<T, E>,
+) -> Result<T, E> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // Named after the target, so a cleanup can tell whose it is.
+    let target = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "write".into());
+    let temp = dir.join(temp_name(&target));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)
+            .map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot create {}: {e}", temp.display()))
+            })?;
+        let value = write(&mut file)?;
+        file.sync_all()?;
         fs::rename(&temp, path)?;
-        sync_dir(dir)
+        sync_dir(dir)?;
+        Ok(value)
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&temp);
+        let _ = std::fs::remove_file(&temp);
     }
     result
 }
@@ -49,8 +83,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8], read_only: bool) -> std::io::Resu
 pub fn set_read_only(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mode = fs::metadata(path)?.permissions().mode();
-    let read_only = if mode & 0o100 != 0 { 0o555 } else { 0o444 };
-    fs::set_permissions(path, std::fs::Permissions::from_mode(read_only))
+    fs::set_permissions(path, std::fs::Permissions::from_mode(read_only_mode(mode)))
+}
+
+fn set_read_only_file(file: &std::fs::File) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = file.metadata()?.permissions().mode();
+    file.set_permissions(std::fs::Permissions::from_mode(read_only_mode(mode)))
+}
+
+fn read_only_mode(mode: u32) -> u32 {
+    if mode & 0o100 != 0 { 0o555 } else { 0o444 }
 }
 
 /// Seconds since the Unix epoch.

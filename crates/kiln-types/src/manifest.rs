@@ -57,6 +57,22 @@ pub struct Descriptor {
     pub artifact_type: Option<String>,
 }
 
+impl Descriptor {
+    /// A descriptor of `media_type`, `digest` and `size`, with no platform,
+    /// URLs, annotations or artifact type.
+    pub fn new(media_type: impl Into<String>, digest: Digest, size: u64) -> Descriptor {
+        Descriptor {
+            media_type: media_type.into(),
+            digest,
+            size,
+            platform: None,
+            urls: Vec::new(),
+            annotations: BTreeMap::new(),
+            artifact_type: None,
+        }
+    }
+}
+
 /// An image manifest: one config and ordered layers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

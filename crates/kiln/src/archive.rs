@@ -810,15 +810,7 @@ impl Manager {
         options: &LoadOptions,
     ) -> Result<std::result::Result<Checked, String>, Failure> {
         let manifest_entry = blob_entry(&candidate.digest);
-        let descriptor = Descriptor {
-            media_type: String::new(),
-            digest: candidate.digest.clone(),
-            size: candidate.size,
-            platform: None,
-            urls: Vec::new(),
-            annotations: BTreeMap::new(),
-            artifact_type: None,
-        };
+        let descriptor = Descriptor::new("", candidate.digest.clone(), candidate.size);
         let bytes =
             self.archive_blob(loader, &descriptor, &candidate.referrer, MAX_MANIFEST_SIZE)?;
         let malformed = |entry: &str, detail: String| {

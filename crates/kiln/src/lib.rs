@@ -45,6 +45,7 @@ pub use kiln_sources::imgapi::{
     DEFAULT_FIELDS as IMGAPI_DEFAULT_FIELDS, Filter as ImageFilter, field_text,
 };
 pub use kiln_sources::{SourceConfig, SourceType};
+pub use kiln_store::fsutil::write_atomic_with;
 pub use kiln_store::{FsckReport, GcReport, Problem, Store};
 pub use kiln_types::SourceReference;
 pub use kiln_types::{Digest, ErrorKind, Platform, Reference};

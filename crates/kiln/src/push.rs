@@ -196,6 +196,7 @@ impl Manager {
                 (Bytes::from(bytes), image.media_type.clone(), None)
             };
         let manifest_digest = Digest::sha256_of(&manifest_bytes);
+        let manifest_size = manifest_bytes.len() as u64;
         if let Some(pinned) = destination.digest()
             && *pinned != manifest_digest
         {
@@ -258,8 +259,7 @@ impl Manager {
                     &client,
                     &destination,
                     &image,
-                    &pushed.digest,
-                    &manifest_media_type,
+                    &Descriptor::new(&manifest_media_type, pushed.digest.clone(), manifest_size),
                     format,
                     options,
                     &progress,
@@ -386,18 +386,14 @@ impl Manager {
         let mut layers = Vec::new();
         for file in &record.files {
             blobs.push((file.digest.clone(), file.size));
-            let mut annotations = BTreeMap::new();
-            annotations.insert(TITLE_ANNOTATION.to_string(), file.name.clone());
-            annotations.insert(ROLE_ANNOTATION.to_string(), file.role.clone());
-            layers.push(Descriptor {
-                media_type: file.media_type.clone(),
-                digest: file.digest.clone(),
-                size: file.size,
-                platform: None,
-                urls: Vec::new(),
-                annotations,
-                artifact_type: None,
-            });
+            let mut layer = Descriptor::new(&file.media_type, file.digest.clone(), file.size);
+            layer
+                .annotations
+                .insert(TITLE_ANNOTATION.to_string(), file.name.clone());
+            layer
+                .annotations
+                .insert(ROLE_ANNOTATION.to_string(), file.role.clone());
+            layers.push(layer);
         }
         let mut annotations = BTreeMap::new();
         if let Some(platform) = &image.platform {
@@ -410,15 +406,11 @@ impl Manager {
             schema_version: 2,
             media_type: Some(media_type::OCI_MANIFEST.to_string()),
             artifact_type: Some(RECORD_MEDIA_TYPE.to_string()),
-            config: Descriptor {
-                media_type: RECORD_MEDIA_TYPE.to_string(),
-                digest: image.manifest_digest.clone(),
-                size: record_size,
-                platform: None,
-                urls: Vec::new(),
-                annotations: BTreeMap::new(),
-                artifact_type: None,
-            },
+            config: Descriptor::new(
+                RECORD_MEDIA_TYPE,
+                image.manifest_digest.clone(),
+                record_size,
+            ),
             layers,
             subject: None,
             annotations,
@@ -434,8 +426,7 @@ impl Manager {
         client: &RegistryClient,
         destination: &Reference,
         image: &kiln_store::ImageRecord,
-        subject_digest: &Digest,
-        subject_media_type: &str,
+        subject: &Descriptor,
         format: RootfsFormat,
         options: &PushOptions,
         progress: &Arc<dyn Progress>,
@@ -462,14 +453,7 @@ impl Manager {
             .catalog()
             .lease_blob(guard.lease(), &artifact.digest)?;
         let empty = b"{}";
-        let empty_digest = Digest::sha256_of(empty);
-        self.store
-            .catalog()
-            .lease_blob(guard.lease(), &empty_digest)?;
-        self.store.content().put_blob(&empty_digest, empty)?;
-        self.store
-            .catalog()
-            .record_blob(&empty_digest, empty.len() as u64)?;
+        let empty_digest = self.put_small_blob(empty, guard.lease())?;
         let blobs = vec![
             BlobSource {
                 path: self.store.content().blob_path(&empty_digest),
@@ -485,10 +469,7 @@ impl Manager {
         self.push_blobs(client, &repository, blobs, &[], options, progress, observer)
             .await?;
         let artifact_type = rootfs_artifact_type(format);
-        let options_text = match (format, options.rootfs_size) {
-            (RootfsFormat::Ext4, Some(size)) => format!("size={size}"),
-            _ => String::new(),
-        };
+        let options_text = crate::rootfs::rootfs_options(format, options.rootfs_size);
         let mut annotations = BTreeMap::new();
         annotations.insert(
             ROOTFS_FORMAT_ANNOTATION.to_string(),
@@ -503,40 +484,19 @@ impl Manager {
             schema_version: 2,
             media_type: Some(media_type::OCI_MANIFEST.to_string()),
             artifact_type: Some(artifact_type.clone()),
-            config: Descriptor {
-                media_type: EMPTY_CONFIG_MEDIA_TYPE.to_string(),
-                digest: empty_digest,
-                size: empty.len() as u64,
-                platform: None,
-                urls: Vec::new(),
-                annotations: BTreeMap::new(),
-                artifact_type: None,
-            },
+            config: Descriptor::new(EMPTY_CONFIG_MEDIA_TYPE, empty_digest, empty.len() as u64),
             layers: vec![Descriptor {
-                media_type: rootfs_media_type(format),
-                digest: artifact.digest.clone(),
-                size: artifact.size,
-                platform: None,
-                urls: Vec::new(),
                 annotations: BTreeMap::from([(
                     TITLE_ANNOTATION.to_string(),
                     format!("rootfs.{}", format.as_str()),
                 )]),
-                artifact_type: None,
+                ..Descriptor::new(
+                    rootfs_media_type(format),
+                    artifact.digest.clone(),
+                    artifact.size,
+                )
             }],
-            subject: Some(Descriptor {
-                media_type: subject_media_type.to_string(),
-                digest: subject_digest.clone(),
-                size: self
-                    .store
-                    .content()
-                    .blob_size(&image.manifest_digest)?
-                    .unwrap_or_default(),
-                platform: None,
-                urls: Vec::new(),
-                annotations: BTreeMap::new(),
-                artifact_type: None,
-            }),
+            subject: Some(subject.clone()),
             annotations: annotations.clone(),
         };
         let bytes = Bytes::from(
@@ -558,13 +518,13 @@ impl Manager {
         if !pushed.subject_indexed {
             // No referrers API: keep the referrers index under the tag
             // `sha256-HEX` (OCI distribution spec, "referrers tag schema").
-            let tag_reference = destination.with_digest(subject_digest.clone());
+            let tag_reference = destination.with_digest(subject.digest.clone());
             // Read, add, write back only if nobody changed it meanwhile
             // (If-Match); another host's concurrent update means read again.
             let mut attempts = 0;
             loop {
                 let (mut index, etag) = client
-                    .referrers_tag_index(&tag_reference, subject_digest, observer.as_ref())
+                    .referrers_tag_index(&tag_reference, &subject.digest, observer.as_ref())
                     .await?;
                 if index.manifests.iter().any(|d| d.digest == digest) {
                     break;
@@ -580,7 +540,7 @@ impl Manager {
                 match client
                     .put_manifest_if(
                         &repository,
-                        &kiln_oci::referrers_tag(subject_digest),
+                        &kiln_oci::referrers_tag(&subject.digest),
                         Bytes::from(bytes),
                         media_type::OCI_INDEX,
                         etag.as_deref(),
@@ -601,7 +561,7 @@ impl Manager {
         Ok(PushedReferrer {
             digest,
             artifact_type,
-            subject: subject_digest.clone(),
+            subject: subject.digest.clone(),
             rootfs: artifact.digest,
             size: artifact.size,
             tag_schema,
@@ -626,10 +586,7 @@ impl Manager {
             // local, not where it came from.
             return Ok(None);
         }
-        let options = match (format, size) {
-            (RootfsFormat::Ext4, Some(size)) => format!("size={size}"),
-            _ => String::new(),
-        };
+        let options = crate::rootfs::rootfs_options(format, size);
         let catalog = self.store.catalog();
         if catalog
             .artifact(image.id, format.as_str(), &options, CONVERTER_VERSION)?

@@ -104,10 +104,7 @@ impl Manager {
             return self.source_rootfs(query, &image, format, size);
         }
         let catalog = self.store.catalog();
-        let options = match (format, size) {
-            (RootfsFormat::Ext4, Some(size)) => format!("size={size}"),
-            _ => String::new(),
-        };
+        let options = rootfs_options(format, size);
         let options = options.as_str();
         if let Some(found) =
             catalog.artifact(image.id, format.as_str(), options, CONVERTER_VERSION)?
@@ -355,6 +352,15 @@ fn is_ext4(path: &std::path::Path) -> bool {
         })
         .is_ok()
         && magic == [0x53, 0xEF]
+}
+
+/// The options part of a derived artifact's key (and of a rootfs
+/// referrer's annotation): `size=BYTES` for a sized ext4, else empty.
+pub(crate) fn rootfs_options(format: RootfsFormat, size: Option<u64>) -> String {
+    match (format, size) {
+        (RootfsFormat::Ext4, Some(size)) => format!("size={size}"),
+        _ => String::new(),
+    }
 }
 
 /// Whether `path` has the signature of a `format` image: the ext4

@@ -299,27 +299,13 @@ async fn serve(mut stream: TcpStream, recorder: Recorder, router: Router) -> std
         }
         head.push(byte[0]);
     }
-    let text = String::from_utf8_lossy(&head).to_string();
-    let mut lines = text.split("\r\n");
-    let mut first = lines.next().unwrap_or_default().split_whitespace();
-    let method = first.next().unwrap_or_default().to_string();
-    let target = first.next().unwrap_or_default().to_string();
-    let (path, query) = match target.split_once('?') {
+    let parsed = super::RequestHead::parse(&head);
+    let method = parsed.method.clone();
+    let (path, query) = match parsed.target.split_once('?') {
         Some((path, query)) => (path.to_string(), query.to_string()),
-        None => (target.clone(), String::new()),
+        None => (parsed.target.clone(), String::new()),
     };
-    let mut headers = Vec::new();
-    for line in lines.filter(|l| !l.is_empty()) {
-        if let Some((name, value)) = line.split_once(':') {
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-        }
-    }
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
+    let header = |name: &str| parsed.header(name);
     let request = Request {
         method: method.clone(),
         path: path.clone(),

@@ -12,6 +12,44 @@ pub mod proxy;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+/// An HTTP/1.1 request head, as the loopback test servers read it.
+pub struct RequestHead {
+    pub method: String,
+    /// Path and query as sent.
+    pub target: String,
+    /// Header names lowercased.
+    pub headers: Vec<(String, String)>,
+}
+
+impl RequestHead {
+    /// Parses the bytes up to and including the blank line.
+    pub fn parse(head: &[u8]) -> RequestHead {
+        let text = String::from_utf8_lossy(head).to_string();
+        let mut lines = text.split("\r\n");
+        let mut first = lines.next().unwrap_or_default().split_whitespace();
+        let method = first.next().unwrap_or_default().to_string();
+        let target = first.next().unwrap_or_default().to_string();
+        let headers = lines
+            .filter(|l| !l.is_empty())
+            .filter_map(|line| line.split_once(':'))
+            .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+            .collect();
+        RequestHead {
+            method,
+            target,
+            headers,
+        }
+    }
+
+    /// The first value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
 /// What `.ci/testenv.sh up` exported.
 pub struct Env {
     /// Plain HTTP registry.

@@ -191,23 +191,10 @@ impl Proxy {
             }
             head.push(byte[0]);
         }
-        let text = String::from_utf8_lossy(&head).to_string();
-        let mut lines = text.split("\r\n");
-        let mut first = lines.next().unwrap_or_default().split_whitespace();
-        let method = first.next().unwrap_or_default().to_string();
-        let path = first.next().unwrap_or_default().to_string();
-        let mut headers = Vec::new();
-        for line in lines.filter(|l| !l.is_empty()) {
-            if let Some((name, value)) = line.split_once(':') {
-                headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
-            }
-        }
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-        };
+        let parsed = super::RequestHead::parse(&head);
+        let (method, path) = (parsed.method.clone(), parsed.target.clone());
+        let headers = &parsed.headers;
+        let header = |name: &str| parsed.header(name);
         let authorization = header("authorization");
         let mut request_body = Vec::new();
         if let Some(length) = header("content-length").and_then(|l| l.parse::<usize>().ok()) {
@@ -350,7 +337,7 @@ impl Proxy {
         // Forward.
         let url = format!("http://{}{path}", self.upstream);
         let mut request = client.request(method.parse().unwrap(), &url);
-        for (name, value) in &headers {
+        for (name, value) in headers {
             if matches!(
                 name.as_str(),
                 "accept" | "range" | "content-type" | "content-range"

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use kiln_store::lock::{LockFile, LockMode};
@@ -233,11 +233,18 @@ impl AuthStore {
         // A writer killed between its temp file and the rename left the
         // temp file (mode 0600) behind: nobody else writes them while we
         // hold the lock.
+        let stale_prefix = format!(
+            ".{}-",
+            self.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        );
         if let Ok(entries) = std::fs::read_dir(directory) {
             for entry in entries.flatten() {
                 let name = entry.file_name();
                 let name = name.to_string_lossy();
-                if name.starts_with(".auth-") && name.ends_with(".tmp") {
+                if name.starts_with(&stale_prefix) && name.ends_with(".tmp") {
                     let _ = std::fs::remove_file(entry.path());
                 }
             }
@@ -246,7 +253,11 @@ impl AuthStore {
         let result = change(&mut file)?;
         let text = serde_json::to_string_pretty(&file)
             .map_err(|e| io_error(std::io::Error::other(e.to_string())))?;
-        write_private(&self.path, format!("{text}\n").as_bytes()).map_err(io_error)?;
+        // Mode 0600 from the moment the file exists.
+        kiln_store::fsutil::write_atomic_with(&self.path, 0o600, |file| {
+            file.write_all(format!("{text}\n").as_bytes())
+        })
+        .map_err(io_error)?;
         Ok(result)
     }
 
@@ -277,34 +288,6 @@ impl AuthStore {
     pub fn keyring_delete(&self, host: &str) -> Result<(), CredentialError> {
         keyring_delete(host, &self.keyring_account(host))
     }
-}
-
-/// Writes `bytes` to `path` atomically with mode 0600 from the start.
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let directory = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let temp = directory.join(kiln_store::fsutil::temp_name("auth"));
-    let with_path = |e: std::io::Error, p: &Path| {
-        std::io::Error::new(e.kind(), format!("{}: {e}", p.display()))
-    };
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(|e| with_path(e, &temp))?;
-        file.write_all(bytes).map_err(|e| with_path(e, &temp))?;
-        file.sync_all().map_err(|e| with_path(e, &temp))?;
-        std::fs::rename(&temp, path).map_err(|e| with_path(e, path))?;
-        kiln_store::fsutil::sync_dir(directory)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-    }
-    result
 }
 
 /// A keyring error as one line (never a secret: `BadEncoding` holds the

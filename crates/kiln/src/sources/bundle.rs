@@ -5,7 +5,7 @@ use std::sync::Arc;
 use kiln_sources::github::{
     self, BundleManifest, OCTET_STREAM, Releases, bundle_arch, firecracker_archive_name, oci_arch,
 };
-use kiln_sources::{Checksum, Fetcher, MultiHasher, SourceConfig, SourceError};
+use kiln_sources::{Fetcher, MultiHasher, SourceConfig, SourceError};
 use kiln_types::{Platform, SourceReference};
 use serde::Serialize;
 
@@ -156,20 +156,7 @@ impl Manager {
                 }
                 .into());
             }
-            let checksums: Vec<Checksum> = releases
-                .published_sha256(&release, asset, &observer)
-                .await?
-                .into_iter()
-                .collect();
-            let spec = FileSpec {
-                role,
-                name: file.clone(),
-                location: releases.asset_location(asset)?,
-                accept: Some(OCTET_STREAM),
-                size: Some(asset.size),
-                checksums,
-                media_type: media_type.to_string(),
-            };
+            let spec = asset_spec(&releases, &release, asset, role, media_type, &observer).await?;
             let (stored, bytes) = self
                 .fetch_file(&fetcher, spec, guard.lease(), options.force, &progress)
                 .await?;
@@ -245,20 +232,7 @@ impl Manager {
                 what: format!("release {version} of {vmm_repo}"),
                 detail: format!("it has no {archive_name}"),
             })?;
-        let checksums: Vec<Checksum> = releases
-            .published_sha256(&release, asset, &observer)
-            .await?
-            .into_iter()
-            .collect();
-        let spec = FileSpec {
-            role: "vmm",
-            name: archive_name.clone(),
-            location: releases.asset_location(asset)?,
-            accept: Some(OCTET_STREAM),
-            size: Some(asset.size),
-            checksums,
-            media_type: VMM_MEDIA_TYPE.into(),
-        };
+        let spec = asset_spec(&releases, &release, asset, "vmm", VMM_MEDIA_TYPE, &observer).await?;
         let scratch = Scratch(self.store.content().scratch_dir()?);
         let archive_path = scratch.0.join("archive.tgz");
         let (_, downloaded) = self
@@ -311,6 +285,31 @@ impl Manager {
 
 /// Makes the VMM binary executable before it becomes a read-only blob
 /// (`adopt_file` then drops only the write bits).
+/// How to fetch release asset `asset`: its download location, published
+/// size and whatever SHA-256 the release publishes for it.
+async fn asset_spec(
+    releases: &Releases<'_>,
+    release: &github::Release,
+    asset: &github::Asset,
+    role: &'static str,
+    media_type: &str,
+    observer: &Observer,
+) -> Result<FileSpec> {
+    Ok(FileSpec {
+        role,
+        name: asset.name.clone(),
+        location: releases.asset_location(asset)?,
+        accept: Some(OCTET_STREAM),
+        size: Some(asset.size),
+        checksums: releases
+            .published_sha256(release, asset, observer)
+            .await?
+            .into_iter()
+            .collect(),
+        media_type: media_type.to_string(),
+    })
+}
+
 fn set_executable(path: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
