@@ -307,6 +307,19 @@ impl Config {
         }
     }
 
+    /// Reads the config file at `path`: the built-in sources when there is
+    /// no such file.
+    pub fn load(path: &std::path::Path) -> Result<Config> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, &path.display().to_string()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Config::builtin()),
+            Err(error) => Err(SourceError::Config {
+                path: path.display().to_string(),
+                detail: error.to_string(),
+            }),
+        }
+    }
+
     /// Parses a config file's text; `path` names it in errors.
     pub fn parse(text: &str, path: &str) -> Result<Config> {
         let error = |detail: String| SourceError::Config {

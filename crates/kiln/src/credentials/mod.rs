@@ -287,17 +287,9 @@ struct ConfigCredentials {
 
 impl ConfigCredentials {
     fn load(&self) -> std::result::Result<Config, CredentialError> {
-        match std::fs::read_to_string(&self.path) {
-            Ok(text) => Config::parse(&text, &self.path.display().to_string()).map_err(|e| {
-                CredentialError::Config {
-                    detail: e.to_string(),
-                }
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::builtin()),
-            Err(e) => Err(CredentialError::Config {
-                detail: format!("config file {}: {e}", self.path.display()),
-            }),
-        }
+        Config::load(&self.path).map_err(|e| CredentialError::Config {
+            detail: e.to_string(),
+        })
     }
 
     /// A relative `password_file` is relative to the config file's directory.

@@ -278,16 +278,7 @@ impl Manager {
 
     /// The config (the built-in defaults while the file does not exist).
     pub fn config(&self) -> Result<Config> {
-        let path = &self.config_path;
-        match std::fs::read_to_string(path) {
-            Ok(text) => Ok(Config::parse(&text, &path.display().to_string())?),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Config::builtin()),
-            Err(error) => Err(SourceError::Config {
-                path: path.display().to_string(),
-                detail: error.to_string(),
-            }
-            .into()),
-        }
+        Ok(Config::load(&self.config_path)?)
     }
 
     /// Changes the config file under its lock (re-read after the lock is taken).
