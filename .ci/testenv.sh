@@ -117,6 +117,11 @@ build_fixtures() {
   echo "owned by 1000" >"$extra/data/owned"; chown -R 0:0 "$extra"; chown 1000:1000 "$extra/data/owned"
   chmod 4755 "$extra/data/suid"   # after chown, which clears setuid
   mknod "$extra/data/null" c 1 3; mknod "$extra/data/loop9" b 7 9; mkfifo "$extra/data/fifo"
+  # xattrs: a user one on a hardlinked file, a file capability (cap_net_raw+p,
+  # v2), one too large for an ext4 inode (it goes to an xattr block).
+  setfattr -n user.kiln -v hello "$extra/data/a.txt"
+  setfattr -n security.capability -v 0x0100000200200000000000000000000000000000 "$extra/data/suid"
+  setfattr -n user.big -v "$(head -c 300 /dev/zero | tr '\0' k)" "$extra/data/owned"
 
   # Layer 3: a whiteout and an opaque directory.
   local wh=$src/whiteouts

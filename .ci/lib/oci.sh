@@ -14,7 +14,7 @@ add_blob() {
 
 # layer_tar SRC_DIR OUT_TAR: a reproducible tar of SRC_DIR's content
 layer_tar() {
-  tar --sort=name --mtime=@1700000000 --numeric-owner --format=posix \
+  tar --sort=name --mtime=@1700000000 --numeric-owner --format=posix --xattrs --xattrs-include='*' \
       --pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime \
       -C "$1" -cf "$2" .
 }

@@ -91,6 +91,45 @@ fn snapshot(root: &Path) -> (BTreeMap<String, Entry>, Vec<Vec<String>>) {
     (entries, groups)
 }
 
+/// Every xattr under `root` (symlinks not followed): path → name → hex value.
+fn xattrs(root: &Path) -> BTreeMap<String, BTreeMap<String, String>> {
+    let output = Command::new("getfattr")
+        .args([
+            "-R",
+            "-P",
+            "-h",
+            "-d",
+            "-m",
+            "-",
+            "-e",
+            "hex",
+            "--absolute-names",
+        ])
+        .arg(root)
+        .output()
+        .expect("getfattr is installed (package attr)");
+    assert!(output.status.success(), "getfattr {}", root.display());
+    let mut all = BTreeMap::new();
+    let mut current: Option<String> = None;
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        if let Some(path) = line.strip_prefix("# file: ") {
+            let relative = Path::new(path)
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .to_string();
+            current = Some(relative);
+        } else if let Some((name, value)) = line.split_once('=')
+            && let Some(path) = &current
+        {
+            all.entry(path.clone())
+                .or_insert_with(BTreeMap::new)
+                .insert(name.to_string(), value.to_string());
+        }
+    }
+    all
+}
+
 fn sha256(path: &Path) -> String {
     let output = Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8_lossy(&output.stdout)
@@ -159,16 +198,18 @@ fn e2fsck_clean(image: &Path) {
 }
 
 type Snapshot = (BTreeMap<String, Entry>, Vec<Vec<String>>);
+type XattrMap = BTreeMap<String, BTreeMap<String, String>>;
 
-/// The tree inside an output: unpacked (initramfs) or mounted (ext4).
-fn tree_of(format: &str, image: &Path, work: &Path) -> Snapshot {
+/// The tree inside an output: unpacked (initramfs) or mounted (ext4,
+/// EROFS), and its xattrs (none for an initramfs: newc cannot carry them).
+fn tree_of(format: &str, image: &Path, work: &Path) -> (Snapshot, XattrMap) {
     let target = work.join(format!(
         "{}-tree",
         image.file_name().unwrap().to_string_lossy()
     ));
     if format == "initramfs" {
         cpio_unpack(image, &target);
-        snapshot(&target)
+        (snapshot(&target), BTreeMap::new())
     } else if format == "erofs" {
         let check = Command::new("fsck.erofs").arg(image).output().unwrap();
         assert!(
@@ -178,7 +219,7 @@ fn tree_of(format: &str, image: &Path, work: &Path) -> Snapshot {
             String::from_utf8_lossy(&check.stderr)
         );
         let _mounted = Mounted::image(image, &target, "erofs");
-        snapshot(&target)
+        (snapshot(&target), xattrs(&target))
     } else {
         e2fsck_clean(image);
         let _mounted = Mounted::image(image, &target, "ext4");
@@ -186,9 +227,9 @@ fn tree_of(format: &str, image: &Path, work: &Path) -> Snapshot {
         assert_eq!(
             entries.remove("lost+found").map(|e| e.kind),
             Some("dir"),
-            "mke2fs makes lost+found"
+            "an ext4 root has lost+found, as mke2fs makes it"
         );
-        (entries, links)
+        ((entries, links), xattrs(&target))
     }
 }
 
@@ -211,6 +252,7 @@ fn initramfs_ext4_and_erofs_hold_exactly_the_tree_umoci_unpacks() {
             umoci_unpack(&format!("{fixtures}/images:{layout_tag}"), &theirs);
         }
         let (their_entries, their_links) = snapshot(&theirs);
+        let their_xattrs = xattrs(&theirs);
         for format in ["initramfs", "ext4", "erofs"] {
             let output = kiln
                 .dir
@@ -227,7 +269,10 @@ fn initramfs_ext4_and_erofs_hold_exactly_the_tree_umoci_unpacks() {
                 ])
                 .ok();
             assert_eq!(run.stdout.trim(), output.to_str().unwrap());
-            let (our_entries, our_links) = tree_of(format, &output, kiln.dir.path());
+            let ((our_entries, our_links), our_xattrs) = tree_of(format, &output, kiln.dir.path());
+            if format != "initramfs" {
+                assert_eq!(our_xattrs, their_xattrs, "{tag} {format}: xattrs");
+            }
             for (path, theirs) in &their_entries {
                 assert_eq!(
                     our_entries.get(path),
@@ -260,6 +305,11 @@ fn initramfs_ext4_and_erofs_hold_exactly_the_tree_umoci_unpacks() {
                     our_links,
                     vec![vec!["data/a.txt".to_string(), "data/hard".to_string()]]
                 );
+                if format != "initramfs" {
+                    assert_eq!(our_xattrs["data/hard"]["user.kiln"], "0x68656c6c6f");
+                    assert!(our_xattrs["data/suid"].contains_key("security.capability"));
+                    assert_eq!(our_xattrs["data/owned"]["user.big"].len(), 2 + 600);
+                }
             }
         }
     }
@@ -359,6 +409,11 @@ fn rootfs_is_cached_identical_for_any_user_and_collected_with_its_image() {
         tree_of("ext4", &ext4_nobody, kiln.dir.path()),
         "root and an ordinary user build the same ext4 tree"
     );
+    assert_eq!(
+        sha256(&ext4_root),
+        sha256(&ext4_nobody),
+        "kiln's ext4 writer is reproducible: the same image, byte for byte"
+    );
 
     let erofs_root = kiln.dir.path().join("root.erofs");
     kiln.run(&[
@@ -383,6 +438,11 @@ fn rootfs_is_cached_identical_for_any_user_and_collected_with_its_image() {
         tree_of("erofs", &erofs_root, kiln.dir.path()),
         tree_of("erofs", &erofs_nobody, kiln.dir.path()),
         "root and an ordinary user build the same EROFS tree"
+    );
+    assert_eq!(
+        sha256(&erofs_root),
+        sha256(&erofs_nobody),
+        "kiln's EROFS writer is reproducible: the same image, byte for byte"
     );
 
     // --size is honoured; a size too small fails with an error, not a panic.

@@ -34,6 +34,85 @@ pub fn layer_reader<'a>(
     })
 }
 
+/// The uncompressed tar stream of a layer blob, decompressed ahead on its
+/// own thread (at most 8 MiB ahead), so inflating a layer overlaps applying
+/// it. Dropping the reader stops the thread.
+pub fn layer_reader_ahead(
+    blob: impl Read + Send + 'static,
+    compression: kiln_types::media_type::Compression,
+) -> ReadAhead {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
+    std::thread::spawn(move || {
+        let mut reader = match layer_reader(blob, compression) {
+            Ok(reader) => reader,
+            Err(error) => {
+                let _ = sender.send(Err(error));
+                return;
+            }
+        };
+        loop {
+            let mut chunk = vec![0u8; 1 << 20];
+            let mut filled = 0;
+            let result = loop {
+                match reader.read(&mut chunk[filled..]) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => {
+                        filled += n;
+                        if filled == chunk.len() {
+                            break Ok(());
+                        }
+                    }
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(error) => break Err(error),
+                }
+            };
+            chunk.truncate(filled);
+            let done = filled == 0;
+            if let Err(error) = result {
+                if filled > 0 && sender.send(Ok(chunk)).is_err() {
+                    return;
+                }
+                let _ = sender.send(Err(error));
+                return;
+            }
+            if done || sender.send(Ok(chunk)).is_err() {
+                return;
+            }
+        }
+    });
+    ReadAhead {
+        receiver,
+        chunk: Vec::new(),
+        position: 0,
+    }
+}
+
+/// See [`layer_reader_ahead`].
+pub struct ReadAhead {
+    receiver: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    position: usize,
+}
+
+impl Read for ReadAhead {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        while self.position == self.chunk.len() {
+            match self.receiver.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.position = 0;
+                }
+                Ok(Err(error)) => return Err(error),
+                Err(_) => return Ok(0), // the stream ended
+            }
+        }
+        let n = buffer.len().min(self.chunk.len() - self.position);
+        buffer[..n].copy_from_slice(&self.chunk[self.position..self.position + n]);
+        self.position += n;
+        Ok(n)
+    }
+}
+
 /// Applies layer number `layer` (base = 0), read as an uncompressed tar from
 /// `reader`, to `tree`, storing file contents in `objects`.
 pub fn apply_layer(

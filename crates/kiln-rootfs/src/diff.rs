@@ -9,15 +9,15 @@
 //! change.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use fs_err as fs;
-use kiln_types::{Algorithm, Hasher};
 
 use crate::error::Result;
+use crate::objects::ObjectDir;
 use crate::tree::{InodeId, Kind, ROOT, Tree};
 
 /// What a diff layer holds.
@@ -29,21 +29,9 @@ pub struct DiffStats {
     pub removed: u64,
 }
 
-fn file_digest(path: &Path) -> std::io::Result<kiln_types::Digest> {
-    let mut file = fs::File::open(path)?;
-    let mut hasher = Hasher::new(Algorithm::Sha256);
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            return Ok(hasher.finish());
-        }
-        hasher.update(&buffer[..n]);
-    }
-}
-
 fn unchanged(
     tree: &Tree,
+    objects: &ObjectDir,
     inode: InodeId,
     host: &Path,
     metadata: &std::fs::Metadata,
@@ -67,7 +55,7 @@ fn unchanged(
         Kind::File(content) => {
             file_type.is_file()
                 && metadata.len() == content.size
-                && file_digest(host)? == content.digest
+                && objects.same_content(content, host)?
         }
         Kind::Symlink(target) => {
             file_type.is_symlink()
@@ -157,11 +145,17 @@ fn major_minor(rdev: u64) -> (u32, u32) {
 
 /// Writes, as an uncompressed tar to `output`, how the tree mounted at
 /// `root` differs from `base`. `lost+found` at the top is ignored.
-pub fn write_diff_layer(base: &Tree, root: &Path, output: impl Write) -> Result<DiffStats> {
+pub fn write_diff_layer(
+    base: &Tree,
+    objects: &ObjectDir,
+    root: &Path,
+    output: impl Write,
+) -> Result<DiffStats> {
     let mut builder = tar::Builder::new(output);
     let mut stats = DiffStats::default();
     let mut walker = Walker {
         base,
+        objects,
         links: HashMap::new(),
         stats: &mut stats,
     };
@@ -173,6 +167,7 @@ pub fn write_diff_layer(base: &Tree, root: &Path, output: impl Write) -> Result<
 /// State of one diff walk.
 struct Walker<'a> {
     base: &'a Tree,
+    objects: &'a ObjectDir,
     /// Paths already in the layer or unchanged from the base, by (device,
     /// inode), for files with several links.
     links: HashMap<(u64, u64), Vec<u8>>,
@@ -215,7 +210,7 @@ impl Walker<'_> {
             child.push(name.clone());
             let base_inode = base_entries.and_then(|e| e.get(name)).map(|e| e.inode);
             let same = match base_inode {
-                Some(inode) => unchanged(base, inode, &host, &metadata)?,
+                Some(inode) => unchanged(base, self.objects, inode, &host, &metadata)?,
                 None => false,
             };
             let linked = metadata.is_file() && metadata.nlink() > 1;

@@ -1,112 +1,434 @@
-//! Tree → EROFS image (uncompressed), the read-only root filesystem modern
-//! sandboxes mount. erofs-utils 1.5's `mkfs.erofs` reads a directory, so the
-//! tree is staged, then a script run under `fakeroot` gives every entry its
-//! owner, mode (setuid included), device number, xattrs and mtime and, in
-//! the same fakeroot session, runs `mkfs.erofs`, which sees the faked
-//! metadata. kiln runs it that way as root too, so the output is the same
-//! for every user.
+//! Tree → EROFS image (uncompressed, 4 KiB blocks), the read-only root
+//! filesystem modern sandboxes mount, written by kiln itself in one pass
+//! (no staging directory, no external tool): ownership, modes, device
+//! numbers, mtimes and xattrs come from the tree, so the output is the same
+//! — byte for byte — whoever runs kiln.
+//!
+//! Layout (the kernel's `erofs_fs.h`):
+//! - block 0: the superblock at byte 1024 (`meta_blkaddr` = 0), then the
+//!   metadata area: every inode in the extended form (64 bytes: 32-bit
+//!   uid/gid, own mtime), breadth first from the root (nid 36), each
+//!   followed by its inline xattrs and, for files, symlinks and directories
+//!   of at most 2 KiB, its content (`FLAT_INLINE`); no inode record crosses
+//!   a block boundary.
+//! - then the data area: larger contents as whole blocks (`FLAT_PLAIN`),
+//!   in inode order.
+//! - directories: sorted `erofs_dirent` blocks (`.` and `..` included).
+//!
+//! The volume UUID is derived from the metadata and the caller's identity
+//! bytes (kiln passes the image's manifest digest), so the same image
+//! always gives the same bytes.
 
-use std::fmt::Write as _;
-use std::os::unix::ffi::OsStrExt;
+use std::io::Read;
 use std::path::Path;
-use std::process::Command;
 
 use fs_err as fs;
+use kiln_types::{Algorithm, Digest, Hasher};
 
+use crate::emit::Emitter;
 use crate::error::{Result, RootfsError};
 use crate::objects::ObjectDir;
-use crate::staging::{stage_plain, tool, tool_failed};
-use crate::tree::{Kind, Tree};
+use crate::tree::{InodeId, Kind, Order, Tree};
 
-/// Single-quotes a path for sh.
-fn sh(path: &Path) -> String {
-    let bytes = path.as_os_str().as_bytes();
-    let text = String::from_utf8_lossy(bytes);
-    format!("'{}'", text.replace('\'', "'\\''"))
+const BLOCK: u64 = 4096;
+const MAGIC: u32 = 0xE0F5_E1E2;
+const SUPERBLOCK: usize = 1024;
+/// The first inode: right after the 128-byte superblock, 32-byte aligned.
+const FIRST_INODE: u64 = 1152;
+const INODE_SIZE: u64 = 64;
+/// Contents up to this size live inline, after their inode.
+const INLINE_MAX: u64 = 2048;
+const FLAT_PLAIN: u16 = 0;
+const FLAT_INLINE: u16 = 2;
+const DIRENT_SIZE: usize = 12;
+const NAME_MAX: usize = 255;
+
+/// Where one inode and its content go.
+struct Slot {
+    id: InodeId,
+    /// Byte offset of the inode (nid × 32).
+    offset: u64,
+    xattrs: Vec<u8>,
+    size: u64,
+    inline: bool,
+    blkaddr: u32,
+    /// True when it has blocks in the data area.
+    owns_blocks: bool,
 }
 
-/// Writes `tree` as an EROFS image at `output`, using `scratch` for staging.
-pub fn write_erofs(tree: &Tree, objects: &ObjectDir, output: &Path, scratch: &Path) -> Result<()> {
-    let mkfs = tool("mkfs.erofs", "erofs-utils")?;
-    let fakeroot = tool("fakeroot", "fakeroot")?;
-    let setfattr_needed = tree.inodes.iter().any(|i| !i.xattrs.is_empty());
-    let setfattr = if setfattr_needed {
-        Some(tool("setfattr", "attr")?)
-    } else {
-        None
+/// Writes `tree` as an EROFS image at `output`; returns its digest and
+/// size. `identity` (for instance the image's digest) seeds the volume UUID.
+pub fn write_erofs(
+    tree: &Tree,
+    objects: &ObjectDir,
+    output: &Path,
+    identity: &[u8],
+) -> Result<(Digest, u64)> {
+    let order = tree.order();
+    let unrepresentable = |id: InodeId, reason: String| RootfsError::Unrepresentable {
+        path: order.path(id),
+        reason,
     };
-    let staging = scratch.join("staging");
-    fs::create_dir_all(&staging)?;
-    let entries = stage_plain(tree, objects, &staging)?;
-    let mut script = String::from("set -e\n");
-    let mut times = Vec::new();
-    for entry in &entries {
-        if !entry.first {
+
+    // Inode records in the metadata area.
+    let mut slot_of = vec![usize::MAX; tree.inodes.len()];
+    let mut slots = Vec::with_capacity(order.inodes.len());
+    let mut offset = FIRST_INODE;
+    for &id in &order.inodes {
+        let inode = &tree.inodes[id];
+        let xattrs = xattr_body(&inode.xattrs).map_err(|reason| unrepresentable(id, reason))?;
+        let size = match &inode.kind {
+            Kind::File(content) => content.size,
+            Kind::Directory(_) => {
+                directory_size(&names_of(tree, id)).map_err(|reason| unrepresentable(id, reason))?
+            }
+            Kind::Symlink(target) => target.len() as u64,
+            _ => 0,
+        };
+        if INODE_SIZE + xattrs.len() as u64 > BLOCK {
+            return Err(unrepresentable(id, "its xattrs exceed a block".into()));
+        }
+        let inline =
+            size > 0 && size <= INLINE_MAX && INODE_SIZE + xattrs.len() as u64 + size <= BLOCK;
+        let record = INODE_SIZE + xattrs.len() as u64 + if inline { size } else { 0 };
+        if offset % BLOCK + record > BLOCK {
+            offset = offset.next_multiple_of(BLOCK);
+        }
+        slot_of[id] = slots.len();
+        slots.push(Slot {
+            id,
+            offset,
+            xattrs,
+            size,
+            inline,
+            blkaddr: 0,
+            owns_blocks: false,
+        });
+        offset += record.next_multiple_of(32);
+    }
+    let metadata_end = offset.next_multiple_of(BLOCK);
+
+    // Data blocks, in inode order.
+    let mut next_block = metadata_end / BLOCK;
+    for slot in &mut slots {
+        if slot.inline || slot.size == 0 {
             continue;
         }
-        let inode = &tree.inodes[entry.inode];
-        let path = sh(&entry.host);
-        if String::from_utf8_lossy(entry.host.as_os_str().as_bytes()).contains('\u{fffd}') {
-            return Err(RootfsError::Unrepresentable {
-                path: entry.host.display().to_string(),
-                reason: "a name that is not UTF-8".into(),
-            });
+        slot.blkaddr = u32::try_from(next_block)
+            .map_err(|_| unrepresentable(slot.id, "the image exceeds 16 TiB".into()))?;
+        slot.owns_blocks = true;
+        next_block += slot.size.div_ceil(BLOCK);
+    }
+    let blocks = u32::try_from(next_block).map_err(|_| RootfsError::Unrepresentable {
+        path: "/".into(),
+        reason: "the image exceeds 16 TiB".into(),
+    })?;
+    let nid = |id: InodeId| slots[slot_of[id]].offset / 32;
+
+    // The metadata area, built in memory.
+    let mut metadata = vec![0u8; metadata_end as usize];
+    for slot in &slots {
+        let inode = &tree.inodes[slot.id];
+        let layout = if slot.inline { FLAT_INLINE } else { FLAT_PLAIN };
+        let at = slot.offset as usize;
+        let record = &mut metadata[at..at + INODE_SIZE as usize];
+        let icount = if slot.xattrs.is_empty() {
+            0
+        } else {
+            (slot.xattrs.len() - 12) / 4 + 1
+        };
+        let nlink = match &inode.kind {
+            Kind::Directory(entries) => {
+                2 + entries
+                    .values()
+                    .filter(|e| matches!(tree.inodes[e.inode].kind, Kind::Directory(_)))
+                    .count() as u32
+            }
+            _ => order.links[slot.id],
+        };
+        let union = match &inode.kind {
+            Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
+                encode_device(*major, *minor)
+            }
+            _ => slot.blkaddr,
+        };
+        put16(record, 0, 1 | (layout << 1));
+        put16(record, 2, icount as u16);
+        put16(record, 4, (inode.type_bits() | inode.mode) as u16);
+        put64(record, 8, slot.size);
+        put32(record, 16, union);
+        put32(record, 20, slot_of[slot.id] as u32 + 1);
+        put32(record, 24, inode.uid);
+        put32(record, 28, inode.gid);
+        put64(record, 32, inode.mtime.max(0) as u64);
+        put32(record, 44, nlink);
+        let xattrs_at = at + INODE_SIZE as usize;
+        metadata[xattrs_at..xattrs_at + slot.xattrs.len()].copy_from_slice(&slot.xattrs);
+        if slot.inline {
+            let content_at = xattrs_at + slot.xattrs.len();
+            let place = &mut metadata[content_at..content_at + slot.size as usize];
+            match &inode.kind {
+                Kind::File(content) => objects.open_object(content)?.read_exact(place)?,
+                Kind::Symlink(target) => place.copy_from_slice(target),
+                Kind::Directory(_) => {
+                    place.copy_from_slice(&directory_bytes(tree, &order, slot.id, &nid))
+                }
+                _ => {}
+            }
         }
-        match &inode.kind {
-            Kind::CharDevice { major, minor } => {
-                let _ = writeln!(script, "mknod {path} c {major} {minor}");
+    }
+
+    // Superblock; its UUID derived from the metadata and the identity.
+    let mut uuid_hasher = Hasher::new(Algorithm::Sha256);
+    uuid_hasher.update(identity);
+    uuid_hasher.update(&metadata);
+    uuid_hasher.update(&blocks.to_le_bytes());
+    let uuid = uuid_from(&uuid_hasher.finish());
+    let superblock = &mut metadata[SUPERBLOCK..SUPERBLOCK + 128];
+    put32(superblock, 0, MAGIC);
+    superblock[12] = 12; // blkszbits
+    put16(superblock, 14, (FIRST_INODE / 32) as u16); // root nid
+    put64(superblock, 16, slots.len() as u64); // inos
+    put32(superblock, 36, blocks);
+    put32(superblock, 40, 0); // meta_blkaddr
+    superblock[48..64].copy_from_slice(&uuid);
+    superblock[64..70].copy_from_slice(b"rootfs");
+
+    // Front to back: metadata, then the data blocks in address order.
+    let mut emitter = Emitter::new(fs::File::create(output)?);
+    emitter.bytes(0, &metadata)?;
+    drop(metadata);
+    for slot in slots.iter().filter(|s| s.owns_blocks) {
+        let at = u64::from(slot.blkaddr) * BLOCK;
+        match &tree.inodes[slot.id].kind {
+            Kind::File(content) => {
+                let mut file = objects.open_object(content)?;
+                emitter.copy(at, &mut file, content.size)?;
             }
-            Kind::BlockDevice { major, minor } => {
-                let _ = writeln!(script, "mknod {path} b {major} {minor}");
-            }
-            Kind::Fifo => {
-                let _ = writeln!(script, "mkfifo {path}");
+            Kind::Symlink(target) => emitter.bytes(at, target)?,
+            Kind::Directory(_) => {
+                emitter.bytes(at, &directory_bytes(tree, &order, slot.id, &nid))?
             }
             _ => {}
         }
-        let _ = writeln!(script, "chown -h {}:{} {path}", inode.uid, inode.gid);
-        if !matches!(inode.kind, Kind::Symlink(_)) {
-            let _ = writeln!(script, "chmod {:o} {path}", inode.mode);
+    }
+    Ok(emitter.finish(u64::from(blocks) * BLOCK)?)
+}
+
+/// A directory's entries, `.` and `..` included, sorted by name.
+fn names_of(tree: &Tree, directory: InodeId) -> Vec<&[u8]> {
+    let mut names: Vec<&[u8]> = vec![b".", b".."];
+    if let Some(entries) = tree.entries(directory) {
+        names.extend(entries.keys().map(Vec::as_slice));
+    }
+    names.sort_unstable();
+    names
+}
+
+/// How many entries go in each directory block.
+fn directory_blocks(names: &[&[u8]]) -> Vec<usize> {
+    let mut blocks = Vec::new();
+    let (mut count, mut used) = (0usize, 0usize);
+    for name in names {
+        let need = DIRENT_SIZE + name.len();
+        if used + need > BLOCK as usize {
+            blocks.push(count);
+            (count, used) = (0, 0);
         }
-        if let Some(setfattr) = &setfattr {
-            for (name, value) in &inode.xattrs {
-                let name = String::from_utf8_lossy(name);
-                if name.chars().any(|c| c.is_control() || c == '\'') {
-                    return Err(RootfsError::Unrepresentable {
-                        path: entry.host.display().to_string(),
-                        reason: format!("xattr name {name:?}"),
-                    });
-                }
-                let hex: String = value.iter().map(|b| format!("{b:02x}")).collect();
-                let _ = writeln!(
-                    script,
-                    "{} -h -n '{name}' -v 0x{hex} {path}",
-                    setfattr.display()
-                );
-            }
+        count += 1;
+        used += need;
+    }
+    blocks.push(count);
+    blocks
+}
+
+/// A directory's size: full blocks, then the used part of the last one.
+fn directory_size(names: &[&[u8]]) -> std::result::Result<u64, String> {
+    if let Some(long) = names.iter().find(|n| n.len() > NAME_MAX) {
+        return Err(format!(
+            "the name {:?} is longer than {NAME_MAX} bytes",
+            String::from_utf8_lossy(long)
+        ));
+    }
+    let blocks = directory_blocks(names);
+    let last = &names[names.len() - blocks[blocks.len() - 1]..];
+    let last_used: usize = last.iter().map(|n| DIRENT_SIZE + n.len()).sum();
+    Ok((blocks.len() as u64 - 1) * BLOCK + last_used as u64)
+}
+
+/// A directory's content: per block, the dirents then their names; every
+/// block but the last padded to the block size.
+fn directory_bytes(
+    tree: &Tree,
+    order: &Order,
+    directory: InodeId,
+    nid: &dyn Fn(InodeId) -> u64,
+) -> Vec<u8> {
+    let entries = tree.entries(directory).expect("a directory");
+    let parent = order.parent[directory].unwrap_or(directory);
+    let names = names_of(tree, directory);
+    let target = |name: &[u8]| match name {
+        b"." => directory,
+        b".." => parent,
+        name => entries[name].inode,
+    };
+    let blocks = directory_blocks(&names);
+    let mut out = Vec::new();
+    let mut first = 0;
+    for (index, &count) in blocks.iter().enumerate() {
+        let block_start = out.len();
+        let block = &names[first..first + count];
+        let mut name_offset = count * DIRENT_SIZE;
+        for name in block {
+            let inode = target(name);
+            let mut dirent = [0u8; DIRENT_SIZE];
+            put64(&mut dirent, 0, nid(inode));
+            put16(&mut dirent, 8, name_offset as u16);
+            dirent[10] = file_type(&tree.inodes[inode].kind);
+            out.extend_from_slice(&dirent);
+            name_offset += name.len();
         }
-        times.push((path, inode.mtime.max(0)));
+        for name in block {
+            out.extend_from_slice(name);
+        }
+        if index + 1 < blocks.len() {
+            out.resize(block_start + BLOCK as usize, 0);
+        }
+        first += count;
     }
-    // Children first, so creating them does not move their parent's mtime.
-    for (path, mtime) in times.iter().rev() {
-        let _ = writeln!(script, "touch -h -d @{mtime} {path}");
+    out
+}
+
+fn file_type(kind: &Kind) -> u8 {
+    match kind {
+        Kind::File(_) => 1,
+        Kind::Directory(_) => 2,
+        Kind::CharDevice { .. } => 3,
+        Kind::BlockDevice { .. } => 4,
+        Kind::Fifo => 5,
+        Kind::Symlink(_) => 7,
     }
-    let _ = writeln!(
-        script,
-        "{} --quiet --preserve-mtime -x1 {} {}",
-        mkfs.display(),
-        sh(output),
-        sh(&staging)
-    );
-    let script_path = scratch.join("erofs.sh");
-    fs::write(&script_path, script)?;
-    let result = Command::new(&fakeroot)
-        .arg("--")
-        .arg("sh")
-        .arg(&script_path)
-        .output()?;
-    if !result.status.success() {
-        return Err(tool_failed("mkfs.erofs (under fakeroot)", &result.stderr));
+}
+
+/// The inline xattr body: a 12-byte header, then 4-byte aligned entries
+/// (name length, prefix index, value size, name suffix, value).
+fn xattr_body(
+    xattrs: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>,
+) -> std::result::Result<Vec<u8>, String> {
+    if xattrs.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(())
+    let mut body = vec![0u8; 12];
+    for (name, value) in xattrs {
+        let (index, suffix) = xattr_index(name)?;
+        let value_size = u16::try_from(value.len())
+            .map_err(|_| format!("the value of xattr {} is too large", show(name)))?;
+        body.push(suffix.len() as u8);
+        body.push(index);
+        body.extend_from_slice(&value_size.to_le_bytes());
+        body.extend_from_slice(suffix);
+        body.extend_from_slice(value);
+        body.resize(body.len().next_multiple_of(4), 0);
+    }
+    Ok(body)
+}
+
+/// EROFS's xattr prefix index and the rest of the name.
+fn xattr_index(name: &[u8]) -> std::result::Result<(u8, &[u8]), String> {
+    let prefixed: [(&[u8], u8); 4] = [
+        (b"user.", 1),
+        (b"trusted.", 4),
+        (b"security.", 6),
+        (b"system.posix_acl_", 0),
+    ];
+    let found = match name {
+        b"system.posix_acl_access" => Some((2, &name[name.len()..])),
+        b"system.posix_acl_default" => Some((3, &name[name.len()..])),
+        _ => prefixed.iter().find_map(|(prefix, index)| {
+            (*index != 0 && name.starts_with(prefix)).then(|| (*index, &name[prefix.len()..]))
+        }),
+    };
+    match found {
+        Some((_, suffix)) if suffix.len() > NAME_MAX => {
+            Err(format!("the xattr name {} is too long", show(name)))
+        }
+        Some(found) => Ok(found),
+        None => Err(format!(
+            "the xattr {} has a namespace EROFS cannot store (user., trusted., security., POSIX ACLs)",
+            show(name)
+        )),
+    }
+}
+
+fn show(name: &[u8]) -> String {
+    format!("{:?}", String::from_utf8_lossy(name))
+}
+
+/// Linux's `new_encode_dev`.
+pub(crate) fn encode_device(major: u32, minor: u32) -> u32 {
+    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
+}
+
+/// A version-4-shaped UUID from the first bytes of a digest.
+pub(crate) fn uuid_from(digest: &Digest) -> [u8; 16] {
+    let hex = digest.hex();
+    let mut uuid = [0u8; 16];
+    for (index, byte) in uuid.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[index * 2..index * 2 + 2], 16).unwrap_or(0);
+    }
+    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    uuid[8] = (uuid[8] & 0x3f) | 0x80;
+    uuid
+}
+
+pub(crate) fn put16(buffer: &mut [u8], at: usize, value: u16) {
+    buffer[at..at + 2].copy_from_slice(&value.to_le_bytes());
+}
+
+pub(crate) fn put32(buffer: &mut [u8], at: usize, value: u32) {
+    buffer[at..at + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+pub(crate) fn put64(buffer: &mut [u8], at: usize, value: u64) {
+    buffer[at..at + 8].copy_from_slice(&value.to_le_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directory_blocks_split_where_a_block_fills() {
+        let long = vec![b'x'; 200];
+        let mut names: Vec<&[u8]> = vec![b".", b".."];
+        for _ in 0..40 {
+            names.push(&long);
+        }
+        // 212 bytes per long entry: 19 fit after . and .. in the first block.
+        let blocks = directory_blocks(&names);
+        assert_eq!(blocks.iter().sum::<usize>(), 42);
+        assert_eq!(blocks[0], 21);
+        assert_eq!(
+            directory_size(&names).unwrap(),
+            (blocks.len() as u64 - 1) * BLOCK + blocks[blocks.len() - 1] as u64 * 212
+        );
+    }
+
+    #[test]
+    fn xattr_namespaces() {
+        assert_eq!(xattr_index(b"user.a").unwrap(), (1, &b"a"[..]));
+        assert_eq!(
+            xattr_index(b"security.capability").unwrap(),
+            (6, &b"capability"[..])
+        );
+        assert_eq!(xattr_index(b"system.posix_acl_access").unwrap().0, 2);
+        assert!(xattr_index(b"system.other").is_err());
+        assert!(xattr_index(b"userx").is_err());
+    }
+
+    #[test]
+    fn device_numbers_use_the_kernels_encoding() {
+        assert_eq!(encode_device(1, 3), 0x103);
+        assert_eq!(encode_device(7, 0x1234), 0x0120_0734);
+    }
 }

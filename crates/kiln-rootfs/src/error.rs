@@ -17,16 +17,6 @@ pub enum RootfsError {
         #[source]
         source: std::io::Error,
     },
-    /// A program kiln needs is not installed.
-    #[error("{tool} is not installed (Debian package {package})")]
-    MissingTool { tool: String, package: String },
-    /// A program kiln ran failed.
-    #[error("{tool} failed: {detail}")]
-    Tool {
-        tool: String,
-        detail: String,
-        hint: Option<String>,
-    },
     /// The requested image size cannot hold the content.
     #[error("the content does not fit in an ext4 image of {size} bytes")]
     TooSmall { size: u64, needed: u64 },
@@ -43,8 +33,6 @@ impl RootfsError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             RootfsError::Entry { .. } | RootfsError::Tar { .. } => ErrorKind::InvalidArgument,
-            RootfsError::MissingTool { .. } => ErrorKind::FailedPrecondition,
-            RootfsError::Tool { .. } => ErrorKind::Internal,
             RootfsError::Unrepresentable { .. } | RootfsError::TooSmall { .. } => {
                 ErrorKind::InvalidArgument
             }
@@ -57,10 +45,6 @@ impl RootfsError {
     /// A suggestion for the user.
     pub fn hint(&self) -> Option<String> {
         match self {
-            RootfsError::MissingTool { package, .. } => {
-                Some(format!("install it: apt-get install {package}"))
-            }
-            RootfsError::Tool { hint, .. } => hint.clone(),
             RootfsError::TooSmall { needed, .. } => Some(format!(
                 "pass a larger --size (kiln's default for this image is {}M), or leave --size out",
                 needed >> 20

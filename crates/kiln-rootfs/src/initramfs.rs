@@ -87,7 +87,7 @@ pub fn write_cpio(tree: &Tree, objects: &ObjectDir, output: &mut impl Write) -> 
                 if copied != content.size {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        format!("object {} is shorter than recorded", content.digest),
+                        format!("object {} is shorter than recorded", content.id),
                     ));
                 }
                 pad(output, data_size)?;

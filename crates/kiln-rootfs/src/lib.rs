@@ -6,8 +6,10 @@
 //! host filesystem allows, so the output is the same for root and for an
 //! ordinary user.
 //!
-//! Today: initramfs (gzip newc cpio) and ext4 (through e2fsprogs). An EROFS
-//! writer follows.
+//! Outputs: initramfs (gzip newc cpio), ext4 and EROFS. The ext4 and EROFS
+//! writers are kiln's own (no mke2fs, mkfs.erofs or fakeroot): they lay the
+//! image out in memory, then write it front to back in one pass that also
+//! hashes it, copying file contents straight from the object directory.
 //!
 //! ```no_run
 //! use kiln_rootfs::{ObjectDir, Tree, apply_layer, write_initramfs};
@@ -21,15 +23,15 @@
 
 mod apply;
 mod diff;
+mod emit;
 mod erofs;
 mod error;
 mod ext4;
 mod initramfs;
 pub mod objects;
-mod staging;
 pub mod tree;
 
-pub use apply::{apply_layer, layer_reader};
+pub use apply::{ReadAhead, apply_layer, layer_reader, layer_reader_ahead};
 pub use diff::{DiffStats, write_diff_layer};
 pub use erofs::write_erofs;
 pub use error::{Result, RootfsError};

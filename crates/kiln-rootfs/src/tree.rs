@@ -148,6 +148,39 @@ impl Tree {
         out
     }
 
+    /// Every reachable inode once, breadth first from the root (entries in
+    /// name order), with facts writers need: the parent of each directory
+    /// (the root is its own) and the number of names of each inode.
+    pub fn order(&self) -> Order {
+        let mut inodes = vec![ROOT];
+        let mut parent = vec![None; self.inodes.len()];
+        let mut links = vec![0u32; self.inodes.len()];
+        let mut names = vec![Vec::new(); self.inodes.len()];
+        parent[ROOT] = Some(ROOT);
+        links[ROOT] = 1;
+        let mut index = 0;
+        while index < inodes.len() {
+            let directory = inodes[index];
+            if let Some(entries) = self.entries(directory) {
+                for (name, entry) in entries {
+                    links[entry.inode] += 1;
+                    if links[entry.inode] == 1 {
+                        inodes.push(entry.inode);
+                        parent[entry.inode] = Some(directory);
+                        names[entry.inode] = name.clone();
+                    }
+                }
+            }
+            index += 1;
+        }
+        Order {
+            inodes,
+            parent,
+            links,
+            names,
+        }
+    }
+
     /// Number of directory entries naming each inode (hardlink counts).
     pub fn link_counts(&self) -> Vec<u32> {
         let mut counts = vec![0u32; self.inodes.len()];
@@ -156,5 +189,35 @@ impl Tree {
             counts[inode] += 1;
         }
         counts
+    }
+}
+
+/// The reachable inodes of a tree in the order writers lay them out.
+#[derive(Debug, Clone)]
+pub struct Order {
+    /// Reachable inodes, breadth first, the root first.
+    pub inodes: Vec<InodeId>,
+    /// The directory each inode was first reached from (root: itself).
+    pub parent: Vec<Option<InodeId>>,
+    /// Names of each inode (1 for the root); 0 when unreachable.
+    pub links: Vec<u32>,
+    /// The name each inode was first reached by (root: empty).
+    pub names: Vec<Vec<u8>>,
+}
+
+impl Order {
+    /// `/a/b`: the path an inode was first reached by, for messages.
+    pub fn path(&self, inode: InodeId) -> String {
+        let mut components = Vec::new();
+        let mut current = inode;
+        while current != ROOT {
+            components.push(String::from_utf8_lossy(&self.names[current]).into_owned());
+            match self.parent[current] {
+                Some(parent) => current = parent,
+                None => break,
+            }
+        }
+        components.reverse();
+        format!("/{}", components.join("/"))
     }
 }

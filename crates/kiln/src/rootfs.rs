@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use kiln_rootfs::{
-    ObjectDir, Tree, apply_layer, layer_reader, write_erofs, write_ext4, write_initramfs,
+    ObjectDir, Tree, apply_layer, layer_reader_ahead, write_erofs, write_ext4, write_initramfs,
 };
 use kiln_store::ArtifactRecord;
 use kiln_types::media_type;
@@ -19,7 +19,7 @@ use crate::Manager;
 use crate::error::{Error, Result};
 
 /// Bumped whenever a writer's output for the same input changes.
-pub const CONVERTER_VERSION: &str = "kiln-rootfs-1";
+pub const CONVERTER_VERSION: &str = "kiln-rootfs-2";
 
 /// What to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -137,16 +137,19 @@ impl Manager {
                 write_output(&output, |writer| write_initramfs(&tree, &objects, writer))
                     .map_err(kiln_store::StoreError::from)?
             }
-            RootfsFormat::Erofs => {
-                write_erofs(&tree, &objects, &output, &scratch.0)?;
-                let file = fs_err::File::open(&output).map_err(kiln_store::StoreError::from)?;
-                kiln_store::content::hash_reader(file, Algorithm::Sha256)?
-            }
-            RootfsFormat::Ext4 => {
-                write_ext4(&tree, &objects, &output, size, &scratch.0)?;
-                let file = fs_err::File::open(&output).map_err(kiln_store::StoreError::from)?;
-                kiln_store::content::hash_reader(file, Algorithm::Sha256)?
-            }
+            RootfsFormat::Erofs => write_erofs(
+                &tree,
+                &objects,
+                &output,
+                image.manifest_digest.to_string().as_bytes(),
+            )?,
+            RootfsFormat::Ext4 => write_ext4(
+                &tree,
+                &objects,
+                &output,
+                size,
+                image.manifest_digest.to_string().as_bytes(),
+            )?,
         };
         catalog.lease_blob(guard.lease(), &digest)?;
         if self.store.content().blob_size(&digest)? != Some(size) {
@@ -293,8 +296,12 @@ impl Manager {
                     }
                 })?;
             let blob = self.store.content().open_blob(&layer.digest)?;
-            let reader = layer_reader(blob, compression).map_err(kiln_store::StoreError::from)?;
-            apply_layer(&mut tree, index, reader, &mut objects)?;
+            apply_layer(
+                &mut tree,
+                index,
+                layer_reader_ahead(blob, compression),
+                &mut objects,
+            )?;
         }
         Ok((tree, objects))
     }

@@ -88,7 +88,7 @@ impl Manager {
             lease: Some(catalog.create_lease()?),
         };
         let scratch = Scratch(self.store.content().scratch_dir()?);
-        let (tree, _objects) = self.image_tree(base.id, disk, guard.lease(), &scratch.0)?;
+        let (tree, objects) = self.image_tree(base.id, disk, guard.lease(), &scratch.0)?;
 
         // Read the disk through a read-only loop mount.
         let raw = if record.format == "qcow2" {
@@ -129,7 +129,7 @@ impl Manager {
             hasher: Hasher::new(Algorithm::Sha256),
             size: 0,
         };
-        let stats = write_diff_layer(&tree, &mount_point, &mut uncompressed)?;
+        let stats = write_diff_layer(&tree, &objects, &mount_point, &mut uncompressed)?;
         drop(mounted);
         let HashingWriter {
             inner: gzip,

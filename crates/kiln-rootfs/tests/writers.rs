@@ -1,0 +1,271 @@
+//! kiln's own ext4 and EROFS writers on the shapes small fixture images do
+//! not reach: a directory of thousands of entries (many directory blocks),
+//! symlinks on both sides of the 60-byte inline limit, a device number
+//! beyond 8 bits, xattrs too large for an inode, and a file large enough to
+//! cross five block groups (an extent tree with a leaf block). The images
+//! are checked by the filesystems' own tools (`e2fsck -fn`, `fsck.erofs`),
+//! read back through them (`debugfs rdump`, `fsck.erofs --extract`) and
+//! through the kernel (a read-only loop mount: the suite runs as root).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
+
+use kiln_rootfs::tree::{DirEntry, InodeId, ROOT};
+use kiln_rootfs::{Inode, Kind, ObjectDir, Tree, write_erofs, write_ext4};
+
+const BIG: u64 = 560 << 20;
+
+fn add(tree: &mut Tree, parent: InodeId, name: &str, inode: Inode) -> InodeId {
+    let id = tree.add(inode);
+    let Kind::Directory(entries) = &mut tree.inodes[parent].kind else {
+        panic!("not a directory")
+    };
+    entries.insert(
+        name.as_bytes().to_vec(),
+        DirEntry {
+            inode: id,
+            layer: 0,
+        },
+    );
+    id
+}
+
+fn inode(kind: Kind) -> Inode {
+    Inode {
+        kind,
+        mode: 0o644,
+        uid: 1000,
+        gid: 1000,
+        mtime: 1_700_000_000,
+        xattrs: BTreeMap::new(),
+    }
+}
+
+/// A byte pattern that differs at every offset class, so a misplaced block shows.
+struct Pattern(u64);
+
+impl Read for Pattern {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        for byte in buffer.iter_mut() {
+            *byte = ((self.0 / 4096) as u8) ^ (self.0 as u8);
+            self.0 += 1;
+        }
+        Ok(buffer.len())
+    }
+}
+
+fn build(objects: &mut ObjectDir, big: bool) -> Tree {
+    let mut tree = Tree::new();
+    let many = add(&mut tree, ROOT, "many", {
+        let mut dir = Inode::implicit_directory();
+        dir.mode = 0o750;
+        dir
+    });
+    for n in 0..3000 {
+        let body = format!("file {n}\n");
+        let content = objects
+            .put(&mut body.as_bytes(), body.len() as u64)
+            .unwrap();
+        add(
+            &mut tree,
+            many,
+            &format!("{n:0>5}-{}", "x".repeat(90)),
+            inode(Kind::File(content)),
+        );
+    }
+    add(
+        &mut tree,
+        ROOT,
+        "short",
+        inode(Kind::Symlink(vec![b's'; 59])),
+    );
+    add(
+        &mut tree,
+        ROOT,
+        "edge",
+        inode(Kind::Symlink(vec![b'e'; 60])),
+    );
+    add(
+        &mut tree,
+        ROOT,
+        "long",
+        inode(Kind::Symlink(vec![b'l'; 300])),
+    );
+    add(
+        &mut tree,
+        ROOT,
+        "wide-device",
+        inode(Kind::CharDevice {
+            major: 300,
+            minor: 70000,
+        }),
+    );
+    let content = objects.put(&mut &b"attrs"[..], 5).unwrap();
+    let mut attrs = inode(Kind::File(content));
+    attrs.xattrs.insert(b"user.big".to_vec(), vec![b'v'; 1500]);
+    attrs.xattrs.insert(
+        b"security.capability".to_vec(),
+        vec![1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    );
+    add(&mut tree, ROOT, "attrs", attrs);
+    if big {
+        let content = objects.put(&mut Pattern(0).take(BIG), BIG).unwrap();
+        add(&mut tree, ROOT, "big", inode(Kind::File(content)));
+    }
+    tree
+}
+
+/// Checks the tree through the kernel: a read-only loop mount.
+fn check_mounted(image: &Path, filesystem: &str, big: bool) {
+    let target = tempfile::tempdir().unwrap();
+    run(Command::new("mount")
+        .args(["-t", filesystem, "-o", "loop,ro"])
+        .arg(image)
+        .arg(target.path()));
+    let checked = std::panic::catch_unwind(|| check_extracted(target.path(), big));
+    run(Command::new("umount").arg(target.path()));
+    checked.unwrap();
+}
+
+fn run(command: &mut Command) -> String {
+    let output = command.output().expect("the tool is installed");
+    assert!(
+        output.status.success(),
+        "{command:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn check_extracted(root: &Path, big: bool) {
+    let many: Vec<_> = std::fs::read_dir(root.join("many")).unwrap().collect();
+    assert_eq!(many.len(), 3000);
+    let name = format!("{:0>5}-{}", 2999, "x".repeat(90));
+    assert_eq!(
+        std::fs::read_to_string(root.join("many").join(name)).unwrap(),
+        "file 2999\n"
+    );
+    for (link, byte, length) in [("short", b's', 59), ("edge", b'e', 60), ("long", b'l', 300)] {
+        let target = std::fs::read_link(root.join(link)).unwrap();
+        assert_eq!(
+            target.as_os_str().len(),
+            length,
+            "{link}: its target survives"
+        );
+        assert!(target.to_string_lossy().bytes().all(|b| b == byte));
+    }
+    assert_eq!(std::fs::read(root.join("attrs")).unwrap(), b"attrs");
+    if big {
+        let mut ours = std::fs::File::open(root.join("big")).unwrap();
+        let mut expected = Pattern(0).take(BIG);
+        let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+        let mut offset = 0u64;
+        loop {
+            let n = ours.read(&mut a).unwrap();
+            if n == 0 {
+                break;
+            }
+            expected.read_exact(&mut b[..n]).unwrap();
+            assert!(a[..n] == b[..n], "big differs near byte {offset}");
+            offset += n as u64;
+        }
+        assert_eq!(offset, BIG);
+    }
+}
+
+#[test]
+fn ext4_with_large_directories_symlinks_devices_xattr_blocks_and_an_extent_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
+    let tree = build(&mut objects, true);
+    let image = dir.path().join("image.ext4");
+    let (digest, size) = write_ext4(&tree, &objects, &image, None, b"test").unwrap();
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), size);
+    assert!(size > BIG);
+    assert!(digest.matches(&std::fs::read(&image).unwrap()));
+    run(Command::new("e2fsck").arg("-fn").arg(&image));
+
+    let stat = run(Command::new("debugfs")
+        .arg("-R")
+        .arg("stat /big")
+        .arg(&image));
+    assert!(
+        stat.contains("(ETB0)"),
+        "a file across five groups has an extent tree block: {stat}"
+    );
+    let device = run(Command::new("debugfs")
+        .arg("-R")
+        .arg("stat /wide-device")
+        .arg(&image));
+    assert!(
+        device.contains("Device major/minor number: 300:70000"),
+        "{device}"
+    );
+    let attrs = run(Command::new("debugfs")
+        .arg("-R")
+        .arg("ea_list /attrs")
+        .arg(&image));
+    assert!(attrs.contains("user.big"), "{attrs}");
+    assert!(attrs.contains("security.capability"), "{attrs}");
+    let owner = run(Command::new("debugfs")
+        .arg("-R")
+        .arg("stat /many")
+        .arg(&image));
+    assert!(owner.contains("Mode:  0750"), "{owner}");
+
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("rdump / {}", out.display()))
+        .arg(&image));
+    check_extracted(&out, true);
+    check_mounted(&image, "ext4", true);
+
+    // The same tree and identity give the same bytes.
+    let again = dir.path().join("again.ext4");
+    let (second, _) = write_ext4(&tree, &objects, &again, None, b"test").unwrap();
+    assert_eq!(digest, second);
+}
+
+#[test]
+fn erofs_with_large_directories_symlinks_devices_and_large_xattrs() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
+    let tree = build(&mut objects, false);
+    let image = dir.path().join("image.erofs");
+    let (digest, _) = write_erofs(&tree, &objects, &image, b"test").unwrap();
+    assert!(digest.matches(&std::fs::read(&image).unwrap()));
+    let out = dir.path().join("out");
+    run(Command::new("fsck.erofs")
+        .arg(format!("--extract={}", out.display()))
+        .arg("--no-preserve")
+        .arg(&image));
+    check_extracted(&out, false);
+    check_mounted(&image, "erofs", false);
+    let (second, _) = write_erofs(&tree, &objects, &dir.path().join("again"), b"test").unwrap();
+    assert_eq!(
+        digest, second,
+        "the same tree and identity give the same bytes"
+    );
+}
+
+#[test]
+fn a_size_too_small_is_an_error_naming_both_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
+    let mut tree = build(&mut objects, false);
+    let content = objects
+        .put(&mut Pattern(0).take(40 << 20), 40 << 20)
+        .unwrap();
+    add(&mut tree, ROOT, "forty", inode(Kind::File(content)));
+    for size in [32 << 20, 1 << 20] {
+        let error =
+            write_ext4(&tree, &objects, &dir.path().join("small"), Some(size), b"t").unwrap_err();
+        assert!(error.to_string().contains("does not fit"), "{error}");
+        assert!(error.hint().unwrap().contains("--size"));
+    }
+}
