@@ -16,7 +16,6 @@ need /usr/bin/time time
 need umoci umoci
 need mke2fs e2fsprogs
 need mkfs.erofs erofs-utils
-need fakeroot fakeroot
 ensure_kiln
 bench_image
 push_bench_image

@@ -22,7 +22,6 @@
 use std::io::Read;
 use std::path::Path;
 
-use fs_err as fs;
 use kiln_types::{Algorithm, Digest, Hasher};
 
 use crate::emit::Emitter;
@@ -168,7 +167,7 @@ pub fn write_erofs(
             let content_at = xattrs_at + slot.xattrs.len();
             let place = &mut metadata[content_at..content_at + slot.size as usize];
             match &inode.kind {
-                Kind::File(content) => objects.open_object(content)?.read_exact(place)?,
+                Kind::File(content) => objects.reader(content, 0).read_exact(place)?,
                 Kind::Symlink(target) => place.copy_from_slice(target),
                 Kind::Directory(_) => {
                     place.copy_from_slice(&directory_bytes(tree, &order, slot.id, &nid))
@@ -195,15 +194,14 @@ pub fn write_erofs(
     superblock[64..70].copy_from_slice(b"rootfs");
 
     // Front to back: metadata, then the data blocks in address order.
-    let mut emitter = Emitter::new(fs::File::create(output)?);
+    let mut emitter = Emitter::create(output)?;
     emitter.bytes(0, &metadata)?;
     drop(metadata);
     for slot in slots.iter().filter(|s| s.owns_blocks) {
         let at = u64::from(slot.blkaddr) * BLOCK;
         match &tree.inodes[slot.id].kind {
             Kind::File(content) => {
-                let mut file = objects.open_object(content)?;
-                emitter.copy(at, &mut file, content.size)?;
+                emitter.copy(at, &mut objects.reader(content, 0), content.size)?;
             }
             Kind::Symlink(target) => emitter.bytes(at, target)?,
             Kind::Directory(_) => {

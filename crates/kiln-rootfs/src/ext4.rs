@@ -24,10 +24,8 @@
 //! Unused inode-table and data blocks are holes in the file.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use fs_err as fs;
 use kiln_types::{Algorithm, Digest, Hasher};
 
 use crate::emit::Emitter;
@@ -595,7 +593,7 @@ pub fn write_ext4(
 
     // Front to back.
     pieces.sort_by_key(|(start, _)| *start);
-    let mut emitter = Emitter::new(fs::File::create(output)?);
+    let mut emitter = Emitter::create(output)?;
     for (start, piece) in pieces {
         let at = start * BLOCK;
         match piece {
@@ -605,9 +603,7 @@ pub fn write_ext4(
                 offset,
                 bytes,
             } => {
-                let mut file = objects.open_object(content)?;
-                file.seek(SeekFrom::Start(offset))?;
-                emitter.copy(at, &mut (&mut file).take(bytes), bytes)?;
+                emitter.copy(at, &mut objects.reader(content, offset), bytes)?;
             }
         }
     }

@@ -82,12 +82,11 @@ pub fn write_cpio(tree: &Tree, objects: &ObjectDir, output: &mut impl Write) -> 
         )?;
         match &inode.kind {
             Kind::File(content) if data_size > 0 => {
-                let mut file = objects.open_object(content)?;
-                let copied = io::copy(&mut file, output)?;
+                let copied = io::copy(&mut objects.reader(content, 0), output)?;
                 if copied != content.size {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
-                        format!("object {} is shorter than recorded", content.id),
+                        format!("object at {} is shorter than recorded", content.offset),
                     ));
                 }
                 pad(output, data_size)?;

@@ -37,5 +37,5 @@ pub use erofs::write_erofs;
 pub use error::{Result, RootfsError};
 pub use ext4::{default_ext4_size, write_ext4};
 pub use initramfs::{write_cpio, write_initramfs};
-pub use objects::{ContentRef, ObjectDir};
+pub use objects::{ContentRef, ObjectDir, ObjectReader};
 pub use tree::{Inode, Kind, Tree};

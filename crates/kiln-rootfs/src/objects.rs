@@ -1,81 +1,107 @@
-//! Where file contents go while a tree is built: a private scratch
-//! directory of numbered files, one per regular file a layer carries. They
-//! are not hashed: the writers copy them into an image, whose own digest
-//! covers them, and `kiln snapshot` compares them byte for byte.
+//! Where file contents go while a tree is built: one private scratch pack
+//! file, every regular file a layer carries appended to it (no file per
+//! object: images of tens of thousands of small files cost one file, not
+//! tens of thousands). Contents are not hashed: the writers copy them into
+//! an image, whose own digest covers them, and `kiln snapshot` compares
+//! them byte for byte. A file a later layer replaces stays in the pack,
+//! unused.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 
 use fs_err as fs;
 
-/// The content of one regular file.
+/// The content of one regular file: a range of the pack.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ContentRef {
-    /// The object's number in its [`ObjectDir`].
-    pub id: u64,
+    /// Where it starts in the pack.
+    pub offset: u64,
     /// Its size.
     pub size: u64,
 }
 
-/// A directory of file contents, by number.
+/// The pack of file contents.
 #[derive(Debug)]
 pub struct ObjectDir {
-    dir: PathBuf,
-    counter: u64,
+    pack: fs::File,
+    end: u64,
+    buffer: Vec<u8>,
 }
 
 impl ObjectDir {
-    /// Opens (creating) `dir`, which must be private to this process.
+    /// Opens a new pack in `dir` (created; private to this process).
     pub fn open(dir: &Path) -> std::io::Result<ObjectDir> {
         fs::create_dir_all(dir)?;
+        let pack = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("pack"))?;
         Ok(ObjectDir {
-            dir: dir.to_path_buf(),
-            counter: 0,
+            pack,
+            end: 0,
+            buffer: Vec::new(),
         })
     }
 
     /// Stores exactly `size` bytes from `reader`.
     pub fn put(&mut self, reader: &mut dyn Read, size: u64) -> std::io::Result<ContentRef> {
-        self.counter += 1;
         let content = ContentRef {
-            id: self.counter,
+            offset: self.end,
             size,
         };
-        let path = self.path(&content);
-        let mut file = fs::File::create(&path)?;
-        let copied = std::io::copy(&mut reader.take(size), &mut file);
-        match copied {
-            Ok(copied) if copied == size => {
-                file.flush()?;
-                Ok(content)
+        if self.buffer.is_empty() {
+            self.buffer = vec![0u8; 1 << 20];
+        }
+        let mut copied = 0u64;
+        while copied < size {
+            let want = (size - copied).min(self.buffer.len() as u64) as usize;
+            // Fill the buffer as far as the reader goes, so writes stay large.
+            let mut filled = 0;
+            while filled < want {
+                match reader.read(&mut self.buffer[filled..want]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(error),
+                }
             }
-            Ok(copied) => {
-                let _ = fs::remove_file(&path);
-                Err(std::io::Error::new(
+            if filled == 0 {
+                return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
                     format!("file ends after {copied} of {size} bytes"),
-                ))
+                ));
             }
-            Err(error) => {
-                let _ = fs::remove_file(&path);
-                Err(error)
-            }
+            self.pack
+                .file()
+                .write_all_at(&self.buffer[..filled], self.end + copied)?;
+            copied += filled as u64;
+        }
+        self.end += size;
+        Ok(content)
+    }
+
+    /// A reader of an object's bytes from byte `from` on.
+    pub fn reader(&self, content: &ContentRef, from: u64) -> ObjectReader<'_> {
+        ObjectReader {
+            pack: &self.pack,
+            at: content.offset + from.min(content.size),
+            end: content.offset + content.size,
         }
     }
 
-    /// Where an object lives.
-    pub fn path(&self, content: &ContentRef) -> PathBuf {
-        self.dir.join(content.id.to_string())
-    }
-
-    /// Opens an object for reading.
-    pub fn open_object(&self, content: &ContentRef) -> std::io::Result<fs::File> {
-        fs::File::open(self.path(content))
+    /// The whole of an object.
+    pub fn read(&self, content: &ContentRef) -> std::io::Result<Vec<u8>> {
+        let mut bytes = Vec::with_capacity(content.size as usize);
+        self.reader(content, 0).read_to_end(&mut bytes)?;
+        Ok(bytes)
     }
 
     /// Whether the file at `path` holds exactly the object's bytes.
     pub fn same_content(&self, content: &ContentRef, path: &Path) -> std::io::Result<bool> {
-        let mut ours = std::io::BufReader::with_capacity(1 << 20, self.open_object(content)?);
+        let mut ours = std::io::BufReader::with_capacity(1 << 20, self.reader(content, 0));
         let mut theirs = std::io::BufReader::with_capacity(1 << 20, fs::File::open(path)?);
         loop {
             let (a, b) = (
@@ -92,5 +118,30 @@ impl ObjectDir {
             std::io::BufRead::consume(&mut ours, n);
             std::io::BufRead::consume(&mut theirs, n);
         }
+    }
+}
+
+/// Reads one object out of the pack.
+pub struct ObjectReader<'a> {
+    pack: &'a fs::File,
+    at: u64,
+    end: u64,
+}
+
+impl Read for ObjectReader<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let want = buffer.len().min((self.end - self.at) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.pack.file().read_at(&mut buffer[..want], self.at)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the object pack is shorter than recorded",
+            ));
+        }
+        self.at += n as u64;
+        Ok(n)
     }
 }

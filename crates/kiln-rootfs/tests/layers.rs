@@ -327,5 +327,5 @@ fn absolute_paths_and_duplicates_are_neutralised() {
     let Kind::File(content) = &inode.kind else {
         panic!()
     };
-    assert_eq!(std::fs::read(objects.path(content)).unwrap(), b"second");
+    assert_eq!(objects.read(content).unwrap(), b"second");
 }
