@@ -21,7 +21,19 @@ bench_image
 push_bench_image
 work=$BENCH_DIR/work; mkdir -p "$work"
 
-kiln_ext4() { rm -rf "$work/kiln"; "$KILN" --root "$work/kiln" pull --insecure -q "$ref" && "$KILN" --root "$work/kiln" rootfs --format ext4 "$ref" >/dev/null; }
+# kiln_convert FORMAT: a cold pull then the conversion; each step's time is
+# also appended to $work/split-FORMAT ("pull rootfs").
+kiln_convert() {
+  local t0 t1 t2
+  rm -rf "$work/kiln"
+  t0=$(date +%s.%N)
+  "$KILN" --root "$work/kiln" pull --insecure -q "$ref" || return 1
+  t1=$(date +%s.%N)
+  "$KILN" --root "$work/kiln" rootfs --format "$1" "$ref" >/dev/null || return 1
+  t2=$(date +%s.%N)
+  echo "$(echo "$t1 - $t0" | bc -l) $(echo "$t2 - $t1" | bc -l)" >>"$work/split-$1"
+}
+kiln_ext4() { kiln_convert ext4; }
 peer_ext4() {
   rm -rf "$work/oci" "$work/unpacked" "$work/peer.ext4"
   skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/oci:bench"
@@ -29,7 +41,7 @@ peer_ext4() {
   local kb; kb=$(du -sk "$work/unpacked" | cut -f1)
   mke2fs -q -F -t ext4 -d "$work/unpacked" "$work/peer.ext4" "$(( kb * 5 / 4 / 1024 + 64 ))M"
 }
-kiln_erofs() { rm -rf "$work/kiln"; "$KILN" --root "$work/kiln" pull --insecure -q "$ref" && "$KILN" --root "$work/kiln" rootfs --format erofs "$ref" >/dev/null; }
+kiln_erofs() { kiln_convert erofs; }
 peer_erofs() {
   rm -rf "$work/oci" "$work/unpacked" "$work/peer.erofs"
   skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/oci:bench"
@@ -39,6 +51,7 @@ peer_erofs() {
 podman_pull() { podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs rmi -af >/dev/null 2>&1 || true;
                 podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs pull -q --tls-verify=false "$ref"; }
 
+rm -f "$work/split-ext4" "$work/split-erofs"
 kiln_times=(); peer_times=(); podman_times=(); kiln_erofs_times=(); peer_erofs_times=()
 have_podman=false
 command -v podman >/dev/null 2>&1 && have_podman=true
@@ -84,6 +97,9 @@ body=$(mktemp)
     podman_median=$(printf '%s\n' "${podman_times[@]}" | median)
     echo "| podman pull (vfs: pulls and unpacks) | $podman_median | $(ratio "$podman_median" "$peer_median") |"
   fi
+  echo
+  split_median() { awk -v c="$2" '{print $c}' "$work/split-$1" | median; }
+  echo "kiln's steps (medians): pull $(split_median ext4 1) s, then rootfs --format ext4 $(split_median ext4 2) s; pull $(split_median erofs 1) s, then rootfs --format erofs $(split_median erofs 2) s."
   echo
   echo "| disk from the cached ext4 | median (ms) |"
   echo "|---|---|"
