@@ -124,13 +124,49 @@ pub fn write_erofs(
     })?;
     let nid = |id: InodeId| slots[slot_of[id]].offset / 32;
 
-    // The metadata area, built in memory.
-    let mut metadata = vec![0u8; metadata_end as usize];
+    // The volume UUID: the identity and every inode's metadata.
+    let mut uuid_hasher = Hasher::new(Algorithm::Sha256);
+    uuid_hasher.update(identity);
+    uuid_hasher.update(&blocks.to_le_bytes());
+    for slot in &slots {
+        let inode = &tree.inodes[slot.id];
+        for value in [
+            slot.offset,
+            slot.size,
+            u64::from(slot.blkaddr),
+            u64::from(inode.mode),
+        ] {
+            uuid_hasher.update(&value.to_le_bytes());
+        }
+        for value in [
+            u64::from(inode.uid),
+            u64::from(inode.gid),
+            inode.mtime as u64,
+        ] {
+            uuid_hasher.update(&value.to_le_bytes());
+        }
+        uuid_hasher.update(&order.names[slot.id]);
+        uuid_hasher.update(&slot.xattrs);
+    }
+    let uuid = uuid_from(&uuid_hasher.finish());
+    let mut superblock = [0u8; 128];
+    put32(&mut superblock, 0, MAGIC);
+    superblock[12] = 12; // blkszbits
+    put16(&mut superblock, 14, (FIRST_INODE / 32) as u16); // root nid
+    put64(&mut superblock, 16, slots.len() as u64); // inos
+    put32(&mut superblock, 36, blocks);
+    put32(&mut superblock, 40, 0); // meta_blkaddr
+    superblock[48..64].copy_from_slice(&uuid);
+    superblock[64..70].copy_from_slice(b"rootfs");
+
+    // Front to back: the superblock, the inode records (each built as it is
+    // written, so memory does not grow with the tree), then the data blocks.
+    let mut emitter = Emitter::create(output)?;
+    emitter.bytes(SUPERBLOCK as u64, &superblock)?;
+    let mut record = Vec::with_capacity(BLOCK as usize);
     for slot in &slots {
         let inode = &tree.inodes[slot.id];
         let layout = if slot.inline { FLAT_INLINE } else { FLAT_PLAIN };
-        let at = slot.offset as usize;
-        let record = &mut metadata[at..at + INODE_SIZE as usize];
         let icount = if slot.xattrs.is_empty() {
             0
         } else {
@@ -151,52 +187,33 @@ pub fn write_erofs(
             }
             _ => slot.blkaddr,
         };
-        put16(record, 0, 1 | (layout << 1));
-        put16(record, 2, icount as u16);
-        put16(record, 4, (inode.type_bits() | inode.mode) as u16);
-        put64(record, 8, slot.size);
-        put32(record, 16, union);
-        put32(record, 20, slot_of[slot.id] as u32 + 1);
-        put32(record, 24, inode.uid);
-        put32(record, 28, inode.gid);
-        put64(record, 32, inode.mtime.max(0) as u64);
-        put32(record, 44, nlink);
-        let xattrs_at = at + INODE_SIZE as usize;
-        metadata[xattrs_at..xattrs_at + slot.xattrs.len()].copy_from_slice(&slot.xattrs);
+        record.clear();
+        record.resize(INODE_SIZE as usize, 0);
+        put16(&mut record, 0, 1 | (layout << 1));
+        put16(&mut record, 2, icount as u16);
+        put16(&mut record, 4, (inode.type_bits() | inode.mode) as u16);
+        put64(&mut record, 8, slot.size);
+        put32(&mut record, 16, union);
+        put32(&mut record, 20, slot_of[slot.id] as u32 + 1);
+        put32(&mut record, 24, inode.uid);
+        put32(&mut record, 28, inode.gid);
+        put64(&mut record, 32, inode.mtime.max(0) as u64);
+        put32(&mut record, 44, nlink);
+        record.extend_from_slice(&slot.xattrs);
         if slot.inline {
-            let content_at = xattrs_at + slot.xattrs.len();
-            let place = &mut metadata[content_at..content_at + slot.size as usize];
             match &inode.kind {
-                Kind::File(content) => objects.reader(content, 0).read_exact(place)?,
-                Kind::Symlink(target) => place.copy_from_slice(target),
+                Kind::File(content) => {
+                    objects.reader(content, 0).read_to_end(&mut record)?;
+                }
+                Kind::Symlink(target) => record.extend_from_slice(target),
                 Kind::Directory(_) => {
-                    place.copy_from_slice(&directory_bytes(tree, &order, slot.id, &nid))
+                    record.extend_from_slice(&directory_bytes(tree, &order, slot.id, &nid))
                 }
                 _ => {}
             }
         }
+        emitter.bytes(slot.offset, &record)?;
     }
-
-    // Superblock; its UUID derived from the metadata and the identity.
-    let mut uuid_hasher = Hasher::new(Algorithm::Sha256);
-    uuid_hasher.update(identity);
-    uuid_hasher.update(&metadata);
-    uuid_hasher.update(&blocks.to_le_bytes());
-    let uuid = uuid_from(&uuid_hasher.finish());
-    let superblock = &mut metadata[SUPERBLOCK..SUPERBLOCK + 128];
-    put32(superblock, 0, MAGIC);
-    superblock[12] = 12; // blkszbits
-    put16(superblock, 14, (FIRST_INODE / 32) as u16); // root nid
-    put64(superblock, 16, slots.len() as u64); // inos
-    put32(superblock, 36, blocks);
-    put32(superblock, 40, 0); // meta_blkaddr
-    superblock[48..64].copy_from_slice(&uuid);
-    superblock[64..70].copy_from_slice(b"rootfs");
-
-    // Front to back: metadata, then the data blocks in address order.
-    let mut emitter = Emitter::create(output)?;
-    emitter.bytes(0, &metadata)?;
-    drop(metadata);
     for slot in slots.iter().filter(|s| s.owns_blocks) {
         let at = u64::from(slot.blkaddr) * BLOCK;
         match &tree.inodes[slot.id].kind {
