@@ -6,19 +6,22 @@
 //!
 //! Layout (the kernel's `erofs_fs.h`):
 //! - block 0: the superblock at byte 1024 (`meta_blkaddr` = 0), then the
-//!   metadata area: every inode in the extended form (64 bytes: 32-bit
-//!   uid/gid, own mtime), breadth first from the root (nid 36), each
-//!   followed by its inline xattrs and, for files, symlinks and directories
-//!   of at most 2 KiB, its content (`FLAT_INLINE`); no inode record crosses
-//!   a block boundary.
-//! - then the data area: larger contents as whole blocks (`FLAT_PLAIN`),
-//!   in inode order.
+//!   metadata area: every inode breadth first from the root (nid 36), in the
+//!   compact form (32 bytes) when its mtime is the superblock's build time
+//!   (the tree's most common mtime) and its ids and link count fit 16 bits,
+//!   else the extended form (64 bytes: 32-bit uid/gid, own mtime); each is
+//!   followed by its inline xattrs and, when it is small (≤ 2 KiB) or fits
+//!   in what is left of the block, the last partial block of its content
+//!   (`FLAT_INLINE` tail packing); no inode record crosses a block boundary.
+//! - then the data area: the whole blocks of every content (`FLAT_PLAIN`,
+//!   or the head of a `FLAT_INLINE` one), in inode order.
 //! - directories: sorted `erofs_dirent` blocks (`.` and `..` included).
 //!
 //! The volume UUID is derived from the metadata and the caller's identity
 //! bytes (kiln passes the image's manifest digest), so the same image
 //! always gives the same bytes.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
 
@@ -35,7 +38,8 @@ const SUPERBLOCK: usize = 1024;
 /// The first inode: right after the 128-byte superblock, 32-byte aligned.
 const FIRST_INODE: u64 = 1152;
 const INODE_SIZE: u64 = 64;
-/// Contents up to this size live inline, after their inode.
+const COMPACT_SIZE: u64 = 32;
+/// Tails up to this size always go inline; larger ones when they fit.
 const INLINE_MAX: u64 = 2048;
 const FLAT_PLAIN: u16 = 0;
 const FLAT_INLINE: u16 = 2;
@@ -49,7 +53,11 @@ struct Slot {
     offset: u64,
     xattrs: Vec<u8>,
     size: u64,
-    inline: bool,
+    /// The last bytes of the content, kept inline after the inode (0: none).
+    tail: u64,
+    /// 32-byte inode (mtime = the superblock's build time) or 64-byte.
+    compact: bool,
+    nlink: u32,
     blkaddr: u32,
     /// True when it has blocks in the data area.
     owns_blocks: bool,
@@ -69,6 +77,16 @@ pub fn write_erofs(
         reason,
     };
 
+    // The most common mtime is the build time compact inodes take.
+    let mut mtimes: HashMap<i64, usize> = HashMap::new();
+    for &id in &order.inodes {
+        *mtimes.entry(tree.inodes[id].mtime.max(0)).or_default() += 1;
+    }
+    let build_time = mtimes
+        .into_iter()
+        .max_by_key(|(mtime, count)| (*count, std::cmp::Reverse(*mtime)))
+        .map_or(0, |(mtime, _)| mtime);
+
     // Inode records in the metadata area.
     let mut slot_of = vec![usize::MAX; tree.inodes.len()];
     let mut slots = Vec::with_capacity(order.inodes.len());
@@ -84,12 +102,37 @@ pub fn write_erofs(
             Kind::Symlink(target) => target.len() as u64,
             _ => 0,
         };
-        if INODE_SIZE + xattrs.len() as u64 > BLOCK {
+        let nlink = match &inode.kind {
+            Kind::Directory(entries) => {
+                2 + entries
+                    .values()
+                    .filter(|e| matches!(tree.inodes[e.inode].kind, Kind::Directory(_)))
+                    .count() as u32
+            }
+            _ => order.links[id],
+        };
+        let compact = inode.mtime.max(0) == build_time
+            && inode.uid <= 0xffff
+            && inode.gid <= 0xffff
+            && nlink <= 0xffff
+            && size <= u64::from(u32::MAX);
+        let inode_size = if compact { COMPACT_SIZE } else { INODE_SIZE };
+        let head = inode_size + xattrs.len() as u64;
+        if head > BLOCK {
             return Err(unrepresentable(id, "its xattrs exceed a block".into()));
         }
-        let inline =
-            size > 0 && size <= INLINE_MAX && INODE_SIZE + xattrs.len() as u64 + size <= BLOCK;
-        let record = INODE_SIZE + xattrs.len() as u64 + if inline { size } else { 0 };
+        // Tail packing: the content's last partial block goes inline when it
+        // is small, or when it fits in what is left of the current block.
+        let partial = size % BLOCK;
+        let tail = if partial > 0
+            && head + partial <= BLOCK
+            && (partial <= INLINE_MAX || offset % BLOCK + head + partial <= BLOCK)
+        {
+            partial
+        } else {
+            0
+        };
+        let record = head + tail;
         if offset % BLOCK + record > BLOCK {
             offset = offset.next_multiple_of(BLOCK);
         }
@@ -99,7 +142,9 @@ pub fn write_erofs(
             offset,
             xattrs,
             size,
-            inline,
+            tail,
+            compact,
+            nlink,
             blkaddr: 0,
             owns_blocks: false,
         });
@@ -110,13 +155,14 @@ pub fn write_erofs(
     // Data blocks, in inode order.
     let mut next_block = metadata_end / BLOCK;
     for slot in &mut slots {
-        if slot.inline || slot.size == 0 {
+        let full = slot.size - slot.tail;
+        if full == 0 {
             continue;
         }
         slot.blkaddr = u32::try_from(next_block)
             .map_err(|_| unrepresentable(slot.id, "the image exceeds 16 TiB".into()))?;
         slot.owns_blocks = true;
-        next_block += slot.size.div_ceil(BLOCK);
+        next_block += full.div_ceil(BLOCK);
     }
     let blocks = u32::try_from(next_block).map_err(|_| RootfsError::Unrepresentable {
         path: "/".into(),
@@ -154,6 +200,7 @@ pub fn write_erofs(
     superblock[12] = 12; // blkszbits
     put16(&mut superblock, 14, (FIRST_INODE / 32) as u16); // root nid
     put64(&mut superblock, 16, slots.len() as u64); // inos
+    put64(&mut superblock, 24, build_time as u64); // the mtime of compact inodes
     put32(&mut superblock, 36, blocks);
     put32(&mut superblock, 40, 0); // meta_blkaddr
     superblock[48..64].copy_from_slice(&uuid);
@@ -166,20 +213,15 @@ pub fn write_erofs(
     let mut record = Vec::with_capacity(BLOCK as usize);
     for slot in &slots {
         let inode = &tree.inodes[slot.id];
-        let layout = if slot.inline { FLAT_INLINE } else { FLAT_PLAIN };
+        let layout = if slot.tail > 0 {
+            FLAT_INLINE
+        } else {
+            FLAT_PLAIN
+        };
         let icount = if slot.xattrs.is_empty() {
             0
         } else {
             (slot.xattrs.len() - 12) / 4 + 1
-        };
-        let nlink = match &inode.kind {
-            Kind::Directory(entries) => {
-                2 + entries
-                    .values()
-                    .filter(|e| matches!(tree.inodes[e.inode].kind, Kind::Directory(_)))
-                    .count() as u32
-            }
-            _ => order.links[slot.id],
         };
         let union = match &inode.kind {
             Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
@@ -187,28 +229,44 @@ pub fn write_erofs(
             }
             _ => slot.blkaddr,
         };
+        let mode = (inode.type_bits() | inode.mode) as u16;
+        let ino = slot_of[slot.id] as u32 + 1;
         record.clear();
-        record.resize(INODE_SIZE as usize, 0);
-        put16(&mut record, 0, 1 | (layout << 1));
-        put16(&mut record, 2, icount as u16);
-        put16(&mut record, 4, (inode.type_bits() | inode.mode) as u16);
-        put64(&mut record, 8, slot.size);
-        put32(&mut record, 16, union);
-        put32(&mut record, 20, slot_of[slot.id] as u32 + 1);
-        put32(&mut record, 24, inode.uid);
-        put32(&mut record, 28, inode.gid);
-        put64(&mut record, 32, inode.mtime.max(0) as u64);
-        put32(&mut record, 44, nlink);
+        if slot.compact {
+            record.resize(COMPACT_SIZE as usize, 0);
+            put16(&mut record, 0, layout << 1);
+            put16(&mut record, 2, icount as u16);
+            put16(&mut record, 4, mode);
+            put16(&mut record, 6, slot.nlink as u16);
+            put32(&mut record, 8, slot.size as u32);
+            put32(&mut record, 16, union);
+            put32(&mut record, 20, ino);
+            put16(&mut record, 24, inode.uid as u16);
+            put16(&mut record, 26, inode.gid as u16);
+        } else {
+            record.resize(INODE_SIZE as usize, 0);
+            put16(&mut record, 0, 1 | (layout << 1));
+            put16(&mut record, 2, icount as u16);
+            put16(&mut record, 4, mode);
+            put64(&mut record, 8, slot.size);
+            put32(&mut record, 16, union);
+            put32(&mut record, 20, ino);
+            put32(&mut record, 24, inode.uid);
+            put32(&mut record, 28, inode.gid);
+            put64(&mut record, 32, inode.mtime.max(0) as u64);
+            put32(&mut record, 44, slot.nlink);
+        }
         record.extend_from_slice(&slot.xattrs);
-        if slot.inline {
+        if slot.tail > 0 {
+            let from = slot.size - slot.tail;
             match &inode.kind {
                 Kind::File(content) => {
-                    objects.reader(content, 0).read_to_end(&mut record)?;
+                    objects.reader(content, from).read_to_end(&mut record)?;
                 }
-                Kind::Symlink(target) => record.extend_from_slice(target),
-                Kind::Directory(_) => {
-                    record.extend_from_slice(&directory_bytes(tree, &order, slot.id, &nid))
-                }
+                Kind::Symlink(target) => record.extend_from_slice(&target[from as usize..]),
+                Kind::Directory(_) => record.extend_from_slice(
+                    &directory_bytes(tree, &order, slot.id, &nid)[from as usize..],
+                ),
                 _ => {}
             }
         }
@@ -216,14 +274,14 @@ pub fn write_erofs(
     }
     for slot in slots.iter().filter(|s| s.owns_blocks) {
         let at = u64::from(slot.blkaddr) * BLOCK;
+        let full = slot.size - slot.tail;
         match &tree.inodes[slot.id].kind {
-            Kind::File(content) => {
-                emitter.copy(at, &mut objects.reader(content, 0), content.size)?;
-            }
-            Kind::Symlink(target) => emitter.bytes(at, target)?,
-            Kind::Directory(_) => {
-                emitter.bytes(at, &directory_bytes(tree, &order, slot.id, &nid))?
-            }
+            Kind::File(content) => emitter.copy(at, &mut objects.reader(content, 0), full)?,
+            Kind::Symlink(target) => emitter.bytes(at, &target[..full as usize])?,
+            Kind::Directory(_) => emitter.bytes(
+                at,
+                &directory_bytes(tree, &order, slot.id, &nid)[..full as usize],
+            )?,
             _ => {}
         }
     }

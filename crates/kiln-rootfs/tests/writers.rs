@@ -110,6 +110,12 @@ fn build(objects: &mut ObjectDir, big: bool) -> Tree {
         vec![1, 0, 0, 2, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
     );
     add(&mut tree, ROOT, "attrs", attrs);
+    // Whole blocks plus a tail (EROFS packs the tail after the inode), owned
+    // by a uid beyond 16 bits (an extended inode).
+    let content = objects.put(&mut Pattern(0).take(9000), 9000).unwrap();
+    let mut tail = inode(Kind::File(content));
+    tail.uid = 70000;
+    add(&mut tree, ROOT, "tail", tail);
     if big {
         let content = objects.put(&mut Pattern(0).take(BIG), BIG).unwrap();
         add(&mut tree, ROOT, "big", inode(Kind::File(content)));
@@ -124,7 +130,17 @@ fn check_mounted(image: &Path, filesystem: &str, big: bool) {
         .args(["-t", filesystem, "-o", "loop,ro"])
         .arg(image)
         .arg(target.path()));
-    let checked = std::panic::catch_unwind(|| check_extracted(target.path(), big));
+    let checked = std::panic::catch_unwind(|| {
+        check_extracted(target.path(), big);
+        use std::os::unix::fs::MetadataExt;
+        let tail = std::fs::metadata(target.path().join("tail")).unwrap();
+        assert_eq!((tail.uid(), tail.mtime()), (70000, 1_700_000_000));
+        let many = std::fs::metadata(target.path().join("many")).unwrap();
+        assert_eq!(
+            (many.uid(), many.mode() & 0o7777, many.mtime()),
+            (0, 0o750, 0)
+        );
+    });
     run(Command::new("umount").arg(target.path()));
     checked.unwrap();
 }
@@ -158,6 +174,12 @@ fn check_extracted(root: &Path, big: bool) {
         assert!(target.to_string_lossy().bytes().all(|b| b == byte));
     }
     assert_eq!(std::fs::read(root.join("attrs")).unwrap(), b"attrs");
+    let mut expected = Vec::new();
+    Pattern(0).take(9000).read_to_end(&mut expected).unwrap();
+    assert!(
+        std::fs::read(root.join("tail")).unwrap() == expected,
+        "tail"
+    );
     if big {
         let mut ours = std::fs::File::open(root.join("big")).unwrap();
         let mut expected = Pattern(0).take(BIG);
