@@ -357,3 +357,128 @@ fn snapshot_round_trip() {
         bad.stderr
     );
 }
+
+#[test]
+fn an_ordinary_user_snapshots_a_disk_without_root() {
+    let env = env();
+    let reference = format!("{}/busybox:multi", env.registry);
+    let nobody = support::Nobody::new();
+    nobody.run(&["pull", "--insecure", "-q", &reference]);
+    let disk = nobody
+        .run(&[
+            "disk", "create", "work", "--image", &reference, "--format", "raw",
+        ])
+        .trim()
+        .to_string();
+
+    // What a sandbox does to its disk (root only plays the VM here).
+    let mnt = nobody.dir.path().join("mnt");
+    mount(Path::new(&disk), &mnt, "loop,rw");
+    let sparse = std::fs::File::create(mnt.join("sparse")).unwrap();
+    sparse.set_len(20 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    sparse.write_all_at(b"middle", 9 << 20).unwrap();
+    drop(sparse);
+    let long_target = "t".repeat(200);
+    std::os::unix::fs::symlink(&long_target, mnt.join("long-link")).unwrap();
+    let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i % 251) as u8).collect();
+    std::fs::write(mnt.join("data/owned"), &big).unwrap();
+    std::os::unix::fs::chown(mnt.join("data/owned"), Some(4321), Some(4321)).unwrap();
+    let mknod = Command::new("mknod")
+        .arg(mnt.join("tty9"))
+        .args(["c", "4", "9"])
+        .status()
+        .unwrap();
+    assert!(mknod.success());
+    let setfattr = Command::new("setfattr")
+        .args(["-n", "user.made", "-v", "by-the-vm"])
+        .arg(mnt.join("long-link").with_file_name("sparse"))
+        .status()
+        .unwrap();
+    assert!(setfattr.success());
+    std::fs::remove_dir_all(mnt.join("data/dir")).unwrap();
+    umount(&mnt);
+
+    // A disk whose journal needs replaying (a VM still running, or killed)
+    // is refused with a clear error.
+    let debugfs = |request: &str| {
+        let status = Command::new("debugfs")
+            .args(["-w", "-R", request])
+            .arg(&disk)
+            .output()
+            .unwrap();
+        assert!(status.status.success());
+    };
+    debugfs("feature needs_recovery");
+    let refused = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(nobody.dir.path().join("kiln"))
+        .arg("--root")
+        .arg(nobody.dir.path().join("nobody-root"))
+        .args(["snapshot", "work", "localhost/refused:1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.starts_with("error: cannot read disk \"work\"") && stderr.contains("journal"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint:"), "{stderr}");
+    debugfs("feature -needs_recovery");
+
+    // As nobody: no mount, no root.
+    let snapshot: serde_json::Value = serde_json::from_str(&nobody.run(&[
+        "snapshot",
+        "work",
+        "localhost/nobody-snap:1",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(
+        snapshot["changed"], 4,
+        "sparse, long-link, data/owned, tty9: {snapshot}"
+    );
+    assert_eq!(snapshot["removed"], 1, "{snapshot}");
+
+    let again = nobody
+        .run(&[
+            "disk",
+            "create",
+            "again",
+            "--image",
+            "localhost/nobody-snap:1",
+            "--format",
+            "raw",
+        ])
+        .trim()
+        .to_string();
+    mount(Path::new(&again), &mnt, "loop,ro");
+    let checked = std::panic::catch_unwind(|| {
+        use std::os::unix::fs::{FileTypeExt, MetadataExt};
+        let sparse = std::fs::read(mnt.join("sparse")).unwrap();
+        assert_eq!(sparse.len(), 20 << 20);
+        assert_eq!(&sparse[9 << 20..(9 << 20) + 6], b"middle");
+        assert!(sparse[..9 << 20].iter().all(|b| *b == 0));
+        assert_eq!(
+            std::fs::read_link(mnt.join("long-link")).unwrap(),
+            Path::new(&long_target)
+        );
+        assert!(std::fs::read(mnt.join("data/owned")).unwrap() == big);
+        let owned = std::fs::metadata(mnt.join("data/owned")).unwrap();
+        assert_eq!((owned.uid(), owned.gid()), (4321, 4321));
+        let tty = std::fs::symlink_metadata(mnt.join("tty9")).unwrap();
+        assert!(tty.file_type().is_char_device());
+        assert_eq!(tty.rdev(), 0x409);
+        let getfattr = Command::new("getfattr")
+            .args(["--only-values", "-n", "user.made"])
+            .arg(mnt.join("sparse"))
+            .output()
+            .unwrap();
+        assert_eq!(getfattr.stdout, b"by-the-vm");
+        assert!(!mnt.join("data/dir").exists(), "the removal is a whiteout");
+        assert!(mnt.join("data/a.txt").exists(), "unchanged files stay");
+    });
+    umount(&mnt);
+    checked.unwrap();
+}

@@ -341,37 +341,9 @@ fn rootfs_is_cached_identical_for_any_user_and_collected_with_its_image() {
 
     // An ordinary user gets the same bytes (ownership comes from the layers,
     // not from what the host lets a user do).
-    let shared = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(
-        shared.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o777),
-    )
-    .unwrap();
-    let root = shared.path().join("nobody-root");
-    // A copy of the binary nobody can reach, wherever the checkout lives.
-    let binary = shared.path().join("kiln");
-    std::fs::copy(env!("CARGO_BIN_EXE_kiln"), &binary).unwrap();
-    let as_nobody = |args: &[&str]| {
-        let output = Command::new("runuser")
-            .args([
-                "-u",
-                "nobody",
-                "--",
-                binary.to_str().unwrap(),
-                "--root",
-                root.to_str().unwrap(),
-            ])
-            .args(args)
-            .env("DOCKER_CONFIG", shared.path())
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "as nobody {args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let nobody = support::Nobody::new();
+    let shared = &nobody.dir;
+    let as_nobody = |args: &[&str]| nobody.run(args);
     as_nobody(&["pull", "--insecure", "-q", &reference]);
     let theirs: serde_json::Value = serde_json::from_str(&as_nobody(&[
         "rootfs",

@@ -1,6 +1,8 @@
-//! A mounted root filesystem compared with the tree it started from: what
-//! changed becomes a new image layer (added and modified entries, `.wh.`
-//! whiteouts for removed ones), as `kiln snapshot` publishes it.
+//! A root filesystem compared with the tree it started from: what changed
+//! becomes a new image layer (added and modified entries, `.wh.` whiteouts
+//! for removed ones), as `kiln snapshot` publishes it. The filesystem is
+//! read through [`FsView`]: a directory of the host ([`HostDir`], e.g. a
+//! mount), or an ext4 image read directly ([`Ext4Image`]: no mount, no root).
 //!
 //! Hardlinks: a changed file whose inode was already seen in the walk (in
 //! this layer, or unchanged from the base) becomes a tar hardlink entry to
@@ -9,16 +11,25 @@
 //! change.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
 use crate::error::Result;
+use crate::ext4read::{Ext4Image, Ext4Inode};
 use crate::objects::ObjectDir;
 use crate::tree::{InodeId, Kind, ROOT, Tree};
+
+const S_IFMT: u32 = 0o170000;
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFLNK: u32 = 0o120000;
+const S_IFCHR: u32 = 0o020000;
+const S_IFBLK: u32 = 0o060000;
+const S_IFIFO: u32 = 0o010000;
 
 /// What a diff layer holds.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,45 +40,176 @@ pub struct DiffStats {
     pub removed: u64,
 }
 
-fn unchanged(
+/// The facts of a node a diff compares and records.
+#[derive(Debug, Clone)]
+pub struct Stat {
+    /// `S_IF*` and permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: i64,
+    /// `(major, minor)` of a device node.
+    pub device: (u32, u32),
+    pub links: u64,
+    /// Identifies the inode within the view (for hardlinks).
+    pub key: (u64, u64),
+}
+
+impl Stat {
+    fn file_type(&self) -> u32 {
+        self.mode & S_IFMT
+    }
+}
+
+/// A filesystem tree a diff reads.
+pub trait FsView {
+    /// One file, directory, link or device of the view.
+    type Node;
+    /// The root directory.
+    fn root(&self) -> std::io::Result<Self::Node>;
+    /// Its facts.
+    fn stat(&self, node: &Self::Node) -> std::io::Result<Stat>;
+    /// A directory's entries, sorted by name (no `.` or `..`).
+    fn children(&self, directory: &Self::Node) -> std::io::Result<Vec<(Vec<u8>, Self::Node)>>;
+    /// A symlink's target.
+    fn read_link(&self, node: &Self::Node) -> std::io::Result<Vec<u8>>;
+    /// The xattrs a layer carries (see [`carried`]).
+    fn xattrs(&self, node: &Self::Node) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>>;
+    /// A regular file's content.
+    fn open(&self, node: &Self::Node) -> std::io::Result<Box<dyn Read + '_>>;
+}
+
+/// A directory of the host (for instance a mounted disk).
+pub struct HostDir(pub PathBuf);
+
+impl FsView for HostDir {
+    type Node = PathBuf;
+
+    fn root(&self) -> std::io::Result<PathBuf> {
+        Ok(self.0.clone())
+    }
+
+    fn stat(&self, node: &PathBuf) -> std::io::Result<Stat> {
+        let metadata = fs::symlink_metadata(node)?;
+        Ok(Stat {
+            mode: metadata.mode(),
+            uid: metadata.uid(),
+            gid: metadata.gid(),
+            size: metadata.len(),
+            mtime: metadata.mtime(),
+            device: major_minor(metadata.rdev()),
+            links: metadata.nlink(),
+            key: (metadata.dev(), metadata.ino()),
+        })
+    }
+
+    fn children(&self, directory: &PathBuf) -> std::io::Result<Vec<(Vec<u8>, PathBuf)>> {
+        let mut names: Vec<Vec<u8>> = fs::read_dir(directory)?
+            .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
+            .collect::<std::io::Result<_>>()?;
+        names.sort();
+        Ok(names
+            .into_iter()
+            .map(|name| {
+                let path = directory.join(std::ffi::OsStr::from_bytes(&name));
+                (name, path)
+            })
+            .collect())
+    }
+
+    fn read_link(&self, node: &PathBuf) -> std::io::Result<Vec<u8>> {
+        Ok(fs::read_link(node)?.as_os_str().as_bytes().to_vec())
+    }
+
+    fn xattrs(&self, node: &PathBuf) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        read_xattrs(node)
+    }
+
+    fn open(&self, node: &PathBuf) -> std::io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new(fs::File::open(node)?))
+    }
+}
+
+impl FsView for Ext4Image {
+    type Node = Ext4Inode;
+
+    fn root(&self) -> std::io::Result<Ext4Inode> {
+        self.inode(2)
+    }
+
+    fn stat(&self, node: &Ext4Inode) -> std::io::Result<Stat> {
+        Ok(Stat {
+            mode: node.mode,
+            uid: node.uid,
+            gid: node.gid,
+            size: node.size,
+            mtime: node.mtime,
+            device: node.device(),
+            links: u64::from(node.links),
+            key: (0, u64::from(node.number)),
+        })
+    }
+
+    fn children(&self, directory: &Ext4Inode) -> std::io::Result<Vec<(Vec<u8>, Ext4Inode)>> {
+        self.read_dir(directory)?
+            .into_iter()
+            .map(|(name, number)| Ok((name, self.inode(number)?)))
+            .collect()
+    }
+
+    fn read_link(&self, node: &Ext4Inode) -> std::io::Result<Vec<u8>> {
+        Ext4Image::read_link(self, node)
+    }
+
+    fn xattrs(&self, node: &Ext4Inode) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let mut found = Ext4Image::xattrs(self, node)?;
+        found.retain(|name, _| carried(name));
+        Ok(found)
+    }
+
+    fn open(&self, node: &Ext4Inode) -> std::io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new(self.reader(node)?))
+    }
+}
+
+fn unchanged<V: FsView>(
     tree: &Tree,
     objects: &ObjectDir,
     inode: InodeId,
-    host: &Path,
-    metadata: &std::fs::Metadata,
+    view: &V,
+    node: &V::Node,
+    stat: &Stat,
 ) -> std::io::Result<bool> {
     let base = &tree.inodes[inode];
-    let same_meta = base.mode == metadata.mode() & 0o7777
-        && base.uid == metadata.uid()
-        && base.gid == metadata.gid()
-        && (matches!(base.kind, Kind::Directory(_)) || base.mtime == metadata.mtime())
+    let same_meta = base.mode == stat.mode & 0o7777
+        && base.uid == stat.uid
+        && base.gid == stat.gid
+        && (matches!(base.kind, Kind::Directory(_)) || base.mtime == stat.mtime)
         && base
             .xattrs
             .iter()
             .filter(|(name, _)| carried(name))
-            .eq(read_xattrs(host)?.iter());
+            .eq(view.xattrs(node)?.iter());
     if !same_meta && !matches!(base.kind, Kind::Symlink(_)) {
         return Ok(false);
     }
-    let file_type = metadata.file_type();
+    let file_type = stat.file_type();
     Ok(match &base.kind {
-        Kind::Directory(_) => file_type.is_dir(),
+        Kind::Directory(_) => file_type == S_IFDIR,
         Kind::File(content) => {
-            file_type.is_file()
-                && metadata.len() == content.size
-                && objects.same_content(content, host)?
+            file_type == S_IFREG
+                && stat.size == content.size
+                && objects.same_content(content, &mut view.open(node)?)?
         }
-        Kind::Symlink(target) => {
-            file_type.is_symlink()
-                && fs::read_link(host)?.as_os_str().as_bytes() == target.as_slice()
-        }
+        Kind::Symlink(target) => file_type == S_IFLNK && view.read_link(node)? == *target,
         Kind::CharDevice { major, minor } => {
-            file_type.is_char_device() && metadata.rdev() == makedev(*major, *minor)
+            file_type == S_IFCHR && stat.device == (*major, *minor)
         }
         Kind::BlockDevice { major, minor } => {
-            file_type.is_block_device() && metadata.rdev() == makedev(*major, *minor)
+            file_type == S_IFBLK && stat.device == (*major, *minor)
         }
-        Kind::Fifo => file_type.is_fifo(),
+        Kind::Fifo => file_type == S_IFIFO,
     })
 }
 
@@ -128,27 +270,18 @@ fn read_xattrs(path: &Path) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     Ok(found)
 }
 
-/// Linux's `makedev`.
-fn makedev(major: u32, minor: u32) -> u64 {
-    let (major, minor) = (major as u64, minor as u64);
-    ((major & 0xfffff000) << 32)
-        | ((major & 0xfff) << 8)
-        | ((minor & 0xffffff00) << 12)
-        | (minor & 0xff)
-}
-
 fn major_minor(rdev: u64) -> (u32, u32) {
     let major = ((rdev >> 32) & 0xfffff000) | ((rdev >> 8) & 0xfff);
     let minor = ((rdev >> 12) & 0xffffff00) | (rdev & 0xff);
     (major as u32, minor as u32)
 }
 
-/// Writes, as an uncompressed tar to `output`, how the tree mounted at
-/// `root` differs from `base`. `lost+found` at the top is ignored.
-pub fn write_diff_layer(
+/// Writes, as an uncompressed tar to `output`, how the tree `view` shows
+/// differs from `base`. `lost+found` at the top is ignored.
+pub fn write_diff_layer<V: FsView>(
     base: &Tree,
     objects: &ObjectDir,
-    root: &Path,
+    view: &V,
     output: impl Write,
 ) -> Result<DiffStats> {
     let mut builder = tar::Builder::new(output);
@@ -156,99 +289,95 @@ pub fn write_diff_layer(
     let mut walker = Walker {
         base,
         objects,
+        view,
         links: HashMap::new(),
         stats: &mut stats,
     };
-    walker.walk(Some(ROOT), root, Vec::new(), &mut builder)?;
+    walker.walk(Some(ROOT), &view.root()?, Vec::new(), &mut builder)?;
     builder.into_inner()?.flush()?;
     Ok(stats)
 }
 
 /// State of one diff walk.
-struct Walker<'a> {
+struct Walker<'a, V: FsView> {
     base: &'a Tree,
     objects: &'a ObjectDir,
-    /// Paths already in the layer or unchanged from the base, by (device,
-    /// inode), for files with several links.
+    view: &'a V,
+    /// Paths already in the layer or unchanged from the base, by inode key,
+    /// for files with several links.
     links: HashMap<(u64, u64), Vec<u8>>,
     stats: &'a mut DiffStats,
 }
 
-impl Walker<'_> {
+impl<V: FsView> Walker<'_, V> {
     fn walk<W: Write>(
         &mut self,
         base_dir: Option<InodeId>,
-        host_dir: &Path,
+        directory: &V::Node,
         path: Vec<Vec<u8>>,
         builder: &mut tar::Builder<W>,
     ) -> Result<()> {
         let base = self.base;
-        let mut names: Vec<Vec<u8>> = fs::read_dir(host_dir)?
-            .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
-            .collect::<std::io::Result<_>>()?;
-        names.sort();
-        let host_names: BTreeSet<&Vec<u8>> = names.iter().collect();
+        let children = self.view.children(directory)?;
+        let names: BTreeSet<&Vec<u8>> = children.iter().map(|(name, _)| name).collect();
         let base_entries = base_dir.and_then(|d| base.entries(d));
         // Removed since the base: whiteouts.
         if let Some(entries) = base_entries {
             for name in entries.keys() {
-                if !host_names.contains(name) {
+                if !names.contains(name) {
                     let mut whiteout = path.clone();
                     whiteout.push([b".wh.".as_slice(), name].concat());
-                    append(builder, &whiteout, EntryKind::Whiteout, None)?;
+                    append(builder, &whiteout, Entry::<V>::Whiteout)?;
                     self.stats.removed += 1;
                 }
             }
         }
-        for name in &names {
+        for (name, node) in &children {
             if path.is_empty() && name.as_slice() == b"lost+found" {
                 continue;
             }
-            let host = host_dir.join(std::ffi::OsStr::from_bytes(name));
-            let metadata = fs::symlink_metadata(&host)?;
+            let stat = self.view.stat(node)?;
             let mut child = path.clone();
             child.push(name.clone());
             let base_inode = base_entries.and_then(|e| e.get(name)).map(|e| e.inode);
             let same = match base_inode {
-                Some(inode) => unchanged(base, self.objects, inode, &host, &metadata)?,
+                Some(inode) => unchanged(base, self.objects, inode, self.view, node, &stat)?,
                 None => false,
             };
-            let linked = metadata.is_file() && metadata.nlink() > 1;
-            let key = (metadata.dev(), metadata.ino());
+            let linked = stat.file_type() == S_IFREG && stat.links > 1;
             if !same {
-                match self.links.get(&key).filter(|_| linked) {
-                    Some(target) => {
-                        append(builder, &child, EntryKind::Link(target), Some(&metadata))?
-                    }
-                    None => append(builder, &child, EntryKind::Host(&host), Some(&metadata))?,
+                match self.links.get(&stat.key).filter(|_| linked) {
+                    Some(target) => append(builder, &child, Entry::<V>::Link(target, &stat))?,
+                    None => append(builder, &child, Entry::Node(self.view, node, &stat))?,
                 }
                 self.stats.changed += 1;
             }
             if linked {
-                self.links.entry(key).or_insert_with(|| child.join(&b'/'));
+                self.links
+                    .entry(stat.key)
+                    .or_insert_with(|| child.join(&b'/'));
             }
-            if metadata.is_dir() {
+            if stat.file_type() == S_IFDIR {
                 let base_child =
                     base_inode.filter(|i| matches!(base.inodes[*i].kind, Kind::Directory(_)));
-                self.walk(base_child, &host, child, builder)?;
+                self.walk(base_child, node, child, builder)?;
             }
         }
         Ok(())
     }
 }
 
-enum EntryKind<'a> {
+enum Entry<'a, V: FsView> {
     Whiteout,
-    Host(&'a Path),
+    Node(&'a V, &'a V::Node, &'a Stat),
     /// A hardlink to this path of the layer or of the base.
-    Link(&'a [u8]),
+    Link(&'a [u8], &'a Stat),
 }
 
-fn append<W: Write>(
+fn append<W: Write, V: FsView>(
     builder: &mut tar::Builder<W>,
     path: &[Vec<u8>],
-    kind: EntryKind<'_>,
-    metadata: Option<&std::fs::Metadata>,
+    entry: Entry<'_, V>,
 ) -> Result<()> {
     let name = std::ffi::OsStr::from_bytes(&path.join(&b'/')).to_owned();
     let mut header = tar::Header::new_gnu();
@@ -257,21 +386,24 @@ fn append<W: Write>(
     header.set_gid(0);
     header.set_mode(0o644);
     header.set_size(0);
-    match (kind, metadata) {
-        (EntryKind::Whiteout, _) | (_, None) => {
+    let owned = |header: &mut tar::Header, stat: &Stat| {
+        header.set_mode(stat.mode & 0o7777);
+        header.set_uid(u64::from(stat.uid));
+        header.set_gid(u64::from(stat.gid));
+        header.set_mtime(stat.mtime.max(0) as u64);
+    };
+    match entry {
+        Entry::Whiteout => {
             header.set_entry_type(tar::EntryType::Regular);
             builder.append_data(&mut header, &name, std::io::empty())?;
         }
-        (EntryKind::Link(target), Some(metadata)) => {
-            header.set_mode(metadata.mode() & 0o7777);
-            header.set_uid(metadata.uid() as u64);
-            header.set_gid(metadata.gid() as u64);
-            header.set_mtime(metadata.mtime().max(0) as u64);
+        Entry::Link(target, stat) => {
+            owned(&mut header, stat);
             header.set_entry_type(tar::EntryType::Link);
             builder.append_link(&mut header, &name, std::ffi::OsStr::from_bytes(target))?;
         }
-        (EntryKind::Host(host), Some(metadata)) => {
-            let xattrs = read_xattrs(host)?;
+        Entry::Node(view, node, stat) => {
+            let xattrs = view.xattrs(node)?;
             if !xattrs.is_empty() {
                 let records: Vec<(String, &[u8])> = xattrs
                     .iter()
@@ -284,34 +416,42 @@ fn append<W: Write>(
                     records.iter().map(|(key, value)| (key.as_str(), *value)),
                 )?;
             }
-            header.set_mode(metadata.mode() & 0o7777);
-            header.set_uid(metadata.uid() as u64);
-            header.set_gid(metadata.gid() as u64);
-            header.set_mtime(metadata.mtime().max(0) as u64);
-            let file_type = metadata.file_type();
-            if file_type.is_dir() {
-                header.set_entry_type(tar::EntryType::Directory);
-                builder.append_data(&mut header, &name, std::io::empty())?;
-            } else if file_type.is_file() {
-                header.set_entry_type(tar::EntryType::Regular);
-                header.set_size(metadata.len());
-                builder.append_data(&mut header, &name, fs::File::open(host)?)?;
-            } else if file_type.is_symlink() {
-                header.set_entry_type(tar::EntryType::Symlink);
-                builder.append_link(&mut header, &name, fs::read_link(host)?)?;
-            } else if file_type.is_char_device() || file_type.is_block_device() {
-                let (major, minor) = major_minor(metadata.rdev());
-                header.set_entry_type(if file_type.is_char_device() {
-                    tar::EntryType::Char
-                } else {
-                    tar::EntryType::Block
-                });
-                header.set_device_major(major)?;
-                header.set_device_minor(minor)?;
-                builder.append_data(&mut header, &name, std::io::empty())?;
-            } else if file_type.is_fifo() {
-                header.set_entry_type(tar::EntryType::Fifo);
-                builder.append_data(&mut header, &name, std::io::empty())?;
+            owned(&mut header, stat);
+            match stat.file_type() {
+                S_IFDIR => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    builder.append_data(&mut header, &name, std::io::empty())?;
+                }
+                S_IFREG => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_size(stat.size);
+                    builder.append_data(&mut header, &name, view.open(node)?.take(stat.size))?;
+                }
+                S_IFLNK => {
+                    header.set_entry_type(tar::EntryType::Symlink);
+                    let target = view.read_link(node)?;
+                    builder.append_link(
+                        &mut header,
+                        &name,
+                        std::ffi::OsStr::from_bytes(&target),
+                    )?;
+                }
+                S_IFCHR | S_IFBLK => {
+                    let (major, minor) = stat.device;
+                    header.set_entry_type(if stat.file_type() == S_IFCHR {
+                        tar::EntryType::Char
+                    } else {
+                        tar::EntryType::Block
+                    });
+                    header.set_device_major(major)?;
+                    header.set_device_minor(minor)?;
+                    builder.append_data(&mut header, &name, std::io::empty())?;
+                }
+                S_IFIFO => {
+                    header.set_entry_type(tar::EntryType::Fifo);
+                    builder.append_data(&mut header, &name, std::io::empty())?;
+                }
+                _ => {} // sockets are not carried by layers
             }
         }
     }

@@ -87,7 +87,7 @@ fn journal_blocks(blocks: u64) -> u64 {
 fn has_superblock(group: u64) -> bool {
     let power_of = |base: u64| {
         let mut n = group;
-        while n > 1 && n % base == 0 {
+        while n > 1 && n.is_multiple_of(base) {
             n /= base;
         }
         n == 1
@@ -638,7 +638,7 @@ fn bitmap_prefix(count: u64) -> Vec<u8> {
     let mut bitmap = vec![0u8; BLOCK as usize];
     let full = (count / 8) as usize;
     bitmap[..full].fill(0xff);
-    if count % 8 != 0 {
+    if !count.is_multiple_of(8) {
         bitmap[full] = (1u8 << (count % 8)) - 1;
     }
     bitmap
@@ -823,7 +823,7 @@ fn xattr_entries(xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> std::result::Result<Vec
 
 /// A POSIX ACL in the kernel's xattr form (version 2) → ext4's on-disk form (version 1).
 fn acl_to_disk(value: &[u8]) -> Option<Vec<u8>> {
-    if value.len() < 4 || (value.len() - 4) % 8 != 0 || value[..4] != 2u32.to_le_bytes() {
+    if value.len() < 4 || !(value.len() - 4).is_multiple_of(8) || value[..4] != 2u32.to_le_bytes() {
         return None;
     }
     let mut out = 1u32.to_le_bytes().to_vec();

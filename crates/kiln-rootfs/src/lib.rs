@@ -27,15 +27,17 @@ mod emit;
 mod erofs;
 mod error;
 mod ext4;
+mod ext4read;
 mod initramfs;
 pub mod objects;
 pub mod tree;
 
 pub use apply::{ReadAhead, apply_layer, layer_reader, layer_reader_ahead};
-pub use diff::{DiffStats, write_diff_layer};
+pub use diff::{DiffStats, FsView, HostDir, Stat, write_diff_layer};
 pub use erofs::write_erofs;
 pub use error::{Result, RootfsError};
 pub use ext4::{default_ext4_size, write_ext4};
+pub use ext4read::{Ext4Image, Ext4Inode, Ext4Reader};
 pub use initramfs::{write_cpio, write_initramfs};
 pub use objects::{ContentRef, ObjectDir, ObjectReader};
 pub use tree::{Inode, Kind, Tree};

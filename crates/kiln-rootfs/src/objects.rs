@@ -99,10 +99,14 @@ impl ObjectDir {
         Ok(bytes)
     }
 
-    /// Whether the file at `path` holds exactly the object's bytes.
-    pub fn same_content(&self, content: &ContentRef, path: &Path) -> std::io::Result<bool> {
+    /// Whether `other` yields exactly the object's bytes.
+    pub fn same_content(
+        &self,
+        content: &ContentRef,
+        other: &mut dyn Read,
+    ) -> std::io::Result<bool> {
         let mut ours = std::io::BufReader::with_capacity(1 << 20, self.reader(content, 0));
-        let mut theirs = std::io::BufReader::with_capacity(1 << 20, fs::File::open(path)?);
+        let mut theirs = std::io::BufReader::with_capacity(1 << 20, other);
         loop {
             let (a, b) = (
                 std::io::BufRead::fill_buf(&mut ours)?,

@@ -104,9 +104,10 @@ pub enum Error {
     /// A disk tool failed.
     #[error("{tool} failed: {detail}")]
     DiskTool { tool: String, detail: String },
-    /// The operation needs root.
-    #[error("{what} needs root")]
-    NeedsRoot { what: String },
+    /// A disk's filesystem cannot be read (in use, damaged, or with
+    /// features kiln does not read).
+    #[error("cannot read disk {disk:?}: {detail}")]
+    DiskUnreadable { disk: String, detail: String },
     /// A background task died.
     #[error("internal task failed: {0}")]
     Task(String),
@@ -219,7 +220,7 @@ impl Error {
             Error::DiskExists { .. } => ErrorKind::AlreadyExists,
             Error::DiskNotFound { .. } => ErrorKind::NotFound,
             Error::DiskTool { .. } => ErrorKind::FailedPrecondition,
-            Error::NeedsRoot { .. } => ErrorKind::PermissionDenied,
+            Error::DiskUnreadable { .. } => ErrorKind::FailedPrecondition,
             Error::Task(_) => ErrorKind::Internal,
             Error::Source(error) => error.kind(),
             Error::Credentials(error) => error.kind(),
@@ -269,6 +270,10 @@ impl Error {
             Error::DiskExists { .. } => Some("choose another name, or `kiln disk rm` the old disk first".into()),
             Error::DiskNotFound { .. } => Some("`kiln disk ls` lists the disks".into()),
             Error::DiskTool { .. } => Some("install qemu-utils, or pass --format raw".into()),
+            Error::DiskUnreadable { .. } => Some(
+                "stop the VM using the disk first; if none is, `e2fsck -p` on the disk's path replays its journal"
+                    .into(),
+            ),
             Error::Ambiguous { .. } => Some("give more digest characters".into()),
             Error::PlatformNotFound { .. } => Some("choose one of the available platforms with --platform".into()),
             Error::PlatformMismatch { .. } => Some("drop --platform to accept the image as published".into()),

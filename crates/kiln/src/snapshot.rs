@@ -2,9 +2,10 @@
 //! disk's image plus one layer holding what changed (whiteouts for what was
 //! removed) — listed by `images`, usable by `disk create` and `rootfs`.
 //!
-//! The disk is mounted read-only to be read (a qcow2 overlay is first
-//! flattened with `qemu-img convert`), so this needs root, and the disk
-//! should not be in use by a running VM.
+//! The disk is read directly as an ext4 image (kiln's own reader: no mount,
+//! so no root is needed; a qcow2 overlay is first flattened with `qemu-img
+//! convert`). It must not be in use by a running VM: a disk whose journal
+//! still needs replaying is refused.
 
 use std::io::Write;
 use std::process::Command;
@@ -32,15 +33,6 @@ pub struct Snapshot {
     pub changed: u64,
     /// Entries removed.
     pub removed: u64,
-}
-
-/// Unmounts on drop.
-struct Mount(std::path::PathBuf);
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
 }
 
 fn run(tool: &str, command: &mut Command) -> Result<()> {
@@ -72,12 +64,6 @@ impl Manager {
         let record = catalog.disk(disk)?.ok_or_else(|| Error::DiskNotFound {
             name: disk.to_string(),
         })?;
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(Error::NeedsRoot {
-                what: "kiln snapshot (it mounts the disk to read it)".into(),
-            });
-        }
         let base = catalog
             .image(record.image_id)?
             .ok_or_else(|| Error::ImageNotFound {
@@ -90,7 +76,7 @@ impl Manager {
         let scratch = Scratch(self.store.content().scratch_dir()?);
         let (tree, objects) = self.image_tree(base.id, disk, guard.lease(), &scratch.0)?;
 
-        // Read the disk through a read-only loop mount.
+        // Read the disk as an ext4 image.
         let raw = if record.format == "qcow2" {
             let flat = scratch.0.join("flat.raw");
             run(
@@ -104,16 +90,10 @@ impl Manager {
         } else {
             record.path.clone()
         };
-        let mount_point = scratch.0.join("mnt");
-        fs_err::create_dir_all(&mount_point).map_err(kiln_store::StoreError::from)?;
-        run(
-            "mount",
-            Command::new("mount")
-                .args(["-o", "loop,ro", "-t", "ext4"])
-                .arg(&raw)
-                .arg(&mount_point),
-        )?;
-        let mounted = Mount(mount_point.clone());
+        let image = kiln_rootfs::Ext4Image::open(&raw).map_err(|error| Error::DiskUnreadable {
+            disk: disk.to_string(),
+            detail: error.to_string(),
+        })?;
 
         // The layer: tar → (diff_id hash) → gzip → (blob hash) → file.
         let layer_path = scratch.0.join("layer.tar.gz");
@@ -129,8 +109,7 @@ impl Manager {
             hasher: Hasher::new(Algorithm::Sha256),
             size: 0,
         };
-        let stats = write_diff_layer(&tree, &objects, &mount_point, &mut uncompressed)?;
-        drop(mounted);
+        let stats = write_diff_layer(&tree, &objects, &image, &mut uncompressed)?;
         let HashingWriter {
             inner: gzip,
             hasher: diff_hasher,

@@ -305,3 +305,46 @@ pub fn umount(target: &Path) {
         target.display()
     );
 }
+
+/// kiln run as the ordinary user `nobody`, with its own store in a
+/// world-writable directory (and its own copy of the binary, which nobody
+/// can reach wherever the checkout lives).
+pub struct Nobody {
+    /// The shared directory (`0777`): the store and files nobody writes.
+    pub dir: tempfile::TempDir,
+    binary: PathBuf,
+}
+
+impl Nobody {
+    pub fn new() -> Nobody {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .unwrap();
+        let binary = dir.path().join("kiln");
+        std::fs::copy(env!("CARGO_BIN_EXE_kiln"), &binary).unwrap();
+        Nobody { dir, binary }
+    }
+
+    /// Runs kiln as nobody; asserts success and returns stdout.
+    pub fn run(&self, args: &[&str]) -> String {
+        let root = self.dir.path().join("nobody-root");
+        let output = Command::new("runuser")
+            .args(["-u", "nobody", "--"])
+            .arg(&self.binary)
+            .arg("--root")
+            .arg(&root)
+            .args(args)
+            .env("DOCKER_CONFIG", self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "as nobody {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+}
