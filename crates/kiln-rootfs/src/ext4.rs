@@ -68,6 +68,9 @@ pub fn default_ext4_size(tree: &Tree) -> u64 {
     // Inode tables (256 bytes an inode, one inode per 16 KiB) and a journal.
     let overhead = inodes * INODE_SIZE + data / 16 + (16 << 20);
     let size = (data + overhead) * 5 / 4;
+    // A group holds at most 32768 inodes: enough groups for all of them.
+    let groups = (inodes + u64::from(FIRST_INO)).div_ceil(32768);
+    let size = size.max(groups * BLOCKS_PER_GROUP * BLOCK);
     size.max(MIN_SIZE).div_ceil(1 << 20) << 20
 }
 
@@ -473,6 +476,12 @@ pub fn write_ext4(
                 } else {
                     subdirectories as u32 + 2
                 }
+            }
+            _ if order.links[id] > 65000 => {
+                return Err(unrepresentable(
+                    id,
+                    format!("{} hardlinks (ext4 allows 65000)", order.links[id]),
+                ));
             }
             _ => order.links[id],
         };

@@ -320,3 +320,37 @@ fn a_size_too_small_is_an_error_naming_both_sizes() {
         assert!(error.hint().unwrap().contains("--size"));
     }
 }
+
+#[test]
+fn the_default_ext4_size_holds_more_inodes_than_one_group_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
+    let mut tree = Tree::new();
+    for d in 0..70 {
+        let directory = add(
+            &mut tree,
+            ROOT,
+            &format!("d{d}"),
+            Inode::implicit_directory(),
+        );
+        for f in 0..1000 {
+            let content = objects.put(&mut std::io::empty(), 0).unwrap();
+            add(
+                &mut tree,
+                directory,
+                &format!("f{f}"),
+                inode(Kind::File(content)),
+            );
+        }
+    }
+    let image = dir.path().join("many.ext4");
+    write_ext4(&tree, &objects, &image, None, b"many").unwrap();
+    run(Command::new("e2fsck").arg("-fn").arg(&image));
+    let reader = kiln_rootfs::Ext4Image::open(&image).unwrap();
+    let root = reader.inode(2).unwrap();
+    assert_eq!(
+        reader.read_dir(&root).unwrap().len(),
+        71,
+        "70 directories and lost+found"
+    );
+}
