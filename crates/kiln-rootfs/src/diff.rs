@@ -10,7 +10,7 @@
 //! `security.selinux` label excepted); a change of xattrs alone counts as a
 //! change.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -291,6 +291,7 @@ pub fn write_diff_layer<V: FsView>(
         objects,
         view,
         links: HashMap::new(),
+        directories: HashSet::new(),
         stats: &mut stats,
     };
     walker.walk(Some(ROOT), &view.root()?, Vec::new(), &mut builder)?;
@@ -306,8 +307,14 @@ struct Walker<'a, V: FsView> {
     /// Paths already in the layer or unchanged from the base, by inode key,
     /// for files with several links.
     links: HashMap<(u64, u64), Vec<u8>>,
+    /// Directories walked: a damaged or hostile filesystem may link one
+    /// into itself.
+    directories: HashSet<(u64, u64)>,
     stats: &'a mut DiffStats,
 }
+
+/// Deeper trees are refused rather than walked (the walk recurses).
+const MAX_DEPTH: usize = 2048;
 
 impl<V: FsView> Walker<'_, V> {
     fn walk<W: Write>(
@@ -358,6 +365,21 @@ impl<V: FsView> Walker<'_, V> {
                     .or_insert_with(|| child.join(&b'/'));
             }
             if stat.file_type() == S_IFDIR {
+                let shown = || String::from_utf8_lossy(&child.join(&b'/')).into_owned();
+                if !self.directories.insert(stat.key) {
+                    return Err(crate::error::RootfsError::Unrepresentable {
+                        path: shown(),
+                        reason:
+                            "a directory that is also one of its ancestors (a damaged filesystem)"
+                                .into(),
+                    });
+                }
+                if child.len() > MAX_DEPTH {
+                    return Err(crate::error::RootfsError::Unrepresentable {
+                        path: shown(),
+                        reason: format!("directories nested more than {MAX_DEPTH} deep"),
+                    });
+                }
                 let base_child =
                     base_inode.filter(|i| matches!(base.inodes[*i].kind, Kind::Directory(_)));
                 self.walk(base_child, node, child, builder)?;

@@ -26,6 +26,11 @@ const INCOMPAT_ENCRYPT: u32 = 0x10000;
 /// Incompatible features this reader understands (filetype, recover is
 /// refused separately, extents, 64bit, flex_bg, mmp, csum_seed, largedir).
 const INCOMPAT_KNOWN: u32 = 0x2 | 0x40 | 0x80 | 0x100 | 0x200 | 0x2000 | 0x4000;
+/// The disk belongs to a sandbox, so its bytes are untrusted: bounds on
+/// what one directory, one symlink and one extent tree may make kiln read.
+const MAX_DIRECTORY: u64 = 256 << 20;
+const MAX_EXTENTS: usize = 1 << 20;
+const MAX_SYMLINK: u64 = 4096;
 
 fn invalid(what: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
@@ -147,6 +152,18 @@ impl Ext4Image {
             u64::from(u16_at(&superblock, 88))
         };
         let first_data_block = u64::from(u32_at(&superblock, 20));
+        let length = file.metadata()?.len();
+        let inodes_per_group = u64::from(u32_at(&superblock, 40));
+        if !(128..=block).contains(&inode_size)
+            || !inode_size.is_power_of_two()
+            || inodes_per_group == 0
+            || groups.saturating_mul(descriptor_size as u64) > length
+        {
+            return Err(invalid(format!(
+                "{} has a damaged ext4 superblock",
+                path.display()
+            )));
+        }
         let mut descriptors = vec![0u8; groups as usize * descriptor_size];
         file.file()
             .read_exact_at(&mut descriptors, (first_data_block + 1) * block)?;
@@ -154,7 +171,7 @@ impl Ext4Image {
             file,
             path: path.to_path_buf(),
             block,
-            inodes_per_group: u64::from(u32_at(&superblock, 40)).max(1),
+            inodes_per_group,
             inode_size,
             descriptors,
             descriptor_size,
@@ -225,7 +242,8 @@ impl Ext4Image {
             )));
         }
         let mut out = Vec::new();
-        self.walk_extents(&inode.block, 0, inode.number, &mut out)?;
+        let mut nodes = 0usize;
+        self.walk_extents(&inode.block, 0, inode.number, &mut out, &mut nodes)?;
         out.sort_by_key(|e| e.0);
         Ok(out)
     }
@@ -236,7 +254,15 @@ impl Ext4Image {
         level: u32,
         number: u32,
         out: &mut Vec<(u64, u64, u64, bool)>,
+        nodes: &mut usize,
     ) -> std::io::Result<()> {
+        *nodes += 1;
+        if out.len() > MAX_EXTENTS || *nodes > MAX_EXTENTS / 64 {
+            return Err(invalid(format!(
+                "{}: inode {number} has an extent tree too large to be real",
+                self.path.display()
+            )));
+        }
         if u16_at(node, 0) != 0xF30A || level > 5 {
             return Err(invalid(format!(
                 "{}: inode {number} has a damaged extent tree",
@@ -262,7 +288,7 @@ impl Ext4Image {
             } else {
                 let leaf = (u64::from(u16_at(entry, 8)) << 32) | u64::from(u32_at(entry, 4));
                 let child = self.read_block(leaf)?;
-                self.walk_extents(&child, level + 1, number, out)?;
+                self.walk_extents(&child, level + 1, number, out, nodes)?;
             }
         }
         Ok(())
@@ -280,6 +306,14 @@ impl Ext4Image {
 
     /// The entries of a directory (not `.` and `..`): name → inode number, sorted.
     pub fn read_dir(&self, inode: &Ext4Inode) -> std::io::Result<Vec<(Vec<u8>, u32)>> {
+        if inode.size > MAX_DIRECTORY {
+            return Err(invalid(format!(
+                "{}: directory inode {} claims {} bytes",
+                self.path.display(),
+                inode.number,
+                inode.size
+            )));
+        }
         let mut content = Vec::new();
         self.reader(inode)?.read_to_end(&mut content)?;
         let mut entries = Vec::new();
@@ -309,6 +343,14 @@ impl Ext4Image {
     pub fn read_link(&self, inode: &Ext4Inode) -> std::io::Result<Vec<u8>> {
         if inode.flags & EXTENTS_FL == 0 && inode.size < 60 {
             return Ok(inode.block[..inode.size as usize].to_vec());
+        }
+        if inode.size > MAX_SYMLINK {
+            return Err(invalid(format!(
+                "{}: symlink inode {} claims {} bytes",
+                self.path.display(),
+                inode.number,
+                inode.size
+            )));
         }
         let mut target = Vec::new();
         self.reader(inode)?.read_to_end(&mut target)?;

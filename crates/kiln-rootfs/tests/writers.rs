@@ -354,3 +354,40 @@ fn the_default_ext4_size_holds_more_inodes_than_one_group_can() {
         "70 directories and lost+found"
     );
 }
+
+/// A sandbox's disk is untrusted: kiln's ext4 reader refuses a directory
+/// linked into itself and a directory claiming an absurd size, with errors,
+/// instead of looping or exhausting memory.
+#[test]
+fn the_ext4_reader_refuses_cycles_and_absurd_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
+    let mut tree = Tree::new();
+    let d = add(&mut tree, ROOT, "d", Inode::implicit_directory());
+    let content = objects.put(&mut &b"x"[..], 1).unwrap();
+    add(&mut tree, d, "file", inode(Kind::File(content)));
+    let debugfs = |image: &Path, request: &str| {
+        run(Command::new("debugfs")
+            .arg("-w")
+            .arg("-R")
+            .arg(request)
+            .arg(image));
+    };
+    let diff = |image: &Path| {
+        let view = kiln_rootfs::Ext4Image::open(image).unwrap();
+        kiln_rootfs::write_diff_layer(&tree, &objects, &view, std::io::sink())
+    };
+
+    let looped = dir.path().join("loop.ext4");
+    write_ext4(&tree, &objects, &looped, None, b"t").unwrap();
+    assert_eq!(diff(&looped).unwrap().changed, 0, "an unchanged disk");
+    debugfs(&looped, "ln / /d/up");
+    let error = diff(&looped).unwrap_err().to_string();
+    assert!(error.contains("ancestors"), "{error}");
+
+    let huge = dir.path().join("huge.ext4");
+    write_ext4(&tree, &objects, &huge, None, b"t").unwrap();
+    debugfs(&huge, "sif /d size 0x7fffffffffff");
+    let error = diff(&huge).unwrap_err().to_string();
+    assert!(error.contains("claims"), "{error}");
+}
