@@ -114,12 +114,61 @@ impl Read for ReadAhead {
 }
 
 /// Applies layer number `layer` (base = 0), read as an uncompressed tar from
-/// `reader`, to `tree`, storing file contents in `objects`.
+/// `reader`, to `tree`, storing file contents in `objects`. The same as
+/// [`parse_layer`] then [`ParsedLayer::apply`].
 pub fn apply_layer(
     tree: &mut Tree,
     layer: usize,
     reader: impl Read,
-    objects: &mut ObjectDir,
+    objects: &ObjectDir,
+) -> Result<()> {
+    parse_layer(layer, reader, objects).apply(tree)
+}
+
+/// One layer read through, its file contents stored, not yet applied: what
+/// needs no tree (parsing, decompressing, storing contents) is done, so
+/// several layers can be parsed at once and applied in order after.
+pub struct ParsedLayer {
+    layer: usize,
+    changes: Vec<Change>,
+    /// Where reading stopped, if it did: raised after the changes before it
+    /// are applied, so errors come out in the same order as a plain walk.
+    error: Option<RootfsError>,
+}
+
+/// One entry of a layer.
+struct Change {
+    /// The entry's name as the tar has it (for messages).
+    shown: String,
+    /// Path components (empty: the root).
+    components: Vec<Vec<u8>>,
+    op: Op,
+}
+
+enum Op {
+    Opaque,
+    Whiteout(Vec<u8>),
+    HardLink { target: Vec<Vec<u8>>, raw: Vec<u8> },
+    Directory(Metadata),
+    Node(Metadata, Kind),
+}
+
+/// Reads layer number `layer` through (see [`ParsedLayer`]).
+pub fn parse_layer(layer: usize, reader: impl Read, objects: &ObjectDir) -> ParsedLayer {
+    let mut changes = Vec::new();
+    let error = parse_into(layer, reader, objects, &mut changes).err();
+    ParsedLayer {
+        layer,
+        changes,
+        error,
+    }
+}
+
+fn parse_into(
+    layer: usize,
+    reader: impl Read,
+    objects: &ObjectDir,
+    changes: &mut Vec<Change>,
 ) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
     let entries = archive
@@ -145,123 +194,166 @@ pub fn apply_layer(
         {
             continue;
         }
-        let Some((name, parents)) = components.split_last() else {
-            // The root itself: take its metadata.
-            if entry_type.is_dir() {
-                let metadata = metadata(&mut entry, &header).map_err(|reason| refuse(&reason))?;
-                metadata.apply_to(&mut tree.inodes[ROOT]);
-                continue;
+        let op = match components.last() {
+            None => {
+                // The root itself: take its metadata.
+                if !entry_type.is_dir() {
+                    return Err(refuse("only a directory can be the root"));
+                }
+                Op::Directory(metadata(&mut entry, &header).map_err(|reason| refuse(&reason))?)
             }
-            return Err(refuse("only a directory can be the root"));
-        };
-
-        // Whiteouts.
-        if name.as_slice() == OPAQUE {
-            let directory =
-                resolve_directory(tree, parents, layer, true).map_err(|reason| refuse(&reason))?;
-            if let Some(entries) = tree.entries_mut(directory) {
-                entries.retain(|_, e| e.layer >= layer);
-            }
-            continue;
-        }
-        if let Some(target) = name.strip_prefix(WHITEOUT_PREFIX) {
-            if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/') {
-                return Err(refuse("whiteout of an invalid name"));
-            }
-            let directory = match resolve_directory(tree, parents, layer, false) {
-                Ok(directory) => directory,
-                Err(_) => continue, // whiting out inside a directory that does not exist: nothing to do
-            };
-            if let Some(entries) = tree.entries_mut(directory)
-                && entries.get(target).is_some_and(|e| e.layer < layer)
-            {
-                entries.remove(target);
-            }
-            continue;
-        }
-
-        let directory =
-            resolve_directory(tree, parents, layer, true).map_err(|reason| refuse(&reason))?;
-        if entry_type.is_hard_link() {
-            let link = entry
-                .link_name_bytes()
-                .ok_or_else(|| refuse("hardlink without a target"))?
-                .into_owned();
-            let target_components = split_path(&link)
-                .map_err(|reason| refuse(&format!("hardlink target: {reason}")))?;
-            let target = lookup(tree, &target_components).ok_or_else(|| {
-                refuse(&format!(
-                    "hardlink to {:?}, which does not exist",
-                    String::from_utf8_lossy(&link)
-                ))
-            })?;
-            if matches!(tree.inodes[target].kind, Kind::Directory(_)) {
-                return Err(refuse("hardlink to a directory"));
-            }
-            insert(tree, directory, name.clone(), target, layer);
-            continue;
-        }
-
-        let metadata = metadata(&mut entry, &header).map_err(|reason| refuse(&reason))?;
-        let kind = if entry_type.is_dir() {
-            // An existing directory keeps its children and takes the new metadata.
-            if let Some(existing) = tree
-                .entries(directory)
-                .and_then(|e| e.get(name))
-                .map(|e| e.inode)
-                && matches!(tree.inodes[existing].kind, Kind::Directory(_))
-            {
-                metadata.apply_to(&mut tree.inodes[existing]);
-                if let Some(entries) = tree.entries_mut(directory)
-                    && let Some(e) = entries.get_mut(name)
+            Some(name) if name.as_slice() == OPAQUE => Op::Opaque,
+            Some(name) if name.starts_with(WHITEOUT_PREFIX) => {
+                let target = &name[WHITEOUT_PREFIX.len()..];
+                if target.is_empty() || target == b"." || target == b".." || target.contains(&b'/')
                 {
-                    e.layer = e.layer.max(layer);
+                    return Err(refuse("whiteout of an invalid name"));
                 }
-                continue;
+                Op::Whiteout(target.to_vec())
             }
-            Kind::Directory(BTreeMap::new())
-        } else if entry_type.is_file() || entry_type == tar::EntryType::Continuous {
-            let size = entry.size();
-            let content = objects.put(&mut entry, size).map_err(|e| {
-                if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    refuse(&format!("truncated: {e}"))
-                } else {
-                    RootfsError::Io(e)
-                }
-            })?;
-            Kind::File(content)
-        } else if entry_type.is_symlink() {
-            Kind::Symlink(
-                entry
+            Some(_) if entry_type.is_hard_link() => {
+                let raw = entry
                     .link_name_bytes()
-                    .ok_or_else(|| refuse("symlink without a target"))?
-                    .into_owned(),
-            )
-        } else if entry_type.is_character_special() || entry_type.is_block_special() {
-            let major = header
-                .device_major()
-                .ok()
-                .flatten()
-                .ok_or_else(|| refuse("device without a major number"))?;
-            let minor = header
-                .device_minor()
-                .ok()
-                .flatten()
-                .ok_or_else(|| refuse("device without a minor number"))?;
-            if entry_type.is_character_special() {
-                Kind::CharDevice { major, minor }
-            } else {
-                Kind::BlockDevice { major, minor }
+                    .ok_or_else(|| refuse("hardlink without a target"))?
+                    .into_owned();
+                let target = split_path(&raw)
+                    .map_err(|reason| refuse(&format!("hardlink target: {reason}")))?;
+                Op::HardLink { target, raw }
             }
-        } else if entry_type.is_fifo() {
-            Kind::Fifo
-        } else {
-            return Err(refuse(&format!("unsupported entry type {:?}", entry_type)));
+            Some(_) => {
+                let metadata = metadata(&mut entry, &header).map_err(|reason| refuse(&reason))?;
+                if entry_type.is_dir() {
+                    Op::Directory(metadata)
+                } else if entry_type.is_file() || entry_type == tar::EntryType::Continuous {
+                    let size = entry.size();
+                    let content = objects.put(&mut entry, size).map_err(|e| {
+                        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            refuse(&format!("truncated: {e}"))
+                        } else {
+                            RootfsError::Io(e)
+                        }
+                    })?;
+                    Op::Node(metadata, Kind::File(content))
+                } else if entry_type.is_symlink() {
+                    let target = entry
+                        .link_name_bytes()
+                        .ok_or_else(|| refuse("symlink without a target"))?
+                        .into_owned();
+                    Op::Node(metadata, Kind::Symlink(target))
+                } else if entry_type.is_character_special() || entry_type.is_block_special() {
+                    let major = header
+                        .device_major()
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| refuse("device without a major number"))?;
+                    let minor = header
+                        .device_minor()
+                        .ok()
+                        .flatten()
+                        .ok_or_else(|| refuse("device without a minor number"))?;
+                    let kind = if entry_type.is_character_special() {
+                        Kind::CharDevice { major, minor }
+                    } else {
+                        Kind::BlockDevice { major, minor }
+                    };
+                    Op::Node(metadata, kind)
+                } else if entry_type.is_fifo() {
+                    Op::Node(metadata, Kind::Fifo)
+                } else {
+                    return Err(refuse(&format!("unsupported entry type {:?}", entry_type)));
+                }
+            }
         };
-        let inode = tree.add(metadata.into_inode(kind));
-        insert(tree, directory, name.clone(), inode, layer);
+        changes.push(Change {
+            shown,
+            components,
+            op,
+        });
     }
     Ok(())
+}
+
+impl ParsedLayer {
+    /// Applies the layer to `tree` (layers in order, base first).
+    pub fn apply(self, tree: &mut Tree) -> Result<()> {
+        let layer = self.layer;
+        for change in self.changes {
+            let refuse = |reason: &str| RootfsError::Entry {
+                layer,
+                entry: change.shown.clone(),
+                reason: reason.to_string(),
+            };
+            let Some((name, parents)) = change.components.split_last() else {
+                if let Op::Directory(metadata) = change.op {
+                    metadata.apply_to(&mut tree.inodes[ROOT]);
+                }
+                continue;
+            };
+            match change.op {
+                Op::Opaque => {
+                    let directory = resolve_directory(tree, parents, layer, true)
+                        .map_err(|reason| refuse(&reason))?;
+                    if let Some(entries) = tree.entries_mut(directory) {
+                        entries.retain(|_, e| e.layer >= layer);
+                    }
+                }
+                Op::Whiteout(target) => {
+                    // Whiting out inside a directory that does not exist: nothing to do.
+                    if let Ok(directory) = resolve_directory(tree, parents, layer, false)
+                        && let Some(entries) = tree.entries_mut(directory)
+                        && entries.get(&target).is_some_and(|e| e.layer < layer)
+                    {
+                        entries.remove(&target);
+                    }
+                }
+                Op::HardLink { target, raw } => {
+                    let directory = resolve_directory(tree, parents, layer, true)
+                        .map_err(|reason| refuse(&reason))?;
+                    let found = lookup(tree, &target).ok_or_else(|| {
+                        refuse(&format!(
+                            "hardlink to {:?}, which does not exist",
+                            String::from_utf8_lossy(&raw)
+                        ))
+                    })?;
+                    if matches!(tree.inodes[found].kind, Kind::Directory(_)) {
+                        return Err(refuse("hardlink to a directory"));
+                    }
+                    insert(tree, directory, name.clone(), found, layer);
+                }
+                Op::Directory(metadata) => {
+                    let directory = resolve_directory(tree, parents, layer, true)
+                        .map_err(|reason| refuse(&reason))?;
+                    // An existing directory keeps its children and takes the new metadata.
+                    if let Some(existing) = tree
+                        .entries(directory)
+                        .and_then(|e| e.get(name))
+                        .map(|e| e.inode)
+                        && matches!(tree.inodes[existing].kind, Kind::Directory(_))
+                    {
+                        metadata.apply_to(&mut tree.inodes[existing]);
+                        if let Some(entries) = tree.entries_mut(directory)
+                            && let Some(e) = entries.get_mut(name)
+                        {
+                            e.layer = e.layer.max(layer);
+                        }
+                        continue;
+                    }
+                    let inode = tree.add(metadata.into_inode(Kind::Directory(BTreeMap::new())));
+                    insert(tree, directory, name.clone(), inode, layer);
+                }
+                Op::Node(metadata, kind) => {
+                    let directory = resolve_directory(tree, parents, layer, true)
+                        .map_err(|reason| refuse(&reason))?;
+                    let inode = tree.add(metadata.into_inode(kind));
+                    insert(tree, directory, name.clone(), inode, layer);
+                }
+            }
+        }
+        match self.error {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
 }
 
 struct Metadata {

@@ -32,7 +32,9 @@ mod initramfs;
 pub mod objects;
 pub mod tree;
 
-pub use apply::{ReadAhead, apply_layer, layer_reader, layer_reader_ahead};
+pub use apply::{
+    ParsedLayer, ReadAhead, apply_layer, layer_reader, layer_reader_ahead, parse_layer,
+};
 pub use diff::{DiffStats, FsView, HostDir, Stat, write_diff_layer};
 pub use erofs::write_erofs;
 pub use error::{Result, RootfsError};

@@ -9,6 +9,7 @@
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use fs_err as fs;
 
@@ -25,8 +26,9 @@ pub struct ContentRef {
 #[derive(Debug)]
 pub struct ObjectDir {
     pack: fs::File,
-    end: u64,
-    buffer: Vec<u8>,
+    /// Where the next object goes: a range is reserved before it is
+    /// written, so several threads can store objects at once.
+    end: AtomicU64,
 }
 
 impl ObjectDir {
@@ -41,27 +43,22 @@ impl ObjectDir {
             .open(dir.join("pack"))?;
         Ok(ObjectDir {
             pack,
-            end: 0,
-            buffer: Vec::new(),
+            end: AtomicU64::new(0),
         })
     }
 
-    /// Stores exactly `size` bytes from `reader`.
-    pub fn put(&mut self, reader: &mut dyn Read, size: u64) -> std::io::Result<ContentRef> {
-        let content = ContentRef {
-            offset: self.end,
-            size,
-        };
-        if self.buffer.is_empty() {
-            self.buffer = vec![0u8; 1 << 20];
-        }
+    /// Stores exactly `size` bytes from `reader` (from any thread).
+    pub fn put(&self, reader: &mut dyn Read, size: u64) -> std::io::Result<ContentRef> {
+        let offset = self.end.fetch_add(size, Ordering::Relaxed);
+        let content = ContentRef { offset, size };
+        let mut buffer = vec![0u8; size.min(1 << 20) as usize];
         let mut copied = 0u64;
         while copied < size {
-            let want = (size - copied).min(self.buffer.len() as u64) as usize;
+            let want = (size - copied).min(buffer.len() as u64) as usize;
             // Fill the buffer as far as the reader goes, so writes stay large.
             let mut filled = 0;
             while filled < want {
-                match reader.read(&mut self.buffer[filled..want]) {
+                match reader.read(&mut buffer[filled..want]) {
                     Ok(0) => break,
                     Ok(n) => filled += n,
                     Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
@@ -76,10 +73,9 @@ impl ObjectDir {
             }
             self.pack
                 .file()
-                .write_all_at(&self.buffer[..filled], self.end + copied)?;
+                .write_all_at(&buffer[..filled], offset + copied)?;
             copied += filled as u64;
         }
-        self.end += size;
         Ok(content)
     }
 

@@ -329,3 +329,41 @@ fn absolute_paths_and_duplicates_are_neutralised() {
     };
     assert_eq!(objects.read(content).unwrap(), b"second");
 }
+
+/// Layers are read through in parallel (in any order) and applied in order:
+/// the error reported is the first one a plain walk meets, and a layer's
+/// read error comes after the entries before it are applied.
+#[test]
+fn layers_parsed_out_of_order_fail_like_a_plain_walk() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
+    let base = Layer::new()
+        .file("etc/hostname", b"base", 0o644, (0, 0))
+        .bytes();
+    let bad_link = Layer::new()
+        .file("ok-before", b"x", 0o644, (0, 0))
+        .link(tar::EntryType::Link, "hard", "missing")
+        .bytes();
+    let mut truncated = Layer::new()
+        .file("big", &[7u8; 5000], 0o644, (0, 0))
+        .bytes();
+    truncated.truncate(1024);
+
+    // Parsed last first, as a fast worker may.
+    let third = kiln_rootfs::parse_layer(2, &truncated[..], &objects);
+    let second = kiln_rootfs::parse_layer(1, &bad_link[..], &objects);
+    let first = kiln_rootfs::parse_layer(0, &base[..], &objects);
+    let mut tree = Tree::new();
+    first.apply(&mut tree).unwrap();
+    let error = second.apply(&mut tree).unwrap_err().to_string();
+    assert!(
+        error.starts_with("layer 1, entry \"hard\"") && error.contains("does not exist"),
+        "{error}"
+    );
+    assert!(
+        tree.entries(0).unwrap().contains_key(&b"ok-before"[..]),
+        "entries before the bad one are applied"
+    );
+    let error = third.apply(&mut tree).unwrap_err().to_string();
+    assert!(error.starts_with("layer 2"), "{error}");
+}

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use kiln_rootfs::{
-    ObjectDir, Tree, apply_layer, layer_reader_ahead, write_erofs, write_ext4, write_initramfs,
+    ObjectDir, Tree, layer_reader_ahead, parse_layer, write_erofs, write_ext4, write_initramfs,
 };
 use kiln_store::ArtifactRecord;
 use kiln_types::media_type;
@@ -277,7 +277,7 @@ impl Manager {
         scratch: &Path,
     ) -> Result<(Tree, ObjectDir)> {
         let catalog = self.store.catalog();
-        let mut objects =
+        let objects =
             ObjectDir::open(&scratch.join("objects")).map_err(kiln_store::StoreError::from)?;
         let mut tree = Tree::new();
         let layers: Vec<_> = catalog
@@ -285,6 +285,7 @@ impl Manager {
             .into_iter()
             .filter(|b| b.role == "layer")
             .collect();
+        let mut blobs = Vec::with_capacity(layers.len());
         for (index, layer) in layers.iter().enumerate() {
             catalog.lease_blob(lease, &layer.digest)?;
             let compression =
@@ -296,13 +297,62 @@ impl Manager {
                     }
                 })?;
             let blob = self.store.content().open_blob(&layer.digest)?;
-            apply_layer(
-                &mut tree,
-                index,
-                layer_reader_ahead(blob, compression),
-                &mut objects,
-            )?;
+            blobs.push(std::sync::Mutex::new(Some((blob, compression))));
         }
+        // Layers are read through (decompressed, contents stored) by a few
+        // workers at once, and applied in order as they come.
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 4)
+            .min(blobs.len().max(1));
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let applied: Result<()> = std::thread::scope(|scope| {
+            let (sender, receiver) = std::sync::mpsc::channel();
+            for _ in 0..workers {
+                let sender = sender.clone();
+                let (blobs, next, stop, objects) = (&blobs, &next, &stop, &objects);
+                scope.spawn(move || {
+                    loop {
+                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        if index >= blobs.len() || stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
+                        let Some((blob, compression)) =
+                            blobs[index].lock().ok().and_then(|mut slot| slot.take())
+                        else {
+                            return;
+                        };
+                        let reader = layer_reader_ahead(blob, compression);
+                        let parsed = parse_layer(index, reader, objects);
+                        if sender.send((index, parsed)).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(sender);
+            let mut pending = std::collections::BTreeMap::new();
+            let mut next_to_apply = 0;
+            for (index, parsed) in receiver {
+                pending.insert(index, parsed);
+                while let Some(parsed) = pending.remove(&next_to_apply) {
+                    if let Err(error) = parsed.apply(&mut tree) {
+                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return Err(error.into());
+                    }
+                    next_to_apply += 1;
+                }
+            }
+            if next_to_apply != blobs.len() {
+                return Err(Error::Task(format!(
+                    "a layer reader stopped after {next_to_apply} of {} layers",
+                    blobs.len()
+                )));
+            }
+            Ok(())
+        });
+        applied?;
         Ok((tree, objects))
     }
 }
