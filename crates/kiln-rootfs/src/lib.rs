@@ -14,10 +14,10 @@
 //! ```no_run
 //! use kiln_rootfs::{ObjectDir, Tree, apply_layer, write_initramfs};
 //!
-//! let mut objects = ObjectDir::open("/tmp/objects".as_ref()).unwrap();
+//! let objects = ObjectDir::open("/tmp/objects".as_ref()).unwrap();
 //! let mut tree = Tree::new();
 //! let layer = std::fs::File::open("layer.tar").unwrap();
-//! apply_layer(&mut tree, 0, layer, &mut objects).unwrap();
+//! apply_layer(&mut tree, 0, layer, &objects).unwrap();
 //! write_initramfs(&tree, &objects, std::fs::File::create("initramfs.img").unwrap()).unwrap();
 //! ```
 

@@ -99,11 +99,11 @@ impl Layer {
 
 fn build(layers: Vec<Vec<u8>>) -> (tempfile::TempDir, Tree, ObjectDir, Result<(), RootfsError>) {
     let dir = tempfile::tempdir().unwrap();
-    let mut objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
+    let objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
     let mut tree = Tree::new();
     let mut result = Ok(());
     for (index, layer) in layers.into_iter().enumerate() {
-        result = apply_layer(&mut tree, index, &layer[..], &mut objects);
+        result = apply_layer(&mut tree, index, &layer[..], &objects);
         if result.is_err() {
             break;
         }

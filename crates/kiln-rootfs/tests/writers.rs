@@ -324,7 +324,7 @@ fn a_size_too_small_is_an_error_naming_both_sizes() {
 #[test]
 fn the_default_ext4_size_holds_more_inodes_than_one_group_can() {
     let dir = tempfile::tempdir().unwrap();
-    let mut objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
+    let objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
     let mut tree = Tree::new();
     for d in 0..70 {
         let directory = add(
@@ -361,7 +361,7 @@ fn the_default_ext4_size_holds_more_inodes_than_one_group_can() {
 #[test]
 fn the_ext4_reader_refuses_cycles_and_absurd_sizes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
+    let objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
     let mut tree = Tree::new();
     let d = add(&mut tree, ROOT, "d", Inode::implicit_directory());
     let content = objects.put(&mut &b"x"[..], 1).unwrap();
