@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use fs_err as fs;
 
 use crate::error::Result;
-use crate::ext4read::{Ext4Image, Ext4Inode};
+use crate::ext4read::Ext4Image;
 use crate::objects::ObjectDir;
 use crate::tree::{InodeId, Kind, ROOT, Tree};
 
@@ -132,44 +132,44 @@ impl FsView for HostDir {
 }
 
 impl FsView for Ext4Image {
-    type Node = Ext4Inode;
+    /// An inode number: inodes are read when needed, so a huge directory
+    /// costs its names, not its inodes.
+    type Node = u32;
 
-    fn root(&self) -> std::io::Result<Ext4Inode> {
-        self.inode(2)
+    fn root(&self) -> std::io::Result<u32> {
+        Ok(2)
     }
 
-    fn stat(&self, node: &Ext4Inode) -> std::io::Result<Stat> {
+    fn stat(&self, node: &u32) -> std::io::Result<Stat> {
+        let inode = self.inode(*node)?;
         Ok(Stat {
-            mode: node.mode,
-            uid: node.uid,
-            gid: node.gid,
-            size: node.size,
-            mtime: node.mtime,
-            device: node.device(),
-            links: u64::from(node.links),
-            key: (0, u64::from(node.number)),
+            mode: inode.mode,
+            uid: inode.uid,
+            gid: inode.gid,
+            size: inode.size,
+            mtime: inode.mtime,
+            device: inode.device(),
+            links: u64::from(inode.links),
+            key: (0, u64::from(*node)),
         })
     }
 
-    fn children(&self, directory: &Ext4Inode) -> std::io::Result<Vec<(Vec<u8>, Ext4Inode)>> {
-        self.read_dir(directory)?
-            .into_iter()
-            .map(|(name, number)| Ok((name, self.inode(number)?)))
-            .collect()
+    fn children(&self, directory: &u32) -> std::io::Result<Vec<(Vec<u8>, u32)>> {
+        self.read_dir(&self.inode(*directory)?)
     }
 
-    fn read_link(&self, node: &Ext4Inode) -> std::io::Result<Vec<u8>> {
-        Ext4Image::read_link(self, node)
+    fn read_link(&self, node: &u32) -> std::io::Result<Vec<u8>> {
+        Ext4Image::read_link(self, &self.inode(*node)?)
     }
 
-    fn xattrs(&self, node: &Ext4Inode) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
-        let mut found = Ext4Image::xattrs(self, node)?;
+    fn xattrs(&self, node: &u32) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let mut found = Ext4Image::xattrs(self, &self.inode(*node)?)?;
         found.retain(|name, _| carried(name));
         Ok(found)
     }
 
-    fn open(&self, node: &Ext4Inode) -> std::io::Result<Box<dyn Read + '_>> {
-        Ok(Box::new(self.reader(node)?))
+    fn open(&self, node: &u32) -> std::io::Result<Box<dyn Read + '_>> {
+        Ok(Box::new(self.reader(&self.inode(*node)?)?))
     }
 }
 
@@ -292,9 +292,13 @@ pub fn write_diff_layer<V: FsView>(
         view,
         links: HashMap::new(),
         directories: HashSet::new(),
+        held: 0,
+        visited: 0,
         stats: &mut stats,
     };
-    walker.walk(Some(ROOT), &view.root()?, Vec::new(), &mut builder)?;
+    let root = view.root()?;
+    walker.directories.insert(view.stat(&root)?.key);
+    walker.walk(Some(ROOT), &root, Vec::new(), &mut builder)?;
     builder.into_inner()?.flush()?;
     Ok(stats)
 }
@@ -310,11 +314,19 @@ struct Walker<'a, V: FsView> {
     /// Directories walked: a damaged or hostile filesystem may link one
     /// into itself.
     directories: HashSet<(u64, u64)>,
+    /// Entries listed by the directories being walked (the recursion's
+    /// memory), and entries seen in all.
+    held: usize,
+    visited: usize,
     stats: &'a mut DiffStats,
 }
 
 /// Deeper trees are refused rather than walked (the walk recurses).
 const MAX_DEPTH: usize = 2048;
+/// Bounds on what a damaged or hostile filesystem can make a walk hold and
+/// visit (a real root filesystem has well under a million entries).
+const MAX_HELD: usize = 4 << 20;
+const MAX_VISITED: usize = 16 << 20;
 
 impl<V: FsView> Walker<'_, V> {
     fn walk<W: Write>(
@@ -324,8 +336,28 @@ impl<V: FsView> Walker<'_, V> {
         path: Vec<Vec<u8>>,
         builder: &mut tar::Builder<W>,
     ) -> Result<()> {
-        let base = self.base;
         let children = self.view.children(directory)?;
+        self.held += children.len();
+        self.visited += children.len();
+        if self.held > MAX_HELD || self.visited > MAX_VISITED {
+            return Err(crate::error::RootfsError::Unrepresentable {
+                path: format!("/{}", String::from_utf8_lossy(&path.join(&b'/'))),
+                reason: "more entries than a root filesystem holds (a damaged filesystem?)".into(),
+            });
+        }
+        let result = self.walk_children(base_dir, &children, path, builder);
+        self.held -= children.len();
+        result
+    }
+
+    fn walk_children<W: Write>(
+        &mut self,
+        base_dir: Option<InodeId>,
+        children: &[(Vec<u8>, V::Node)],
+        path: Vec<Vec<u8>>,
+        builder: &mut tar::Builder<W>,
+    ) -> Result<()> {
+        let base = self.base;
         let names: BTreeSet<&Vec<u8>> = children.iter().map(|(name, _)| name).collect();
         let base_entries = base_dir.and_then(|d| base.entries(d));
         // Removed since the base: whiteouts.
@@ -339,7 +371,7 @@ impl<V: FsView> Walker<'_, V> {
                 }
             }
         }
-        for (name, node) in &children {
+        for (name, node) in children {
             if path.is_empty() && name.as_slice() == b"lost+found" {
                 continue;
             }

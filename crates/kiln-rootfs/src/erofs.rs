@@ -198,7 +198,9 @@ pub fn write_erofs(
     let mut superblock = [0u8; 128];
     put32(&mut superblock, 0, MAGIC);
     superblock[12] = 12; // blkszbits
-    put16(&mut superblock, 14, (FIRST_INODE / 32) as u16); // root nid
+    // The root is the first inode: at FIRST_INODE unless its xattrs and
+    // inline tail pushed it to the next block (nid 128 then).
+    put16(&mut superblock, 14, (slots[0].offset / 32) as u16); // root nid
     put64(&mut superblock, 16, slots.len() as u64); // inos
     put64(&mut superblock, 24, build_time as u64); // the mtime of compact inodes
     put32(&mut superblock, 36, blocks);

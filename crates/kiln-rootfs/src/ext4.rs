@@ -253,6 +253,12 @@ pub fn write_ext4(
     if size < MIN_SIZE {
         return Err(too_small());
     }
+    if size / BLOCK > u64::from(u32::MAX) {
+        return Err(RootfsError::Unrepresentable {
+            path: "/".into(),
+            reason: "an ext4 image of 16 TiB or more (kiln writes 32-bit block numbers)".into(),
+        });
+    }
 
     // Inode numbers: the root is 2, a lost+found of kiln's own is 11.
     let root_entries = tree.entries(ROOT).expect("the root is a directory");

@@ -31,6 +31,9 @@ const INCOMPAT_KNOWN: u32 = 0x2 | 0x40 | 0x80 | 0x100 | 0x200 | 0x2000 | 0x4000;
 const MAX_DIRECTORY: u64 = 256 << 20;
 const MAX_EXTENTS: usize = 1 << 20;
 const MAX_SYMLINK: u64 = 4096;
+const MAX_ENTRIES: usize = 1 << 20;
+/// ext4's own limit on a file's size (2^32 blocks of 4 KiB).
+pub const MAX_FILE: u64 = 16 << 40;
 
 fn invalid(what: impl std::fmt::Display) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
@@ -138,8 +141,8 @@ impl Ext4Image {
             } else {
                 0
             };
-        let blocks_per_group = u64::from(u32_at(&superblock, 32)).max(1);
-        let groups = blocks.div_ceil(blocks_per_group);
+        let blocks_per_group = u64::from(u32_at(&superblock, 32));
+        let groups = blocks.div_ceil(blocks_per_group.max(1));
         let wide = incompat & INCOMPAT_64BIT != 0;
         let descriptor_size = if wide {
             usize::from(u16_at(&superblock, 254)).max(32)
@@ -154,10 +157,11 @@ impl Ext4Image {
         let first_data_block = u64::from(u32_at(&superblock, 20));
         let length = file.metadata()?.len();
         let inodes_per_group = u64::from(u32_at(&superblock, 40));
-        if !(128..=block).contains(&inode_size)
+        if !(128..=1024.min(block)).contains(&inode_size)
             || !inode_size.is_power_of_two()
-            || inodes_per_group == 0
-            || groups.saturating_mul(descriptor_size as u64) > length
+            || !(1..=8 * block).contains(&inodes_per_group)
+            || !(8..=8 * block).contains(&blocks_per_group)
+            || blocks.checked_mul(block).is_none_or(|bytes| bytes > length)
         {
             return Err(invalid(format!(
                 "{} has a damaged ext4 superblock",
@@ -179,11 +183,21 @@ impl Ext4Image {
         })
     }
 
+    /// The byte offset of block `number`, or an error for one beyond any disk.
+    fn offset(&self, number: u64) -> std::io::Result<u64> {
+        number.checked_mul(self.block).ok_or_else(|| {
+            invalid(format!(
+                "{}: block {number} is out of range",
+                self.path.display()
+            ))
+        })
+    }
+
     fn read_block(&self, number: u64) -> std::io::Result<Vec<u8>> {
         let mut buffer = vec![0u8; self.block as usize];
         self.file
             .file()
-            .read_exact_at(&mut buffer, number * self.block)?;
+            .read_exact_at(&mut buffer, self.offset(number)?)?;
         Ok(buffer)
     }
 
@@ -200,10 +214,11 @@ impl Ext4Image {
             table |= u64::from(u32_at(descriptor, 0x28)) << 32;
         }
         let mut raw = vec![0u8; self.inode_size as usize];
-        self.file.file().read_exact_at(
-            &mut raw,
-            table * self.block + (index % self.inodes_per_group) * self.inode_size,
-        )?;
+        let at = self
+            .offset(table)?
+            .checked_add((index % self.inodes_per_group) * self.inode_size)
+            .ok_or_else(|| invalid(format!("inode {number} is out of range")))?;
+        self.file.file().read_exact_at(&mut raw, at)?;
         let extra = if raw.len() > 128 {
             usize::from(u16_at(&raw, 128))
         } else {
@@ -245,6 +260,13 @@ impl Ext4Image {
         let mut nodes = 0usize;
         self.walk_extents(&inode.block, 0, inode.number, &mut out, &mut nodes)?;
         out.sort_by_key(|e| e.0);
+        if out.windows(2).any(|w| w[0].0 + w[0].2 > w[1].0) {
+            return Err(invalid(format!(
+                "{}: inode {} has overlapping extents",
+                self.path.display(),
+                inode.number
+            )));
+        }
         Ok(out)
     }
 
@@ -296,6 +318,14 @@ impl Ext4Image {
 
     /// The content of a file (or directory, or long symlink).
     pub fn reader(&self, inode: &Ext4Inode) -> std::io::Result<Ext4Reader<'_>> {
+        if inode.size > MAX_FILE {
+            return Err(invalid(format!(
+                "{}: inode {} claims {} bytes, more than ext4 allows",
+                self.path.display(),
+                inode.number,
+                inode.size
+            )));
+        }
         Ok(Ext4Reader {
             image: self,
             extents: self.extents(inode)?,
@@ -331,6 +361,21 @@ impl Ext4Image {
             }
             let name = &content[at + 8..at + 8 + name_len];
             if number != 0 && name != b"." && name != b".." {
+                if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
+                    return Err(invalid(format!(
+                        "{}: directory inode {} holds an impossible name {:?}",
+                        self.path.display(),
+                        inode.number,
+                        String::from_utf8_lossy(name)
+                    )));
+                }
+                if entries.len() >= MAX_ENTRIES {
+                    return Err(invalid(format!(
+                        "{}: directory inode {} holds more than {MAX_ENTRIES} entries",
+                        self.path.display(),
+                        inode.number
+                    )));
+                }
                 entries.push((name.to_vec(), number));
             }
             at += rec_len;
@@ -439,8 +484,9 @@ fn acl_from_disk(value: &[u8]) -> Option<Vec<u8>> {
     let mut out = 2u32.to_le_bytes().to_vec();
     let mut at = 4;
     while at < value.len() {
-        let tag = u16_at(value, at);
-        out.extend_from_slice(value.get(at..at + 4)?);
+        let head = value.get(at..at + 4)?;
+        let tag = u16_at(head, 0);
+        out.extend_from_slice(head);
         match tag {
             0x01 | 0x04 | 0x10 | 0x20 => {
                 out.extend_from_slice(&u32::MAX.to_le_bytes());
@@ -473,16 +519,24 @@ impl Read for Ext4Reader<'_> {
         let logical = self.position / block;
         let within = self.position % block;
         let left = (self.size - self.position).min(buffer.len() as u64);
+        // The first extent ending after `logical` (extents are sorted, disjoint).
+        let index = self
+            .extents
+            .partition_point(|(start, _, length, _)| start + length <= logical);
         let found = self
             .extents
-            .iter()
-            .find(|(start, _, length, _)| logical >= *start && logical < start + length);
+            .get(index)
+            .filter(|(start, _, _, _)| *start <= logical);
         let n = match found {
             Some(&(start, physical, length, written)) => {
                 let run = (start + length - logical) * block - within;
                 let n = left.min(run) as usize;
                 if written {
-                    let at = (physical + logical - start) * block + within;
+                    let at = self
+                        .image
+                        .offset(physical + (logical - start))?
+                        .checked_add(within)
+                        .ok_or_else(|| invalid("an extent out of range"))?;
                     self.image.file.file().read_exact_at(&mut buffer[..n], at)?;
                 } else {
                     buffer[..n].fill(0);
@@ -493,11 +547,8 @@ impl Read for Ext4Reader<'_> {
                 // A hole: zeros up to the next extent.
                 let next = self
                     .extents
-                    .iter()
-                    .map(|e| e.0)
-                    .filter(|start| *start > logical)
-                    .min()
-                    .map_or(u64::MAX, |start| start * block - self.position);
+                    .get(index)
+                    .map_or(u64::MAX, |e| e.0.saturating_mul(block) - self.position);
                 let n = left.min(next) as usize;
                 buffer[..n].fill(0);
                 n
@@ -505,5 +556,31 @@ impl Read for Ext4Reader<'_> {
         };
         self.position += n as u64;
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acls_come_back_in_the_xattr_form_and_truncated_ones_are_refused() {
+        // ext4 form: owner rw (short), user 1000 r (long), other none (short).
+        let mut disk = 1u32.to_le_bytes().to_vec();
+        disk.extend_from_slice(&[0x01, 0, 6, 0]);
+        disk.extend_from_slice(&[0x02, 0, 4, 0]);
+        disk.extend_from_slice(&1000u32.to_le_bytes());
+        disk.extend_from_slice(&[0x20, 0, 0, 0]);
+        let vfs = acl_from_disk(&disk).unwrap();
+        assert_eq!(vfs.len(), 4 + 3 * 8);
+        assert_eq!(&vfs[..4], &2u32.to_le_bytes());
+        assert_eq!(
+            &vfs[4 + 4..4 + 8],
+            &u32::MAX.to_le_bytes(),
+            "no id for the owner"
+        );
+        assert_eq!(&vfs[12 + 4..12 + 8], &1000u32.to_le_bytes());
+        assert!(acl_from_disk(&[1, 0, 0, 0, 1]).is_none());
+        assert!(acl_from_disk(&[1, 0, 0, 0, 2, 0, 4, 0, 1]).is_none());
     }
 }

@@ -391,3 +391,28 @@ fn the_ext4_reader_refuses_cycles_and_absurd_sizes() {
     let error = diff(&huge).unwrap_err().to_string();
     assert!(error.contains("claims"), "{error}");
 }
+
+/// A root whose xattrs do not fit before the first block ends moves to the
+/// next block; the superblock must name where it is.
+#[test]
+fn an_erofs_root_with_large_xattrs_mounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
+    let mut tree = Tree::new();
+    tree.inodes[ROOT]
+        .xattrs
+        .insert(b"user.signature".to_vec(), vec![b's'; 2950]);
+    let content = objects.put(&mut &b"hello"[..], 5).unwrap();
+    add(&mut tree, ROOT, "file", inode(Kind::File(content)));
+    let image = dir.path().join("root.erofs");
+    write_erofs(&tree, &objects, &image, b"t").unwrap();
+    run(Command::new("fsck.erofs").arg(&image));
+    let target = tempfile::tempdir().unwrap();
+    run(Command::new("mount")
+        .args(["-t", "erofs", "-o", "loop,ro"])
+        .arg(&image)
+        .arg(target.path()));
+    let read = std::fs::read(target.path().join("file"));
+    run(Command::new("umount").arg(target.path()));
+    assert_eq!(read.unwrap(), b"hello");
+}
