@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Result, RootfsError};
 use crate::objects::ObjectDir;
@@ -75,7 +76,9 @@ pub fn layer_reader_ahead(
                 let _ = sender.send(Err(error));
                 return;
             }
-            if done || sender.send(Ok(chunk)).is_err() {
+            // An empty chunk marks the end: a closed channel without it
+            // means the thread died, which must not read as a short layer.
+            if sender.send(Ok(chunk)).is_err() || done {
                 return;
             }
         }
@@ -84,6 +87,7 @@ pub fn layer_reader_ahead(
         receiver,
         chunk: Vec::new(),
         position: 0,
+        ended: false,
     }
 }
 
@@ -92,18 +96,27 @@ pub struct ReadAhead {
     receiver: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
     chunk: Vec<u8>,
     position: usize,
+    ended: bool,
 }
 
 impl Read for ReadAhead {
     fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
         while self.position == self.chunk.len() {
+            if self.ended {
+                return Ok(0);
+            }
             match self.receiver.recv() {
+                Ok(Ok(chunk)) if chunk.is_empty() => self.ended = true,
                 Ok(Ok(chunk)) => {
                     self.chunk = chunk;
                     self.position = 0;
                 }
                 Ok(Err(error)) => return Err(error),
-                Err(_) => return Ok(0), // the stream ended
+                Err(_) => {
+                    return Err(std::io::Error::other(
+                        "the decompression thread stopped before the end of the layer",
+                    ));
+                }
             }
         }
         let n = buffer.len().min(self.chunk.len() - self.position);
@@ -153,10 +166,25 @@ enum Op {
     Node(Metadata, Kind),
 }
 
+/// At most this many entries in one layer: a parsed layer is held in memory
+/// until it is applied, and a hostile layer could repeat one entry forever.
+pub const MAX_LAYER_ENTRIES: usize = 1 << 20;
+
 /// Reads layer number `layer` through (see [`ParsedLayer`]).
 pub fn parse_layer(layer: usize, reader: impl Read, objects: &ObjectDir) -> ParsedLayer {
+    parse_layer_unless(layer, reader, objects, &AtomicBool::new(false))
+}
+
+/// [`parse_layer`], giving up between entries once `stop` is set (another
+/// layer failed, so this one is not needed).
+pub fn parse_layer_unless(
+    layer: usize,
+    reader: impl Read,
+    objects: &ObjectDir,
+    stop: &AtomicBool,
+) -> ParsedLayer {
     let mut changes = Vec::new();
-    let error = parse_into(layer, reader, objects, &mut changes).err();
+    let error = parse_into(layer, reader, objects, &mut changes, stop).err();
     ParsedLayer {
         layer,
         changes,
@@ -169,12 +197,27 @@ fn parse_into(
     reader: impl Read,
     objects: &ObjectDir,
     changes: &mut Vec<Change>,
+    stop: &AtomicBool,
 ) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
     let entries = archive
         .entries()
         .map_err(|source| RootfsError::Tar { layer, source })?;
     for entry in entries {
+        if stop.load(Ordering::Relaxed) {
+            return Err(RootfsError::Tar {
+                layer,
+                source: std::io::Error::other("not read: an earlier layer failed"),
+            });
+        }
+        if changes.len() >= MAX_LAYER_ENTRIES {
+            return Err(RootfsError::Tar {
+                layer,
+                source: std::io::Error::other(format!(
+                    "more than {MAX_LAYER_ENTRIES} entries in one layer"
+                )),
+            });
+        }
         let mut entry = entry.map_err(|source| RootfsError::Tar { layer, source })?;
         let raw_path = entry.path_bytes().into_owned();
         let shown = String::from_utf8_lossy(&raw_path).into_owned();

@@ -33,7 +33,8 @@ pub mod objects;
 pub mod tree;
 
 pub use apply::{
-    ParsedLayer, ReadAhead, apply_layer, layer_reader, layer_reader_ahead, parse_layer,
+    MAX_LAYER_ENTRIES, ParsedLayer, ReadAhead, apply_layer, layer_reader, layer_reader_ahead,
+    parse_layer, parse_layer_unless,
 };
 pub use diff::{DiffStats, FsView, HostDir, Stat, write_diff_layer};
 pub use erofs::write_erofs;

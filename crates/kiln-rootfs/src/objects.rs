@@ -49,7 +49,18 @@ impl ObjectDir {
 
     /// Stores exactly `size` bytes from `reader` (from any thread).
     pub fn put(&self, reader: &mut dyn Read, size: u64) -> std::io::Result<ContentRef> {
-        let offset = self.end.fetch_add(size, Ordering::Relaxed);
+        let offset = self
+            .end
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |end| {
+                end.checked_add(size)
+                    .filter(|next| *next <= i64::MAX as u64)
+            })
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("a file of {size} bytes does not fit the scratch pack"),
+                )
+            })?;
         let content = ContentRef { offset, size };
         let mut buffer = vec![0u8; size.min(1 << 20) as usize];
         let mut copied = 0u64;

@@ -8,7 +8,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use kiln_rootfs::{
-    ObjectDir, Tree, layer_reader_ahead, parse_layer, write_erofs, write_ext4, write_initramfs,
+    ObjectDir, Tree, layer_reader_ahead, parse_layer_unless, write_erofs, write_ext4,
+    write_initramfs,
 };
 use kiln_store::ArtifactRecord;
 use kiln_types::media_type;
@@ -307,15 +308,35 @@ impl Manager {
             .min(blobs.len().max(1));
         let next = std::sync::atomic::AtomicUsize::new(0);
         let stop = std::sync::atomic::AtomicBool::new(false);
+        // How many layers are applied: a worker does not read further ahead
+        // than `workers` layers past it, so parsed layers waiting in memory
+        // stay few.
+        let applied = (std::sync::Mutex::new(0usize), std::sync::Condvar::new());
         let applied: Result<()> = std::thread::scope(|scope| {
             let (sender, receiver) = std::sync::mpsc::channel();
             for _ in 0..workers {
                 let sender = sender.clone();
-                let (blobs, next, stop, objects) = (&blobs, &next, &stop, &objects);
+                let (blobs, next, stop, objects, applied) =
+                    (&blobs, &next, &stop, &objects, &applied);
                 scope.spawn(move || {
                     loop {
                         let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if index >= blobs.len() || stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if index >= blobs.len() {
+                            return;
+                        }
+                        let Ok(mut done) = applied.0.lock() else {
+                            return;
+                        };
+                        while index >= *done + workers
+                            && !stop.load(std::sync::atomic::Ordering::Relaxed)
+                        {
+                            let Ok(guard) = applied.1.wait(done) else {
+                                return;
+                            };
+                            done = guard;
+                        }
+                        drop(done);
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
                             return;
                         }
                         let Some((blob, compression)) =
@@ -324,7 +345,7 @@ impl Manager {
                             return;
                         };
                         let reader = layer_reader_ahead(blob, compression);
-                        let parsed = parse_layer(index, reader, objects);
+                        let parsed = parse_layer_unless(index, reader, objects, stop);
                         if sender.send((index, parsed)).is_err() {
                             return;
                         }
@@ -339,9 +360,14 @@ impl Manager {
                 while let Some(parsed) = pending.remove(&next_to_apply) {
                     if let Err(error) = parsed.apply(&mut tree) {
                         stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                        applied.1.notify_all();
                         return Err(error.into());
                     }
                     next_to_apply += 1;
+                    if let Ok(mut done) = applied.0.lock() {
+                        *done = next_to_apply;
+                    }
+                    applied.1.notify_all();
                 }
             }
             if next_to_apply != blobs.len() {
