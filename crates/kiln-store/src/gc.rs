@@ -27,6 +27,10 @@ pub struct GcOptions {
     pub all_unused: bool,
     /// Remove ingests untouched for this many seconds.
     pub ingest_max_age: i64,
+    /// The converter versions in use: derived artifacts made by any other
+    /// (an older kiln) are dropped, and their blobs with them unless a
+    /// disk still reads one. Empty: keep every artifact.
+    pub converter_versions: Vec<String>,
 }
 
 impl Default for GcOptions {
@@ -35,6 +39,7 @@ impl Default for GcOptions {
             dry_run: false,
             all_unused: false,
             ingest_max_age: 24 * 3600,
+            converter_versions: Vec::new(),
         }
     }
 }
@@ -54,6 +59,8 @@ pub struct GcReport {
     pub ingest_bytes: u64,
     /// Leases whose process had died.
     pub leases_expired: u64,
+    /// Derived artifacts of superseded converter versions dropped.
+    pub artifacts_removed: u64,
 }
 
 impl GcReport {
@@ -123,6 +130,17 @@ impl Store {
             transaction
                 .execute("DELETE FROM indexes WHERE digest NOT IN (SELECT index_digest FROM tags WHERE index_digest IS NOT NULL)", [])
                 .map_err(&wrap)?;
+            if !options.converter_versions.is_empty() {
+                let placeholders = vec!["?"; options.converter_versions.len()].join(", ");
+                report.artifacts_removed = transaction
+                    .execute(
+                        &format!(
+                            "DELETE FROM artifacts WHERE converter_version NOT IN ({placeholders})"
+                        ),
+                        rusqlite::params_from_iter(options.converter_versions.iter()),
+                    )
+                    .map_err(&wrap)? as u64;
+            }
 
             let live: HashSet<String> = transaction
                 .prepare(

@@ -135,11 +135,13 @@ impl Manager {
     }
 
     /// Removes images nothing references (`all`: every image no holder
-    /// uses), unreferenced blobs and ingests abandoned for a day.
+    /// uses), root filesystems an older kiln converted (a disk made from
+    /// one keeps its file), unreferenced blobs and ingests abandoned for a day.
     pub fn prune(&self, all: bool, dry_run: bool) -> Result<GcReport> {
         Ok(self.store.collect_garbage(&GcOptions {
             dry_run,
             all_unused: all,
+            converter_versions: vec![crate::rootfs::CONVERTER_VERSION.to_string()],
             ..GcOptions::default()
         })?)
     }
@@ -325,6 +327,80 @@ mod tests {
                 .blob_size(&Digest::sha256_of(b"only one"))
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn prune_drops_root_filesystems_an_older_kiln_converted_unless_a_disk_reads_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = Manager::open(dir.path()).unwrap();
+        let digest = add_image(&manager, "app", &[b"layer"]);
+        let catalog = manager.store().catalog();
+        let image_id = catalog.image_by_digest(&digest).unwrap().unwrap().id;
+        let artifact = |bytes: &[u8], format: &str, version: &str| {
+            let blob = Digest::sha256_of(bytes);
+            manager.store().content().put_blob(&blob, bytes).unwrap();
+            let record = kiln_store::ArtifactRecord {
+                image_id,
+                format: format.into(),
+                options: String::new(),
+                converter_version: version.into(),
+                digest: blob.clone(),
+                size: bytes.len() as u64,
+                created_at: 0,
+            };
+            catalog.add_artifact(&record, None).unwrap();
+            blob
+        };
+        let old_erofs = artifact(b"old erofs", "erofs", "kiln-rootfs-1");
+        let old_ext4 = artifact(b"old ext4", "ext4", "kiln-rootfs-1");
+        let current = artifact(b"new erofs", "erofs", crate::rootfs::CONVERTER_VERSION);
+        catalog
+            .add_disk(&kiln_store::DiskRecord {
+                name: "sandbox".into(),
+                image_id,
+                format: "qcow2".into(),
+                method: "overlay".into(),
+                path: dir.path().join("disk.qcow2"),
+                backing: old_ext4.clone(),
+                size: 1,
+                created_at: 0,
+            })
+            .unwrap();
+
+        let dry = manager.prune(false, true).unwrap();
+        assert_eq!(dry.artifacts_removed, 2);
+        assert!(
+            catalog
+                .artifact(image_id, "erofs", "", "kiln-rootfs-1")
+                .unwrap()
+                .is_some()
+        );
+
+        let report = manager.prune(false, false).unwrap();
+        assert_eq!(report.artifacts_removed, 2);
+        assert!(
+            catalog
+                .artifact(image_id, "erofs", "", "kiln-rootfs-1")
+                .unwrap()
+                .is_none()
+        );
+        let content = manager.store().content();
+        assert_eq!(
+            content.blob_size(&old_erofs).unwrap(),
+            None,
+            "its blob goes"
+        );
+        assert!(
+            content.blob_size(&old_ext4).unwrap().is_some(),
+            "a disk reads this one"
+        );
+        assert!(content.blob_size(&current).unwrap().is_some());
+        assert!(
+            catalog
+                .artifact(image_id, "erofs", "", crate::rootfs::CONVERTER_VERSION)
+                .unwrap()
+                .is_some()
         );
     }
 }

@@ -46,6 +46,12 @@ pub fn run(manager: &Manager, args: PruneArgs) -> anyhow::Result<ExitCode> {
     for digest in &report.images_removed {
         printer::out(format!("{verb}: {digest}"))?;
     }
+    if report.artifacts_removed > 0 {
+        printer::out(format!(
+            "{verb}: {} root filesystems an older kiln converted",
+            report.artifacts_removed
+        ))?;
+    }
     printer::out(format!(
         "{} {} images, {} blobs, {} abandoned downloads; {} space: {}",
         if args.dry_run {
