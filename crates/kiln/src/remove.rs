@@ -254,7 +254,7 @@ mod tests {
             .remove(&["example.com/app:1".into()], None, true)
             .unwrap();
         assert_eq!(report.untagged, ["example.com/app:1"]);
-        assert_eq!(report.kept_for_holders, [digest.clone()]);
+        assert_eq!(report.kept_for_holders, std::slice::from_ref(&digest));
         assert_eq!(report.blobs_removed, 0);
         let report = manager.prune(true, false).unwrap();
         assert!(
