@@ -480,7 +480,7 @@ impl RegistryClient {
         Ok(authorization)
     }
 
-    async fn fetch_token(
+    pub(crate) async fn fetch_token(
         &self,
         host: &str,
         realm: &str,
@@ -517,12 +517,16 @@ impl RegistryClient {
                     if let Some(service) = service {
                         query.push(("service", service));
                     }
-                    let request = client.get(url.clone()).query(&query);
                     match other {
                         Some(Credential::Basic { username, password }) => {
-                            request.basic_auth(username, Some(password))
+                            // As docker does: the account the token is for.
+                            query.push(("account", username));
+                            client
+                                .get(url.clone())
+                                .query(&query)
+                                .basic_auth(username, Some(password))
                         }
-                        _ => request,
+                        _ => client.get(url.clone()).query(&query),
                     }
                 }
             };

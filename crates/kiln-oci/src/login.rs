@@ -5,7 +5,7 @@
 use reqwest::header::{HeaderMap, HeaderValue};
 use reqwest::{Method, StatusCode, Url};
 
-use crate::auth::Challenge;
+use crate::auth::{Challenge, Credential};
 use crate::client::{RegistryClient, basic, registry_message};
 use crate::error::{OciError, Result};
 use crate::http::{describe, read_limited, send_following};
@@ -111,6 +111,8 @@ impl RegistryClient {
     }
 
     /// A token for no scope, as `docker login` asks: proves the credentials.
+    /// The registry client's own token request, with a refusal named as the
+    /// login's.
     async fn login_token(
         &self,
         host: &str,
@@ -119,38 +121,21 @@ impl RegistryClient {
         username: &str,
         password: &str,
     ) -> Result<String> {
-        let token_error = |detail: String| OciError::Token {
-            host: host.to_string(),
-            realm: realm.to_string(),
-            detail,
+        let credential = Credential::Basic {
+            username: username.to_string(),
+            password: password.to_string(),
         };
-        let (url, client) = self.realm_client(host, realm).map_err(&token_error)?;
-        let mut query = vec![("account", username)];
-        if let Some(service) = service {
-            query.push(("service", service));
-        }
-        let response = client
-            .get(url)
-            .query(&query)
-            .basic_auth(username, Some(password))
-            .send()
+        self.fetch_token(host, realm, service, "", Some(&credential))
             .await
-            .map_err(|e| token_error(describe(&e)))?;
-        let status = response.status();
-        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
-            return Err(OciError::Denied {
-                host: host.to_string(),
-                status: status.as_u16(),
-                what: format!("the login of {username}"),
-                message: Some("credentials refused".into()),
-            });
-        }
-        if !status.is_success() {
-            return Err(token_error(format!("HTTP {status}")));
-        }
-        crate::client::read_token(response)
-            .await
-            .map_err(token_error)
+            .map_err(|error| match error {
+                OciError::Denied { host, status, .. } => OciError::Denied {
+                    host,
+                    status,
+                    what: format!("the login of {username}"),
+                    message: Some("credentials refused".into()),
+                },
+                other => other,
+            })
     }
 }
 

@@ -399,6 +399,92 @@ impl ParsedLayer {
     }
 }
 
+/// Reads the layers (compressed blobs, base first) into a tree: up to
+/// `workers` layers are read through at once (decompressed, parsed, their
+/// contents stored in `objects`), and applied in order as they come. A
+/// worker reads at most `workers` layers past the last applied one, so few
+/// parsed layers wait in memory; once a layer fails, the others stop
+/// between entries and the first error in layer order is returned.
+pub fn read_layers<R: Read + Send + 'static>(
+    layers: Vec<(R, kiln_types::media_type::Compression)>,
+    objects: &ObjectDir,
+    workers: usize,
+) -> Result<Tree> {
+    struct Queue<R> {
+        layers: Vec<Option<(R, kiln_types::media_type::Compression)>>,
+        next: usize,
+        applied: usize,
+    }
+    let count = layers.len();
+    let workers = workers.clamp(1, count.max(1));
+    let queue = std::sync::Mutex::new(Queue {
+        layers: layers.into_iter().map(Some).collect(),
+        next: 0,
+        applied: 0,
+    });
+    let turn = std::sync::Condvar::new();
+    let stop = AtomicBool::new(false);
+    let mut tree = Tree::new();
+    std::thread::scope(|scope| {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        for _ in 0..workers {
+            let sender = sender.clone();
+            let (queue, turn, stop) = (&queue, &turn, &stop);
+            scope.spawn(move || {
+                loop {
+                    let Ok(mut state) = queue.lock() else { return };
+                    while state.next < count
+                        && state.next >= state.applied + workers
+                        && !stop.load(Ordering::Relaxed)
+                    {
+                        let Ok(next) = turn.wait(state) else { return };
+                        state = next;
+                    }
+                    if state.next >= count || stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let index = state.next;
+                    state.next += 1;
+                    let Some((blob, compression)) = state.layers[index].take() else {
+                        return;
+                    };
+                    drop(state);
+                    let reader = layer_reader_ahead(blob, compression);
+                    let parsed = parse_layer_unless(index, reader, objects, stop);
+                    if sender.send((index, parsed)).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        drop(sender);
+        let mut pending = std::collections::BTreeMap::new();
+        let mut applied = 0;
+        for (index, parsed) in receiver {
+            pending.insert(index, parsed);
+            while let Some(parsed) = pending.remove(&applied) {
+                let result = parsed.apply(&mut tree);
+                if result.is_err() {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                applied += 1;
+                if let Ok(mut state) = queue.lock() {
+                    state.applied = applied;
+                }
+                turn.notify_all();
+                result?;
+            }
+        }
+        if applied != count {
+            return Err(RootfsError::Io(std::io::Error::other(format!(
+                "a layer reader stopped after {applied} of {count} layers"
+            ))));
+        }
+        Ok(())
+    })?;
+    Ok(tree)
+}
+
 struct Metadata {
     mode: u32,
     uid: u32,

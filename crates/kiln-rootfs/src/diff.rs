@@ -1,8 +1,8 @@
 //! A root filesystem compared with the tree it started from: what changed
 //! becomes a new image layer (added and modified entries, `.wh.` whiteouts
 //! for removed ones), as `kiln snapshot` publishes it. The filesystem is
-//! read through [`FsView`]: a directory of the host ([`HostDir`], e.g. a
-//! mount), or an ext4 image read directly ([`Ext4Image`]: no mount, no root).
+//! read through [`FsView`]; kiln's own is an ext4 image read directly
+//! ([`Ext4Image`]: no mount, no root).
 //!
 //! Hardlinks: a changed file whose inode was already seen in the walk (in
 //! this layer, or unchanged from the base) becomes a tar hardlink entry to
@@ -13,10 +13,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-
-use fs_err as fs;
 
 use crate::error::Result;
 use crate::ext4read::Ext4Image;
@@ -78,57 +74,6 @@ pub trait FsView {
     fn xattrs(&self, node: &Self::Node) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>>;
     /// A regular file's content.
     fn open(&self, node: &Self::Node) -> std::io::Result<Box<dyn Read + '_>>;
-}
-
-/// A directory of the host (for instance a mounted disk).
-pub struct HostDir(pub PathBuf);
-
-impl FsView for HostDir {
-    type Node = PathBuf;
-
-    fn root(&self) -> std::io::Result<PathBuf> {
-        Ok(self.0.clone())
-    }
-
-    fn stat(&self, node: &PathBuf) -> std::io::Result<Stat> {
-        let metadata = fs::symlink_metadata(node)?;
-        Ok(Stat {
-            mode: metadata.mode(),
-            uid: metadata.uid(),
-            gid: metadata.gid(),
-            size: metadata.len(),
-            mtime: metadata.mtime(),
-            device: major_minor(metadata.rdev()),
-            links: metadata.nlink(),
-            key: (metadata.dev(), metadata.ino()),
-        })
-    }
-
-    fn children(&self, directory: &PathBuf) -> std::io::Result<Vec<(Vec<u8>, PathBuf)>> {
-        let mut names: Vec<Vec<u8>> = fs::read_dir(directory)?
-            .map(|e| e.map(|e| e.file_name().as_bytes().to_vec()))
-            .collect::<std::io::Result<_>>()?;
-        names.sort();
-        Ok(names
-            .into_iter()
-            .map(|name| {
-                let path = directory.join(std::ffi::OsStr::from_bytes(&name));
-                (name, path)
-            })
-            .collect())
-    }
-
-    fn read_link(&self, node: &PathBuf) -> std::io::Result<Vec<u8>> {
-        Ok(fs::read_link(node)?.as_os_str().as_bytes().to_vec())
-    }
-
-    fn xattrs(&self, node: &PathBuf) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
-        read_xattrs(node)
-    }
-
-    fn open(&self, node: &PathBuf) -> std::io::Result<Box<dyn Read + '_>> {
-        Ok(Box::new(fs::File::open(node)?))
-    }
 }
 
 impl FsView for Ext4Image {
@@ -218,62 +163,6 @@ fn unchanged<V: FsView>(
 /// comparison, so neither makes a file look changed.
 fn carried(name: &[u8]) -> bool {
     name != b"security.selinux" && std::str::from_utf8(name).is_ok()
-}
-
-/// The extended attributes of `path` (not following a symlink) that
-/// [`carried`] keeps. A filesystem without xattr support has none.
-fn read_xattrs(path: &Path) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>> {
-    use std::ffi::CString;
-    let mut found = BTreeMap::new();
-    let c_path = CString::new(path.as_os_str().as_bytes())?;
-    // Sizes can change between the two calls: read into a buffer grown
-    // to what the first call says, and retry on ERANGE.
-    let read = |probe: &dyn Fn(*mut libc::c_char, usize) -> isize| -> std::io::Result<Vec<u8>> {
-        for _ in 0..4 {
-            let size = probe(std::ptr::null_mut(), 0);
-            if size < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let mut buffer = vec![0u8; size as usize];
-            let read = probe(buffer.as_mut_ptr().cast(), buffer.len());
-            if read >= 0 {
-                buffer.truncate(read as usize);
-                return Ok(buffer);
-            }
-            let error = std::io::Error::last_os_error();
-            if error.raw_os_error() != Some(libc::ERANGE) {
-                return Err(error);
-            }
-        }
-        Err(std::io::Error::from_raw_os_error(libc::ERANGE))
-    };
-    let names = match read(&|buffer, size| {
-        // SAFETY: c_path is a valid C string; buffer is null with size 0
-        // or points to `size` writable bytes.
-        unsafe { libc::llistxattr(c_path.as_ptr(), buffer, size) }
-    }) {
-        Ok(names) => names,
-        Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => return Ok(found),
-        Err(error) => return Err(error),
-    };
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if !carried(name) {
-            continue;
-        }
-        let c_name = CString::new(name)?;
-        let value = read(&|buffer, size| {
-            // SAFETY: as above; c_name is a valid C string.
-            unsafe { libc::lgetxattr(c_path.as_ptr(), c_name.as_ptr(), buffer.cast(), size) }
-        })?;
-        found.insert(name.to_vec(), value);
-    }
-    Ok(found)
-}
-
-fn major_minor(rdev: u64) -> (u32, u32) {
-    let major = ((rdev >> 32) & 0xfffff000) | ((rdev >> 8) & 0xfff);
-    let minor = ((rdev >> 12) & 0xffffff00) | (rdev & 0xff);
-    (major as u32, minor as u32)
 }
 
 /// Writes, as an uncompressed tar to `output`, how the tree `view` shows

@@ -30,6 +30,7 @@ use kiln_types::{Algorithm, Digest, Hasher};
 use crate::emit::Emitter;
 use crate::error::{Result, RootfsError};
 use crate::objects::ObjectDir;
+use crate::ondisk::{dirent_type, encode_device, put16, put32, put64, uuid_from};
 use crate::tree::{InodeId, Kind, Order, Tree};
 
 const BLOCK: u64 = 4096;
@@ -103,12 +104,7 @@ pub fn write_erofs(
             _ => 0,
         };
         let nlink = match &inode.kind {
-            Kind::Directory(entries) => {
-                2 + entries
-                    .values()
-                    .filter(|e| matches!(tree.inodes[e.inode].kind, Kind::Directory(_)))
-                    .count() as u32
-            }
+            Kind::Directory(_) => 2 + tree.subdirectories(id),
             _ => order.links[id],
         };
         let compact = inode.mtime.max(0) == build_time
@@ -213,6 +209,7 @@ pub fn write_erofs(
     let mut emitter = Emitter::create(output)?;
     emitter.bytes(SUPERBLOCK as u64, &superblock)?;
     let mut record = Vec::with_capacity(BLOCK as usize);
+    let mut directory_heads: HashMap<InodeId, Vec<u8>> = HashMap::new();
     for slot in &slots {
         let inode = &tree.inodes[slot.id];
         let layout = if slot.tail > 0 {
@@ -266,9 +263,14 @@ pub fn write_erofs(
                     objects.reader(content, from).read_to_end(&mut record)?;
                 }
                 Kind::Symlink(target) => record.extend_from_slice(&target[from as usize..]),
-                Kind::Directory(_) => record.extend_from_slice(
-                    &directory_bytes(tree, &order, slot.id, &nid)[from as usize..],
-                ),
+                Kind::Directory(_) => {
+                    let bytes = directory_bytes(tree, &order, slot.id, &nid);
+                    record.extend_from_slice(&bytes[from as usize..]);
+                    // Its head goes to the data area below: built once.
+                    if slot.owns_blocks {
+                        directory_heads.insert(slot.id, bytes);
+                    }
+                }
                 _ => {}
             }
         }
@@ -280,10 +282,12 @@ pub fn write_erofs(
         match &tree.inodes[slot.id].kind {
             Kind::File(content) => emitter.copy(at, &mut objects.reader(content, 0), full)?,
             Kind::Symlink(target) => emitter.bytes(at, &target[..full as usize])?,
-            Kind::Directory(_) => emitter.bytes(
-                at,
-                &directory_bytes(tree, &order, slot.id, &nid)[..full as usize],
-            )?,
+            Kind::Directory(_) => {
+                let bytes = directory_heads
+                    .remove(&slot.id)
+                    .unwrap_or_else(|| directory_bytes(tree, &order, slot.id, &nid));
+                emitter.bytes(at, &bytes[..full as usize])?
+            }
             _ => {}
         }
     }
@@ -359,7 +363,7 @@ fn directory_bytes(
             let mut dirent = [0u8; DIRENT_SIZE];
             put64(&mut dirent, 0, nid(inode));
             put16(&mut dirent, 8, name_offset as u16);
-            dirent[10] = file_type(&tree.inodes[inode].kind);
+            dirent[10] = dirent_type(&tree.inodes[inode].kind);
             out.extend_from_slice(&dirent);
             name_offset += name.len();
         }
@@ -372,17 +376,6 @@ fn directory_bytes(
         first += count;
     }
     out
-}
-
-fn file_type(kind: &Kind) -> u8 {
-    match kind {
-        Kind::File(_) => 1,
-        Kind::Directory(_) => 2,
-        Kind::CharDevice { .. } => 3,
-        Kind::BlockDevice { .. } => 4,
-        Kind::Fifo => 5,
-        Kind::Symlink(_) => 7,
-    }
 }
 
 /// The inline xattr body: a 12-byte header, then 4-byte aligned entries
@@ -439,35 +432,6 @@ fn show(name: &[u8]) -> String {
     format!("{:?}", String::from_utf8_lossy(name))
 }
 
-/// Linux's `new_encode_dev`.
-pub(crate) fn encode_device(major: u32, minor: u32) -> u32 {
-    (minor & 0xff) | (major << 8) | ((minor & !0xff) << 12)
-}
-
-/// A version-4-shaped UUID from the first bytes of a digest.
-pub(crate) fn uuid_from(digest: &Digest) -> [u8; 16] {
-    let hex = digest.hex();
-    let mut uuid = [0u8; 16];
-    for (index, byte) in uuid.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[index * 2..index * 2 + 2], 16).unwrap_or(0);
-    }
-    uuid[6] = (uuid[6] & 0x0f) | 0x40;
-    uuid[8] = (uuid[8] & 0x3f) | 0x80;
-    uuid
-}
-
-pub(crate) fn put16(buffer: &mut [u8], at: usize, value: u16) {
-    buffer[at..at + 2].copy_from_slice(&value.to_le_bytes());
-}
-
-pub(crate) fn put32(buffer: &mut [u8], at: usize, value: u32) {
-    buffer[at..at + 4].copy_from_slice(&value.to_le_bytes());
-}
-
-pub(crate) fn put64(buffer: &mut [u8], at: usize, value: u64) {
-    buffer[at..at + 8].copy_from_slice(&value.to_le_bytes());
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,11 +463,5 @@ mod tests {
         assert_eq!(xattr_index(b"system.posix_acl_access").unwrap().0, 2);
         assert!(xattr_index(b"system.other").is_err());
         assert!(xattr_index(b"userx").is_err());
-    }
-
-    #[test]
-    fn device_numbers_use_the_kernels_encoding() {
-        assert_eq!(encode_device(1, 3), 0x103);
-        assert_eq!(encode_device(7, 0x1234), 0x0120_0734);
     }
 }

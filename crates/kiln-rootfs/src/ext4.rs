@@ -29,9 +29,9 @@ use std::path::Path;
 use kiln_types::{Algorithm, Digest, Hasher};
 
 use crate::emit::Emitter;
-use crate::erofs::{put16, put32, uuid_from};
 use crate::error::{Result, RootfsError};
 use crate::objects::ObjectDir;
+use crate::ondisk::{dirent_type, encode_device, put16, put32, u32_at, uuid_from};
 use crate::tree::{InodeId, Kind, ROOT, Tree};
 
 const BLOCK: u64 = 4096;
@@ -227,7 +227,17 @@ struct Placement {
     extents: Vec<(u64, u64, u64)>,
     /// Extent-tree leaf blocks (more than four extents).
     leaves: Vec<u64>,
-    xattr_block: Option<u64>,
+    /// The xattrs: the inode's xattr area when they fit there, else
+    /// the block holding them.
+    xattrs: Xattrs,
+}
+
+#[derive(Default)]
+enum Xattrs {
+    #[default]
+    None,
+    InInode(Vec<u8>),
+    Block(u64),
 }
 
 /// Writes `tree` as an ext4 image of `size` bytes (default:
@@ -364,7 +374,7 @@ pub fn write_ext4(
                     list.push((
                         ino[entry.inode],
                         name.as_slice(),
-                        file_type(&tree.inodes[entry.inode].kind),
+                        dirent_type(&tree.inodes[entry.inode].kind),
                     ));
                 }
                 let blocks = directory_blocks(&list, 1);
@@ -411,11 +421,13 @@ pub fn write_ext4(
             }
         }
         let attrs = xattr_entries(&inode.xattrs).map_err(|reason| unrepresentable(id, reason))?;
-        if !attrs.is_empty() && in_inode_xattrs(&attrs).is_none() {
+        if let Some(body) = in_inode_xattrs(&attrs) {
+            placement.xattrs = Xattrs::InInode(body);
+        } else if !attrs.is_empty() {
             let block = xattr_block(&attrs)
                 .ok_or_else(|| unrepresentable(id, "its xattrs exceed a block".into()))?;
             let runs = allocator.allocate(1).ok_or_else(too_small)?;
-            placement.xattr_block = Some(runs[0].0);
+            placement.xattrs = Xattrs::Block(runs[0].0);
             pieces.push((runs[0].0, Piece::Bytes(block)));
         }
     }
@@ -471,16 +483,14 @@ pub fn write_ext4(
         let placement = &placements[id];
         let directory = matches!(inode.kind, Kind::Directory(_));
         let links = match &inode.kind {
-            Kind::Directory(entries) => {
-                let subdirectories = entries
-                    .values()
-                    .filter(|e| matches!(tree.inodes[e.inode].kind, Kind::Directory(_)))
-                    .count() as u64
-                    + u64::from(id == ROOT && own_lost_found);
+            Kind::Directory(_) => {
+                let subdirectories =
+                    tree.subdirectories(id) + u32::from(id == ROOT && own_lost_found);
+                // dir_nlink: 1 stands for "too many to count".
                 if subdirectories + 2 >= 65000 {
                     1
                 } else {
-                    subdirectories as u32 + 2
+                    subdirectories + 2
                 }
             }
             _ if order.links[id] > 65000 => {
@@ -517,19 +527,19 @@ pub fn write_ext4(
                 if *major < 256 && *minor < 256 {
                     put32(&mut bytes, 40, (major << 8) | minor);
                 } else {
-                    put32(&mut bytes, 44, crate::erofs::encode_device(*major, *minor));
+                    put32(&mut bytes, 44, encode_device(*major, *minor));
                 }
             }
             Kind::Fifo => {}
         }
-        let attrs = xattr_entries(&inode.xattrs).map_err(|reason| unrepresentable(id, reason))?;
-        if let Some(block) = placement.xattr_block {
-            put32(&mut bytes, 104, block as u32);
-            let sectors =
-                u32::from_le_bytes(bytes[28..32].try_into().unwrap()) + (BLOCK / 512) as u32;
-            put32(&mut bytes, 28, sectors);
-        } else if let Some(body) = in_inode_xattrs(&attrs) {
-            bytes[128 + EXTRA_ISIZE..].copy_from_slice(&body);
+        match &placement.xattrs {
+            Xattrs::None => {}
+            Xattrs::InInode(body) => bytes[128 + EXTRA_ISIZE..].copy_from_slice(body),
+            Xattrs::Block(block) => {
+                put32(&mut bytes, 104, *block as u32);
+                let sectors = u32_at(&bytes, 28) + (BLOCK / 512) as u32;
+                put32(&mut bytes, 28, sectors);
+            }
         }
         uuid_hasher.update(&bytes);
         put_inode(ino[id], bytes, directory);
@@ -657,17 +667,6 @@ fn bitmap_prefix(count: u64) -> Vec<u8> {
         bitmap[full] = (1u8 << (count % 8)) - 1;
     }
     bitmap
-}
-
-fn file_type(kind: &Kind) -> u8 {
-    match kind {
-        Kind::File(_) => 1,
-        Kind::Directory(_) => 2,
-        Kind::CharDevice { .. } => 3,
-        Kind::BlockDevice { .. } => 4,
-        Kind::Fifo => 5,
-        Kind::Symlink(_) => 7,
-    }
 }
 
 /// Linear directory blocks for `entries` (`.` and `..` first), at least `minimum` blocks.

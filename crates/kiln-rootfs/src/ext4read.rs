@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
+use crate::ondisk::{u16_at, u32_at};
+
 const EXTENTS_FL: u32 = 0x80000;
 const INCOMPAT_RECOVER: u32 = 0x4;
 const INCOMPAT_META_BG: u32 = 0x10;
@@ -70,11 +72,6 @@ pub struct Ext4Inode {
 }
 
 impl Ext4Inode {
-    /// The `S_IF*` type bits.
-    pub fn file_type(&self) -> u32 {
-        self.mode & 0o170000
-    }
-
     /// `(major, minor)` of a device node.
     pub fn device(&self) -> (u32, u32) {
         let old = u32::from_le_bytes(self.block[0..4].try_into().unwrap());
@@ -84,14 +81,6 @@ impl Ext4Inode {
         let new = u32::from_le_bytes(self.block[4..8].try_into().unwrap());
         ((new & 0xfff00) >> 8, (new & 0xff) | ((new >> 12) & 0xfff00))
     }
-}
-
-fn u16_at(bytes: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([bytes[at], bytes[at + 1]])
-}
-
-fn u32_at(bytes: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap())
 }
 
 impl Ext4Image {
@@ -183,14 +172,16 @@ impl Ext4Image {
         })
     }
 
+    /// An error about this image: `PATH: what`.
+    fn damaged(&self, what: impl std::fmt::Display) -> std::io::Error {
+        invalid(format!("{}: {what}", self.path.display()))
+    }
+
     /// The byte offset of block `number`, or an error for one beyond any disk.
     fn offset(&self, number: u64) -> std::io::Result<u64> {
-        number.checked_mul(self.block).ok_or_else(|| {
-            invalid(format!(
-                "{}: block {number} is out of range",
-                self.path.display()
-            ))
-        })
+        number
+            .checked_mul(self.block)
+            .ok_or_else(|| self.damaged(format!("block {number} is out of range")))
     }
 
     fn read_block(&self, number: u64) -> std::io::Result<Vec<u8>> {
@@ -203,12 +194,16 @@ impl Ext4Image {
 
     /// Reads inode `number`.
     pub fn inode(&self, number: u32) -> std::io::Result<Ext4Inode> {
-        let index = u64::from(number.checked_sub(1).ok_or_else(|| invalid("inode 0"))?);
+        let index = u64::from(
+            number
+                .checked_sub(1)
+                .ok_or_else(|| self.damaged("inode 0"))?,
+        );
         let group = (index / self.inodes_per_group) as usize;
         let descriptor = self
             .descriptors
             .get(group * self.descriptor_size..(group + 1) * self.descriptor_size)
-            .ok_or_else(|| invalid(format!("inode {number} is beyond the last group")))?;
+            .ok_or_else(|| self.damaged(format!("inode {number} is beyond the last group")))?;
         let mut table = u64::from(u32_at(descriptor, 8));
         if self.wide && self.descriptor_size >= 64 {
             table |= u64::from(u32_at(descriptor, 0x28)) << 32;
@@ -217,7 +212,7 @@ impl Ext4Image {
         let at = self
             .offset(table)?
             .checked_add((index % self.inodes_per_group) * self.inode_size)
-            .ok_or_else(|| invalid(format!("inode {number} is out of range")))?;
+            .ok_or_else(|| self.damaged(format!("inode {number} is out of range")))?;
         self.file.file().read_exact_at(&mut raw, at)?;
         let extra = if raw.len() > 128 {
             usize::from(u16_at(&raw, 128))
@@ -250,9 +245,8 @@ impl Ext4Image {
             if inode.block.iter().all(|b| *b == 0) {
                 return Ok(Vec::new());
             }
-            return Err(invalid(format!(
-                "{}: inode {} maps its blocks without extents, which kiln does not read",
-                self.path.display(),
+            return Err(self.damaged(format!(
+                "inode {} maps its blocks without extents, which kiln does not read",
                 inode.number
             )));
         }
@@ -261,11 +255,7 @@ impl Ext4Image {
         self.walk_extents(&inode.block, 0, inode.number, &mut out, &mut nodes)?;
         out.sort_by_key(|e| e.0);
         if out.windows(2).any(|w| w[0].0 + w[0].2 > w[1].0) {
-            return Err(invalid(format!(
-                "{}: inode {} has overlapping extents",
-                self.path.display(),
-                inode.number
-            )));
+            return Err(self.damaged(format!("inode {} has overlapping extents", inode.number)));
         }
         Ok(out)
     }
@@ -280,16 +270,12 @@ impl Ext4Image {
     ) -> std::io::Result<()> {
         *nodes += 1;
         if out.len() > MAX_EXTENTS || *nodes > MAX_EXTENTS / 64 {
-            return Err(invalid(format!(
-                "{}: inode {number} has an extent tree too large to be real",
-                self.path.display()
+            return Err(self.damaged(format!(
+                "inode {number} has an extent tree too large to be real"
             )));
         }
         if u16_at(node, 0) != 0xF30A || level > 5 {
-            return Err(invalid(format!(
-                "{}: inode {number} has a damaged extent tree",
-                self.path.display()
-            )));
+            return Err(self.damaged(format!("inode {number} has a damaged extent tree")));
         }
         let entries = usize::from(u16_at(node, 2));
         let depth = u16_at(node, 6);
@@ -297,7 +283,7 @@ impl Ext4Image {
             let at = 12 + index * 12;
             let entry = node
                 .get(at..at + 12)
-                .ok_or_else(|| invalid(format!("inode {number}: extent node overflows")))?;
+                .ok_or_else(|| self.damaged(format!("inode {number}: extent node overflows")))?;
             if depth == 0 {
                 let raw_length = u64::from(u16_at(entry, 4));
                 let (length, written) = if raw_length > 32768 {
@@ -319,11 +305,9 @@ impl Ext4Image {
     /// The content of a file (or directory, or long symlink).
     pub fn reader(&self, inode: &Ext4Inode) -> std::io::Result<Ext4Reader<'_>> {
         if inode.size > MAX_FILE {
-            return Err(invalid(format!(
-                "{}: inode {} claims {} bytes, more than ext4 allows",
-                self.path.display(),
-                inode.number,
-                inode.size
+            return Err(self.damaged(format!(
+                "inode {} claims {} bytes, more than ext4 allows",
+                inode.number, inode.size
             )));
         }
         Ok(Ext4Reader {
@@ -337,11 +321,9 @@ impl Ext4Image {
     /// The entries of a directory (not `.` and `..`): name → inode number, sorted.
     pub fn read_dir(&self, inode: &Ext4Inode) -> std::io::Result<Vec<(Vec<u8>, u32)>> {
         if inode.size > MAX_DIRECTORY {
-            return Err(invalid(format!(
-                "{}: directory inode {} claims {} bytes",
-                self.path.display(),
-                inode.number,
-                inode.size
+            return Err(self.damaged(format!(
+                "directory inode {} claims {} bytes",
+                inode.number, inode.size
             )));
         }
         let mut content = Vec::new();
@@ -353,26 +335,20 @@ impl Ext4Image {
             let rec_len = usize::from(u16_at(&content, at + 4));
             let name_len = usize::from(content[at + 6]);
             if rec_len < 8 || at + rec_len > content.len() || 8 + name_len > rec_len {
-                return Err(invalid(format!(
-                    "{}: directory inode {} is damaged",
-                    self.path.display(),
-                    inode.number
-                )));
+                return Err(self.damaged(format!("directory inode {} is damaged", inode.number)));
             }
             let name = &content[at + 8..at + 8 + name_len];
             if number != 0 && name != b"." && name != b".." {
                 if name.is_empty() || name.contains(&b'/') || name.contains(&0) {
-                    return Err(invalid(format!(
-                        "{}: directory inode {} holds an impossible name {:?}",
-                        self.path.display(),
+                    return Err(self.damaged(format!(
+                        "directory inode {} holds an impossible name {:?}",
                         inode.number,
                         String::from_utf8_lossy(name)
                     )));
                 }
                 if entries.len() >= MAX_ENTRIES {
-                    return Err(invalid(format!(
-                        "{}: directory inode {} holds more than {MAX_ENTRIES} entries",
-                        self.path.display(),
+                    return Err(self.damaged(format!(
+                        "directory inode {} holds more than {MAX_ENTRIES} entries",
                         inode.number
                     )));
                 }
@@ -390,11 +366,9 @@ impl Ext4Image {
             return Ok(inode.block[..inode.size as usize].to_vec());
         }
         if inode.size > MAX_SYMLINK {
-            return Err(invalid(format!(
-                "{}: symlink inode {} claims {} bytes",
-                self.path.display(),
-                inode.number,
-                inode.size
+            return Err(self.damaged(format!(
+                "symlink inode {} claims {} bytes",
+                inode.number, inode.size
             )));
         }
         let mut target = Vec::new();
@@ -416,11 +390,9 @@ impl Ext4Image {
         if inode.file_acl != 0 {
             let block = self.read_block(inode.file_acl)?;
             if u32_at(&block, 0) != 0xEA02_0000 {
-                return Err(invalid(format!(
-                    "{}: inode {} has a damaged xattr block",
-                    self.path.display(),
-                    inode.number
-                )));
+                return Err(
+                    self.damaged(format!("inode {} has a damaged xattr block", inode.number))
+                );
             }
             self.xattr_entries(&block, 32, &block, inode.number, &mut found)?;
         }
@@ -435,14 +407,14 @@ impl Ext4Image {
         number: u32,
         found: &mut BTreeMap<Vec<u8>, Vec<u8>>,
     ) -> std::io::Result<()> {
-        let damaged = || invalid(format!("inode {number}: damaged xattrs"));
+        let damaged = || self.damaged(format!("inode {number}: damaged xattrs"));
         while at + 4 <= entries.len() && u32_at(entries, at) != 0 {
             let header = entries.get(at..at + 16).ok_or_else(damaged)?;
             let name_len = usize::from(header[0]);
             let index = header[1];
             let value_offset = usize::from(u16_at(header, 2));
             if u32_at(header, 4) != 0 {
-                return Err(invalid(format!(
+                return Err(self.damaged(format!(
                     "inode {number}: an xattr stored in its own inode, which kiln does not read"
                 )));
             }
@@ -536,7 +508,7 @@ impl Read for Ext4Reader<'_> {
                         .image
                         .offset(physical + (logical - start))?
                         .checked_add(within)
-                        .ok_or_else(|| invalid("an extent out of range"))?;
+                        .ok_or_else(|| self.image.damaged("an extent out of range"))?;
                     self.image.file.file().read_exact_at(&mut buffer[..n], at)?;
                 } else {
                     buffer[..n].fill(0);

@@ -38,15 +38,9 @@ pub fn write_cpio(tree: &Tree, objects: &ObjectDir, output: &mut impl Write) -> 
         } else {
             path.join(&b'/')
         };
-        let subdirectories = tree.entries(*inode_id).map(|entries| {
-            entries
-                .values()
-                .filter(|e| matches!(tree.inodes[e.inode].kind, Kind::Directory(_)))
-                .count() as u32
-        });
-        let nlink = match subdirectories {
-            Some(count) => 2 + count,
-            None => links[*inode_id],
+        let nlink = match &inode.kind {
+            Kind::Directory(_) => 2 + tree.subdirectories(*inode_id),
+            _ => links[*inode_id],
         };
         let (data_size, rdev) = match &inode.kind {
             Kind::File(content) if last_link.get(inode_id) == Some(&index) => {

@@ -30,13 +30,14 @@ mod ext4;
 mod ext4read;
 mod initramfs;
 pub mod objects;
+mod ondisk;
 pub mod tree;
 
 pub use apply::{
     MAX_LAYER_ENTRIES, ParsedLayer, ReadAhead, apply_layer, layer_reader, layer_reader_ahead,
-    parse_layer, parse_layer_unless,
+    parse_layer, parse_layer_unless, read_layers,
 };
-pub use diff::{DiffStats, FsView, HostDir, Stat, write_diff_layer};
+pub use diff::{DiffStats, FsView, Stat, write_diff_layer};
 pub use erofs::write_erofs;
 pub use error::{Result, RootfsError};
 pub use ext4::{default_ext4_size, write_ext4};

@@ -148,6 +148,16 @@ impl Tree {
         out
     }
 
+    /// How many directories a directory holds (its link count is 2 more).
+    pub fn subdirectories(&self, directory: InodeId) -> u32 {
+        self.entries(directory).map_or(0, |entries| {
+            entries
+                .values()
+                .filter(|e| matches!(self.inodes[e.inode].kind, Kind::Directory(_)))
+                .count() as u32
+        })
+    }
+
     /// Every reachable inode once, breadth first from the root (entries in
     /// name order), with facts writers need: the parent of each directory
     /// (the root is its own) and the number of names of each inode.

@@ -953,20 +953,7 @@ impl Manager {
     /// A stored layer's diff_id, by reading it.
     fn diff_id_of(&self, digest: &Digest, compression: Compression) -> Result<(Digest, u64)> {
         let file = self.store.content().open_blob(digest)?;
-        (|| -> std::io::Result<(Digest, u64)> {
-            let mut hasher = DiffIdHasher::new(compression)?;
-            let mut reader = std::io::BufReader::with_capacity(CHUNK, file);
-            let mut buffer = vec![0u8; CHUNK];
-            loop {
-                let n = reader.read(&mut buffer)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buffer[..n])?;
-            }
-            hasher.finish()
-        })()
-        .map_err(|source| Error::Decompress {
+        DiffIdHasher::of_reader(file, compression).map_err(|source| Error::Decompress {
             layer: digest.clone(),
             compression: compression.as_str(),
             source,

@@ -674,27 +674,14 @@ impl Manager {
         }
         let file = self.store.content().open_blob(digest)?;
         let layer = digest.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<(Digest, u64)> {
-            use std::io::Read;
-            let mut hasher = DiffIdHasher::new(compression)?;
-            let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
-            let mut buffer = vec![0u8; 1 << 20];
-            loop {
-                let n = reader.read(&mut buffer)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buffer[..n])?;
-            }
-            hasher.finish()
-        })
-        .await
-        .map_err(|e| Error::Task(e.to_string()))?
-        .map_err(|source| Error::Decompress {
-            layer,
-            compression: compression.as_str(),
-            source,
-        })
+        tokio::task::spawn_blocking(move || DiffIdHasher::of_reader(file, compression))
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+            .map_err(|source| Error::Decompress {
+                layer,
+                compression: compression.as_str(),
+                source,
+            })
     }
 
     /// A complete cached image for `reference` on `platform`.

@@ -7,10 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kiln_rootfs::{
-    ObjectDir, Tree, layer_reader_ahead, parse_layer_unless, write_erofs, write_ext4,
-    write_initramfs,
-};
+use kiln_rootfs::{ObjectDir, Tree, read_layers, write_erofs, write_ext4, write_initramfs};
 use kiln_store::ArtifactRecord;
 use kiln_types::media_type;
 use kiln_types::{Algorithm, Digest, Hasher, Platform};
@@ -280,7 +277,6 @@ impl Manager {
         let catalog = self.store.catalog();
         let objects =
             ObjectDir::open(&scratch.join("objects")).map_err(kiln_store::StoreError::from)?;
-        let mut tree = Tree::new();
         let layers: Vec<_> = catalog
             .image_blobs(image_id)?
             .into_iter()
@@ -297,88 +293,10 @@ impl Manager {
                         media_type: layer.media_type.clone(),
                     }
                 })?;
-            let blob = self.store.content().open_blob(&layer.digest)?;
-            blobs.push(std::sync::Mutex::new(Some((blob, compression))));
+            blobs.push((self.store.content().open_blob(&layer.digest)?, compression));
         }
-        // Layers are read through (decompressed, contents stored) by a few
-        // workers at once, and applied in order as they come.
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 4)
-            .min(blobs.len().max(1));
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        // How many layers are applied: a worker does not read further ahead
-        // than `workers` layers past it, so parsed layers waiting in memory
-        // stay few.
-        let applied = (std::sync::Mutex::new(0usize), std::sync::Condvar::new());
-        let applied: Result<()> = std::thread::scope(|scope| {
-            let (sender, receiver) = std::sync::mpsc::channel();
-            for _ in 0..workers {
-                let sender = sender.clone();
-                let (blobs, next, stop, objects, applied) =
-                    (&blobs, &next, &stop, &objects, &applied);
-                scope.spawn(move || {
-                    loop {
-                        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        if index >= blobs.len() {
-                            return;
-                        }
-                        let Ok(mut done) = applied.0.lock() else {
-                            return;
-                        };
-                        while index >= *done + workers
-                            && !stop.load(std::sync::atomic::Ordering::Relaxed)
-                        {
-                            let Ok(guard) = applied.1.wait(done) else {
-                                return;
-                            };
-                            done = guard;
-                        }
-                        drop(done);
-                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                            return;
-                        }
-                        let Some((blob, compression)) =
-                            blobs[index].lock().ok().and_then(|mut slot| slot.take())
-                        else {
-                            return;
-                        };
-                        let reader = layer_reader_ahead(blob, compression);
-                        let parsed = parse_layer_unless(index, reader, objects, stop);
-                        if sender.send((index, parsed)).is_err() {
-                            return;
-                        }
-                    }
-                });
-            }
-            drop(sender);
-            let mut pending = std::collections::BTreeMap::new();
-            let mut next_to_apply = 0;
-            for (index, parsed) in receiver {
-                pending.insert(index, parsed);
-                while let Some(parsed) = pending.remove(&next_to_apply) {
-                    if let Err(error) = parsed.apply(&mut tree) {
-                        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-                        applied.1.notify_all();
-                        return Err(error.into());
-                    }
-                    next_to_apply += 1;
-                    if let Ok(mut done) = applied.0.lock() {
-                        *done = next_to_apply;
-                    }
-                    applied.1.notify_all();
-                }
-            }
-            if next_to_apply != blobs.len() {
-                return Err(Error::Task(format!(
-                    "a layer reader stopped after {next_to_apply} of {} layers",
-                    blobs.len()
-                )));
-            }
-            Ok(())
-        });
-        applied?;
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        let tree = read_layers(blobs, &objects, workers)?;
         Ok((tree, objects))
     }
 }
