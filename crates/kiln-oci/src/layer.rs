@@ -196,23 +196,6 @@ impl DiffIdSink {
         }
     }
 
-    /// The diff_id and uncompressed size of a whole compressed layer read
-    /// from `reader` (a stored blob).
-    pub fn of_reader(
-        mut reader: impl std::io::Read,
-        compression: Compression,
-    ) -> std::io::Result<(Digest, u64)> {
-        let mut hasher = DiffIdHasher::new(compression)?;
-        let mut buffer = vec![0u8; 1 << 20];
-        loop {
-            let n = reader.read(&mut buffer)?;
-            if n == 0 {
-                return hasher.finish();
-            }
-            hasher.update(&buffer[..n])?;
-        }
-    }
-
     /// The diff_id and the uncompressed size.
     pub fn finish(self) -> std::io::Result<(Digest, u64)> {
         match self {
