@@ -243,6 +243,12 @@ pub struct PullArgs {
     /// Credentials for this pull's registry, tried before any other (docs/credentials.md)
     #[arg(long, value_name = "USER:PASSWORD")]
     pub creds: Option<String>,
+    /// Also build this root filesystem, unpacking layers as they download (repeatable); its path is printed after the digest
+    #[arg(long = "rootfs", value_enum, value_name = "FORMAT")]
+    pub rootfs: Vec<RootfsFormatArg>,
+    /// Size of the ext4 image `--rootfs ext4` builds (e.g. 512M, 2G) [default: content plus headroom]
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub rootfs_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

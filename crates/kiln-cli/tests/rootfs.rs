@@ -439,3 +439,162 @@ fn rootfs_is_cached_identical_for_any_user_and_collected_with_its_image() {
         .fails(1);
     assert!(missing.stderr.contains("no image"), "{}", missing.stderr);
 }
+
+/// `kiln pull --rootfs`: layers are unpacked from the download's own
+/// decompression; the result must be byte for byte what `kiln rootfs`
+/// builds from the stored layers, whichever layers were already stored.
+#[test]
+fn pull_rootfs_builds_what_rootfs_builds_while_downloading() {
+    let env = env();
+    // Reference builds: pull, then convert from the stored layers.
+    let reference_digests = |tag: &str| {
+        let kiln = Kiln::new();
+        let image = format!("{}/{tag}", env.registry);
+        kiln.run(&["pull", "--insecure", "-q", &image]).ok();
+        ["ext4", "erofs", "initramfs"].map(|format| {
+            kiln.run(&["rootfs", "--format", format, "--json", &image])
+                .ok()
+                .json()["digest"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+    };
+
+    for (tag, extra) in [
+        ("busybox:multi", None),
+        ("busybox:zstd", Some("--inline-diff-id")),
+        ("busybox:plain", None),
+    ] {
+        let expected = reference_digests(tag);
+        let kiln = Kiln::new();
+        let image = format!("{}/{tag}", env.registry);
+        let mut args = vec![
+            "pull",
+            "--insecure",
+            "--format",
+            "json",
+            "--rootfs",
+            "ext4",
+            "--rootfs",
+            "erofs",
+            "--rootfs",
+            "initramfs",
+            &image,
+        ];
+        args.extend(extra);
+        let pulled = kiln.run(&args).ok().json();
+        let built = pulled["rootfs"].as_array().unwrap();
+        assert_eq!(built.len(), 3, "{tag}: {pulled}");
+        for (artifact, digest) in built.iter().zip(&expected) {
+            assert_eq!(
+                artifact["digest"].as_str().unwrap(),
+                digest,
+                "{tag} {}: the same image as `kiln rootfs` builds",
+                artifact["format"]
+            );
+            assert_eq!(artifact["cached"], false);
+            assert_eq!(
+                sha256(Path::new(artifact["path"].as_str().unwrap())),
+                digest.trim_start_matches("sha256:"),
+                "{tag}: the file in the store is what its digest says"
+            );
+        }
+        // They are the image's artifacts: `rootfs` finds them.
+        let again = kiln
+            .run(&["rootfs", "--format", "erofs", "--json", &image])
+            .ok()
+            .json();
+        assert_eq!(again["cached"], true);
+        assert_eq!(again["digest"].as_str().unwrap(), expected[1]);
+        kiln.run(&["fsck"]).ok();
+        assert!(
+            std::fs::read_dir(kiln.root().join("content-v1/ingest"))
+                .unwrap()
+                .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("work")),
+            "no scratch left behind"
+        );
+    }
+
+    // Some layers already stored (busybox:1 is shared:1's base): those are
+    // unpacked from the store, the others from the download.
+    let expected = reference_digests("shared:1");
+    let kiln = Kiln::new();
+    kiln.run(&[
+        "pull",
+        "--insecure",
+        "-q",
+        &format!("{}/busybox:1", env.registry),
+    ])
+    .ok();
+    let image = format!("{}/shared:1", env.registry);
+    let run = kiln
+        .run(&["pull", "--insecure", "-q", "--rootfs", "ext4", &image])
+        .ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "the digest, then the path: {}", run.stdout);
+    assert!(lines[0].starts_with("sha256:"));
+    assert_eq!(
+        format!("sha256:{}", sha256(Path::new(lines[1]))),
+        expected[0],
+        "partly stored layers give the same ext4"
+    );
+    e2fsck_clean(Path::new(lines[1]));
+
+    // A cached image: the artifacts come from the store (or are built from
+    // the stored layers).
+    let cached = kiln
+        .run(&[
+            "pull",
+            "--insecure",
+            "--format",
+            "json",
+            "--rootfs",
+            "ext4",
+            "--rootfs",
+            "erofs",
+            &image,
+        ])
+        .ok()
+        .json();
+    assert_eq!(cached["cached"], true);
+    assert_eq!(cached["rootfs"][0]["cached"], true);
+    assert_eq!(cached["rootfs"][1]["cached"], false);
+    assert_eq!(cached["rootfs"][1]["digest"].as_str().unwrap(), expected[1]);
+
+    // Bad requests fail before any download, or leave nothing behind.
+    let refused = kiln
+        .run(&[
+            "pull",
+            "--insecure",
+            "--rootfs",
+            "erofs",
+            "--rootfs-size",
+            "64M",
+            &image,
+        ])
+        .fails(1);
+    assert!(
+        refused
+            .stderr
+            .contains("--rootfs-size applies to --rootfs ext4"),
+        "{}",
+        refused.stderr
+    );
+    let missing = kiln
+        .run(&[
+            "pull",
+            "--insecure",
+            "--rootfs",
+            "ext4",
+            &format!("{}/no-such:1", env.registry),
+        ])
+        .fails(1);
+    assert!(missing.stderr.contains("error:"), "{}", missing.stderr);
+    assert!(
+        std::fs::read_dir(kiln.root().join("content-v1/ingest"))
+            .unwrap()
+            .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("work")),
+        "a failed pull leaves no scratch"
+    );
+}

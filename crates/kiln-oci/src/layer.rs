@@ -1,5 +1,7 @@
 //! Layer blobs: the diff_id (digest of the uncompressed tar), computed while
-//! the compressed bytes stream past.
+//! the compressed bytes stream past. The uncompressed bytes can also be
+//! handed on (a "tee"), so a layer is unpacked from the same decompression
+//! that checks it (`kiln pull --rootfs`).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -11,16 +13,26 @@ use bytes::Bytes;
 use kiln_types::media_type::Compression;
 use kiln_types::{Algorithm, Digest, Hasher};
 
-/// Hashes and counts what is written to it.
+/// Where the uncompressed bytes of a layer are handed on, in order. Its
+/// write errors are its own business: the diff_id goes on regardless.
+pub type Tee = Box<dyn Write + Send>;
+
+/// Hashes and counts what is written to it (and hands it to the tee).
 struct Counting {
     hasher: Hasher,
     size: u64,
+    tee: Option<Tee>,
 }
 
 impl Write for Counting {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.hasher.update(bytes);
         self.size += bytes.len() as u64;
+        if let Some(tee) = self.tee.as_mut()
+            && tee.write_all(bytes).is_err()
+        {
+            self.tee = None;
+        }
         Ok(bytes.len())
     }
 
@@ -30,7 +42,7 @@ impl Write for Counting {
 }
 
 enum Decoder {
-    Plain(Counting),
+    Plain(Box<Counting>),
     Gzip(Box<flate2::write::MultiGzDecoder<Counting>>),
     Zstd(Box<zstd::stream::write::Decoder<'static, Counting>>),
 }
@@ -43,12 +55,18 @@ pub struct DiffIdHasher {
 impl DiffIdHasher {
     /// A hasher for a layer compressed with `compression`.
     pub fn new(compression: Compression) -> std::io::Result<DiffIdHasher> {
+        DiffIdHasher::with_tee(compression, None)
+    }
+
+    /// A hasher that also writes the uncompressed bytes to `tee`.
+    pub fn with_tee(compression: Compression, tee: Option<Tee>) -> std::io::Result<DiffIdHasher> {
         let sink = Counting {
             hasher: Hasher::new(Algorithm::Sha256),
             size: 0,
+            tee,
         };
         let decoder = match compression {
-            Compression::None => Decoder::Plain(sink),
+            Compression::None => Decoder::Plain(Box::new(sink)),
             Compression::Gzip => Decoder::Gzip(Box::new(flate2::write::MultiGzDecoder::new(sink))),
             Compression::Zstd => Decoder::Zstd(Box::new(zstd::stream::write::Decoder::new(sink)?)),
         };
@@ -84,7 +102,7 @@ impl DiffIdHasher {
     /// The diff_id and the uncompressed size.
     pub fn finish(self) -> std::io::Result<(Digest, u64)> {
         let sink = match self.decoder {
-            Decoder::Plain(sink) => sink,
+            Decoder::Plain(sink) => *sink,
             Decoder::Gzip(decoder) => decoder.finish()?,
             Decoder::Zstd(mut decoder) => {
                 decoder.flush()?;
@@ -108,7 +126,15 @@ pub struct DiffIdWorker {
 impl DiffIdWorker {
     /// Starts the worker thread.
     pub fn spawn(compression: Compression) -> std::io::Result<DiffIdWorker> {
-        let mut hasher = DiffIdHasher::new(compression)?;
+        DiffIdWorker::spawn_with_tee(compression, None)
+    }
+
+    /// Starts the worker thread, which also writes the uncompressed bytes to `tee`.
+    pub fn spawn_with_tee(
+        compression: Compression,
+        tee: Option<Tee>,
+    ) -> std::io::Result<DiffIdWorker> {
+        let mut hasher = DiffIdHasher::with_tee(compression, tee)?;
         let (sender, receiver): (SyncSender<Bytes>, Receiver<Bytes>) = sync_channel(64);
         let cancelled = Arc::new(AtomicBool::new(false));
         let stop = cancelled.clone();
@@ -181,10 +207,19 @@ pub enum DiffIdSink {
 impl DiffIdSink {
     /// A sink for `compression`; `pipelined` picks the worker thread.
     pub fn new(compression: Compression, pipelined: bool) -> std::io::Result<DiffIdSink> {
+        DiffIdSink::with_tee(compression, pipelined, None)
+    }
+
+    /// [`DiffIdSink::new`], also writing the uncompressed bytes to `tee`.
+    pub fn with_tee(
+        compression: Compression,
+        pipelined: bool,
+        tee: Option<Tee>,
+    ) -> std::io::Result<DiffIdSink> {
         Ok(if pipelined {
-            DiffIdSink::Worker(DiffIdWorker::spawn(compression)?)
+            DiffIdSink::Worker(DiffIdWorker::spawn_with_tee(compression, tee)?)
         } else {
-            DiffIdSink::Inline(Box::new(DiffIdHasher::new(compression)?))
+            DiffIdSink::Inline(Box::new(DiffIdHasher::with_tee(compression, tee)?))
         })
     }
 
@@ -247,6 +282,57 @@ mod tests {
                 "{compression:?} on a worker"
             );
         }
+    }
+
+    /// Collects what a tee is handed.
+    #[derive(Clone, Default)]
+    struct Collect(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl Write for Collect {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_tee_gets_exactly_the_uncompressed_stream() {
+        let plain = tar_like();
+        let zstd = zstd::encode_all(&plain[..], 1).unwrap();
+        for pipelined in [false, true] {
+            let tee = Collect::default();
+            let mut sink =
+                DiffIdSink::with_tee(Compression::Zstd, pipelined, Some(Box::new(tee.clone())))
+                    .unwrap();
+            for chunk in zstd.chunks(5000) {
+                sink.update(Bytes::copy_from_slice(chunk)).unwrap();
+            }
+            let (digest, size) = sink.finish().unwrap();
+            assert_eq!(digest, Digest::sha256_of(&plain));
+            assert_eq!(size, plain.len() as u64);
+            assert!(*tee.0.lock().unwrap() == plain, "pipelined: {pipelined}");
+        }
+    }
+
+    #[test]
+    fn a_failing_tee_does_not_stop_the_diff_id() {
+        struct Broken;
+        impl Write for Broken {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("gone"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let plain = tar_like();
+        let mut hasher = DiffIdHasher::with_tee(Compression::None, Some(Box::new(Broken))).unwrap();
+        hasher.update(&plain).unwrap();
+        assert_eq!(hasher.finish().unwrap().0, Digest::sha256_of(&plain));
     }
 
     #[test]

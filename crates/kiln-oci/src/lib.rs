@@ -36,7 +36,7 @@ pub use client::{
     Repository, RetryObserver, RetryPolicy,
 };
 pub use error::{OciError, Result};
-pub use layer::{DiffIdHasher, DiffIdSink, DiffIdWorker};
+pub use layer::{DiffIdHasher, DiffIdSink, DiffIdWorker, Tee};
 pub use login::LoginCheck;
 pub use upload::{
     BlobSource, Mount, PushedManifest, UploadProgress, UploadSession, empty_index,

@@ -91,6 +91,68 @@ pub fn layer_reader_ahead(
     }
 }
 
+/// A pipe for a layer's uncompressed bytes produced elsewhere (a download's
+/// decompression): what is written to the [`LayerPipe`] is read, in order,
+/// from the [`ReadAhead`], at most 8 MiB behind. Dropping the writer ends
+/// the stream; once the reader is gone, writes fail.
+pub fn layer_pipe() -> (LayerPipe, ReadAhead) {
+    let (sender, receiver) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
+    (
+        LayerPipe {
+            sender,
+            chunk: Vec::with_capacity(PIPE_CHUNK),
+        },
+        ReadAhead {
+            receiver,
+            chunk: Vec::new(),
+            position: 0,
+            ended: false,
+        },
+    )
+}
+
+const PIPE_CHUNK: usize = 1 << 20;
+
+/// The writing end of [`layer_pipe`].
+pub struct LayerPipe {
+    sender: std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+}
+
+impl LayerPipe {
+    fn send(&mut self) -> std::io::Result<()> {
+        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(PIPE_CHUNK));
+        self.sender
+            .send(Ok(full))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reader is gone"))
+    }
+}
+
+impl std::io::Write for LayerPipe {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = bytes.len().min(PIPE_CHUNK - self.chunk.len());
+        self.chunk.extend_from_slice(&bytes[..n]);
+        if self.chunk.len() == PIPE_CHUNK {
+            self.send()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LayerPipe {
+    fn drop(&mut self) {
+        // What is left, then the end marker (an empty chunk).
+        if !self.chunk.is_empty() {
+            let _ = self.send();
+        }
+        let _ = self.sender.send(Ok(Vec::new()));
+    }
+}
+
 /// See [`layer_reader_ahead`].
 pub struct ReadAhead {
     receiver: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,

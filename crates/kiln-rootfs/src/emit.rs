@@ -4,6 +4,9 @@
 //! costs no disk) but are hashed as the zeros they read as, so the image's
 //! digest comes out of the same pass that writes it.
 //!
+//! Copying into buffers, writing them and hashing them run on three
+//! threads, a few buffers apart.
+//!
 //! The image is written with `O_DIRECT` where the filesystem allows it: it
 //! is committed with an fsync anyway, so going through the page cache would
 //! only add a copy and the cost of fresh page-cache pages. Writes are then
@@ -78,20 +81,30 @@ enum Hash {
     Zeros(u64),
 }
 
-/// An image being written in offset order. Hashing runs on its own thread,
-/// a few buffers behind the writes, so it overlaps reading and writing.
+/// Work for the writing thread, in file order: a buffer to write at `start`
+/// (its first `length` bytes are the image's; the rest pads a direct
+/// write), or a hole of this many bytes (for the digest).
+enum Write {
+    Buffer {
+        buffer: Aligned,
+        start: u64,
+        length: usize,
+    },
+    Hole(u64),
+}
+
+/// An image being written in offset order. The caller fills buffers; a
+/// writing thread writes them while the next one fills, then hands them to
+/// a hashing thread, so copying, writing and hashing overlap.
 pub(crate) struct Emitter {
-    file: fs::File,
-    direct: bool,
-    hash: std::sync::mpsc::SyncSender<Hash>,
+    write: Option<std::sync::mpsc::SyncSender<Write>>,
+    writer: Option<std::thread::JoinHandle<std::io::Result<fs::File>>>,
     recycled: std::sync::mpsc::Receiver<Aligned>,
     hasher: std::thread::JoinHandle<Digest>,
     /// Offset of the next byte (buffered or not).
     position: u64,
     /// Bytes from `position - buffer.len` not yet written.
     buffer: Aligned,
-    /// Without `O_DIRECT`: everything before this offset went to writeback.
-    synced: u64,
 }
 
 impl Emitter {
@@ -131,22 +144,33 @@ impl Emitter {
             }
             hasher.finish()
         });
+        let (write, writes) = std::sync::mpsc::sync_channel::<Write>(2);
+        let writer = std::thread::spawn(move || write_out(file, direct, writes, hash));
         Emitter {
-            file,
-            direct,
-            hash,
+            write: Some(write),
+            writer: Some(writer),
             recycled,
             hasher,
             position: 0,
             buffer: Aligned::new(),
-            synced: 0,
         }
     }
 
-    fn send(&mut self, work: Hash) -> std::io::Result<()> {
-        self.hash
-            .send(work)
-            .map_err(|_| std::io::Error::other("the hashing thread stopped"))
+    /// Hands work to the writing thread; when it stopped, its error.
+    fn send(&mut self, work: Write) -> std::io::Result<()> {
+        let sent = match &self.write {
+            Some(write) => write.send(work).is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        self.write = None;
+        match self.writer.take().map(|writer| writer.join()) {
+            Some(Ok(Err(error))) => Err(error),
+            Some(Err(_)) => Err(std::io::Error::other("the writing thread panicked")),
+            _ => Err(std::io::Error::other("the writing thread stopped")),
+        }
     }
 
     /// Skips to `offset` (a hole that reads as zeros).
@@ -161,7 +185,7 @@ impl Emitter {
             self.write_zeros(hole_start - self.position)?;
             // What is buffered comes before the hole, in the file and in the digest.
             self.flush(false)?;
-            self.send(Hash::Zeros(hole_end - hole_start))?;
+            self.send(Write::Hole(hole_end - hole_start))?;
             self.position = hole_end;
         }
         self.write_zeros(offset - self.position)
@@ -185,59 +209,29 @@ impl Emitter {
         Ok(())
     }
 
-    /// Writes the buffer out. Only the last flush may end off a block
-    /// boundary: it is padded with zeros, and `finish` cuts the file back.
+    /// Hands the buffer to the writing thread. Only the last flush may end
+    /// off a block boundary: it is padded with zeros, and `finish` cuts the
+    /// file back.
     fn flush(&mut self, last: bool) -> std::io::Result<()> {
         let length = self.buffer.len;
         if length == 0 {
             return Ok(());
         }
         let start = self.position - length as u64;
-        if self.direct && !length.is_multiple_of(ALIGN) {
-            assert!(last, "an unaligned direct write before the end");
+        if !length.is_multiple_of(ALIGN) {
+            assert!(last, "an unaligned write before the end");
             let pad = length.next_multiple_of(ALIGN) - length;
             self.buffer.push_zeros(pad);
         }
-        let written = self.file.file().write_all_at(self.buffer.bytes(), start);
-        match written {
-            Err(error) if self.direct && error.raw_os_error() == Some(libc::EINVAL) => {
-                // The filesystem took the open but not the write: go buffered.
-                self.direct = false;
-                use std::os::fd::AsRawFd;
-                let fd = self.file.as_raw_fd();
-                // SAFETY: fcntl on an open descriptor.
-                unsafe {
-                    libc::fcntl(
-                        fd,
-                        libc::F_SETFL,
-                        libc::fcntl(fd, libc::F_GETFL) & !libc::O_DIRECT,
-                    )
-                };
-                self.file
-                    .file()
-                    .write_all_at(&self.buffer.bytes()[..length], start)?;
-            }
-            other => other?,
-        }
         let next = self.recycled.try_recv().unwrap_or_else(|_| Aligned::new());
-        let full = std::mem::replace(&mut self.buffer, next);
+        let mut buffer = std::mem::replace(&mut self.buffer, next);
         self.buffer.len = 0;
-        self.send(Hash::Bytes(full, length))?;
-        let end = start + length as u64;
-        if !self.direct && end - self.synced >= WRITEBACK {
-            use std::os::fd::AsRawFd;
-            // SAFETY: a plain syscall on an open descriptor; failure only costs speed.
-            unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    self.synced as i64,
-                    (end - self.synced) as i64,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-            self.synced = end;
-        }
-        Ok(())
+        buffer.len = length.next_multiple_of(ALIGN);
+        self.send(Write::Buffer {
+            buffer,
+            start,
+            length,
+        })
     }
 
     /// Writes `bytes` at `offset` (at or after everything written so far).
@@ -290,14 +284,80 @@ impl Emitter {
         let tail = size - self.position;
         self.bytes(self.position, &vec![0u8; tail as usize])?;
         self.flush(true)?;
-        self.file.set_len(size)?;
-        drop(self.hash);
+        drop(self.write.take());
+        let file = match self.writer.take().map(|writer| writer.join()) {
+            Some(Ok(result)) => result?,
+            _ => return Err(std::io::Error::other("the writing thread panicked")),
+        };
+        file.set_len(size)?;
         let digest = self
             .hasher
             .join()
             .map_err(|_| std::io::Error::other("the hashing thread panicked"))?;
         Ok((digest, size))
     }
+}
+
+/// The writing thread: writes buffers (direct when it can), starts
+/// writeback as it goes when it cannot, and hands everything on to the
+/// hashing thread in order. Returns the file.
+fn write_out(
+    file: fs::File,
+    mut direct: bool,
+    writes: std::sync::mpsc::Receiver<Write>,
+    hash: std::sync::mpsc::SyncSender<Hash>,
+) -> std::io::Result<fs::File> {
+    use std::os::fd::AsRawFd;
+    let stopped = || std::io::Error::other("the hashing thread stopped");
+    // Without O_DIRECT: everything before this offset went to writeback.
+    let mut synced = 0u64;
+    for work in writes {
+        let (buffer, start, length) = match work {
+            Write::Hole(count) => {
+                hash.send(Hash::Zeros(count)).map_err(|_| stopped())?;
+                continue;
+            }
+            Write::Buffer {
+                buffer,
+                start,
+                length,
+            } => (buffer, start, length),
+        };
+        let written = file.file().write_all_at(buffer.bytes(), start);
+        match written {
+            Err(error) if direct && error.raw_os_error() == Some(libc::EINVAL) => {
+                // The filesystem took the open but not the write: go buffered.
+                direct = false;
+                let fd = file.as_raw_fd();
+                // SAFETY: fcntl on an open descriptor.
+                unsafe {
+                    libc::fcntl(
+                        fd,
+                        libc::F_SETFL,
+                        libc::fcntl(fd, libc::F_GETFL) & !libc::O_DIRECT,
+                    )
+                };
+                file.file().write_all_at(&buffer.bytes()[..length], start)?;
+            }
+            other => other?,
+        }
+        hash.send(Hash::Bytes(buffer, length))
+            .map_err(|_| stopped())?;
+        let end = start + length as u64;
+        if !direct && end - synced >= WRITEBACK {
+            // SAFETY: a plain syscall on an open descriptor; failure only costs speed.
+            unsafe {
+                libc::sync_file_range(
+                    file.as_raw_fd(),
+                    synced as i64,
+                    (end - synced) as i64,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            synced = end;
+        }
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -326,6 +386,18 @@ mod tests {
         // The long gaps are holes.
         use std::os::unix::fs::MetadataExt;
         assert!(std::fs::metadata(&path).unwrap().blocks() * 512 < (20 << 20));
+    }
+
+    #[test]
+    fn a_failed_write_is_an_error() {
+        // /dev/full takes no O_DIRECT and fails every write with ENOSPC.
+        let mut emitter = Emitter::create(Path::new("/dev/full")).unwrap();
+        let big = vec![1u8; 5 << 20];
+        let error = emitter
+            .bytes(0, &big)
+            .and_then(|_| emitter.finish(big.len() as u64).map(|_| ()))
+            .unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}");
     }
 
     #[test]

@@ -34,8 +34,8 @@ mod ondisk;
 pub mod tree;
 
 pub use apply::{
-    MAX_LAYER_ENTRIES, ParsedLayer, ReadAhead, apply_layer, layer_reader, layer_reader_ahead,
-    parse_layer, parse_layer_unless, read_layers,
+    LayerPipe, MAX_LAYER_ENTRIES, ParsedLayer, ReadAhead, apply_layer, layer_pipe, layer_reader,
+    layer_reader_ahead, parse_layer, parse_layer_unless, read_layers,
 };
 pub use diff::{DiffStats, FsView, Stat, write_diff_layer};
 pub use erofs::write_erofs;

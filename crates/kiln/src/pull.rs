@@ -18,7 +18,9 @@ use kiln_types::{Descriptor, Digest, ImageConfig, ImageManifest, Platform, Refer
 
 use crate::error::{Error, Result};
 use crate::progress::{Event, Progress};
+use crate::rootfs::Unpacker;
 use crate::{LeaseGuard, Manager, tag_name};
+use kiln_rootfs::ParsedLayer;
 
 /// Largest image config kiln reads.
 const MAX_CONFIG_SIZE: u64 = 16 << 20;
@@ -112,6 +114,8 @@ pub(crate) struct LayerOutcome {
     /// diff_id and uncompressed size (layers only).
     pub(crate) diff_id: Option<(Digest, u64)>,
     pub(crate) downloaded: u64,
+    /// The layer parsed, when the pull unpacks.
+    pub(crate) parsed: Option<ParsedLayer>,
 }
 
 impl Manager {
@@ -122,10 +126,28 @@ impl Manager {
         options: &PullOptions,
         progress: Arc<dyn Progress>,
     ) -> Result<PulledImage> {
+        Ok(self
+            .pull_unpacking(reference, options, progress, None)
+            .await?
+            .0)
+    }
+
+    /// [`Manager::pull`], unpacking layers with `unpacker` as they
+    /// download: the parsed layers, in order, come back when the image was
+    /// downloaded (not when it was cached, nor for a source image).
+    pub(crate) async fn pull_unpacking(
+        &self,
+        reference: &str,
+        options: &PullOptions,
+        progress: Arc<dyn Progress>,
+        unpacker: Option<&Unpacker>,
+    ) -> Result<(PulledImage, Option<Vec<ParsedLayer>>)> {
         if kiln_types::SourceReference::looks_like(reference) {
-            return self
-                .pull_source(&reference.parse()?, options, progress)
-                .await;
+            return Ok((
+                self.pull_source(&reference.parse()?, options, progress)
+                    .await?,
+                None,
+            ));
         }
         let reference: Reference = reference.parse()?;
         let platform = options.platform.clone().unwrap_or_else(Platform::host);
@@ -137,7 +159,7 @@ impl Manager {
                 progress.event(Event::Cached {
                     manifest: hit.manifest_digest.clone(),
                 });
-                return Ok(hit);
+                return Ok((hit, None));
             }
             if options.policy == PullPolicy::Never {
                 return Err(Error::NotCached {
@@ -158,7 +180,7 @@ impl Manager {
             progress.event(Event::Cached {
                 manifest: hit.manifest_digest.clone(),
             });
-            return Ok(hit);
+            return Ok((hit, None));
         }
         let guard = LeaseGuard {
             manager: self,
@@ -237,8 +259,8 @@ impl Manager {
         });
 
         if manifest.config.media_type == crate::RECORD_MEDIA_TYPE {
-            return self
-                .pull_source_artifact(
+            return Ok((
+                self.pull_source_artifact(
                     &client,
                     &reference,
                     &manifest,
@@ -252,7 +274,9 @@ impl Manager {
                     observer,
                     options.concurrency,
                 )
-                .await;
+                .await?,
+                None,
+            ));
         }
         let (config, config_bytes_len) = self
             .fetch_config(
@@ -291,12 +315,9 @@ impl Manager {
             compressions.push(compression);
         }
 
-        let outcomes: Vec<LayerOutcome> = stream::iter(
-            manifest
-                .layers
-                .iter()
-                .zip(compressions)
-                .map(|(layer, compression)| {
+        let mut outcomes: Vec<LayerOutcome> =
+            stream::iter(manifest.layers.iter().zip(compressions).enumerate().map(
+                |(index, (layer, compression))| {
                     self.pull_layer(
                         &client,
                         &reference,
@@ -306,15 +327,22 @@ impl Manager {
                         options,
                         progress.clone(),
                         observer.clone(),
+                        unpacker.map(|u| (u, index)),
                     )
-                }),
-        )
-        .buffered(options.concurrency.max(1))
-        .try_collect()
-        .await?;
+                },
+            ))
+            .buffered(options.concurrency.max(1))
+            .try_collect()
+            .await?;
 
         let mut diff_ids = Vec::with_capacity(outcomes.len());
         let mut downloaded = 0;
+        let parsed: Option<Vec<ParsedLayer>> = unpacker.and_then(|_| {
+            outcomes
+                .iter_mut()
+                .map(|outcome| outcome.parsed.take())
+                .collect()
+        });
         for (layer, outcome) in manifest.layers.iter().zip(&outcomes) {
             let Some(diff_id) = outcome.diff_id.clone() else {
                 return Err(Error::Task(format!(
@@ -351,15 +379,18 @@ impl Manager {
         progress.event(Event::Stored {
             manifest: manifest_digest.clone(),
         });
-        Ok(PulledImage {
-            reference: reference.to_string(),
-            manifest_digest,
-            index_digest: index.map(|i| i.digest),
-            platform: image_platform.to_string(),
-            cached: false,
-            bytes_downloaded: downloaded,
-            layers: manifest.layers.len(),
-        })
+        Ok((
+            PulledImage {
+                reference: reference.to_string(),
+                manifest_digest,
+                index_digest: index.map(|i| i.digest),
+                platform: image_platform.to_string(),
+                cached: false,
+                bytes_downloaded: downloaded,
+                layers: manifest.layers.len(),
+            },
+            parsed,
+        ))
     }
 
     /// What the tag names now, by a HEAD request. A registry that cannot
@@ -494,8 +525,14 @@ impl Manager {
         options: &PullOptions,
         progress: Arc<dyn Progress>,
         observer: Arc<Observer>,
+        unpack: Option<(&Unpacker, usize)>,
     ) -> Result<LayerOutcome> {
         let digest = layer.digest.clone();
+        let unpack_error = |source: std::io::Error| Error::Decompress {
+            layer: digest.clone(),
+            compression: compression.map_or("none", |c| c.as_str()),
+            source,
+        };
         let force = options.force;
         // Lease first, then look: garbage collection keeps what is leased.
         self.store.catalog().lease_blob(lease, &digest)?;
@@ -514,26 +551,54 @@ impl Manager {
                         digest: digest.clone(),
                         size,
                     });
+                    let parsing = match (unpack, compression) {
+                        (Some((unpacker, index)), Some(compression)) => Some(
+                            unpacker
+                                .stored(
+                                    index,
+                                    self.store.content().open_blob(&digest)?,
+                                    compression,
+                                )
+                                .map_err(unpack_error)?,
+                        ),
+                        _ => None,
+                    };
                     let diff_id = match compression {
                         Some(compression) => Some(self.known_diff_id(&digest, compression).await?),
                         None => None,
                     };
                     self.store.catalog().record_blob(&digest, size)?;
+                    let parsed = match parsing {
+                        Some(parsing) => Some(Unpacker::finish(parsing).await?),
+                        None => None,
+                    };
                     return Ok(LayerOutcome {
                         diff_id,
                         downloaded: 0,
+                        parsed,
                     });
                 }
                 IngestStart::Writing(ingest) => ingest,
             };
+            let mut parsing = None;
             let mut worker = match compression {
                 Some(compression) => Some(
-                    DiffIdSink::new(compression, options.pipelined_diff_id).map_err(|source| {
-                        Error::Decompress {
-                            layer: digest.clone(),
-                            compression: compression.as_str(),
-                            source,
-                        }
+                    DiffIdSink::with_tee(
+                        compression,
+                        options.pipelined_diff_id,
+                        match unpack {
+                            Some((unpacker, index)) => {
+                                let (tee, thread) = unpacker.tee(index).map_err(unpack_error)?;
+                                parsing = Some(thread);
+                                Some(Box::new(tee) as kiln_oci::Tee)
+                            }
+                            None => None,
+                        },
+                    )
+                    .map_err(|source| Error::Decompress {
+                        layer: digest.clone(),
+                        compression: compression.as_str(),
+                        source,
                     })?,
                 ),
                 None => None,
@@ -636,9 +701,14 @@ impl Manager {
                                 })?,
                         ),
                     };
+                    let parsed = match parsing {
+                        Some(parsing) => Some(Unpacker::finish(parsing).await?),
+                        None => None,
+                    };
                     return Ok(LayerOutcome {
                         diff_id,
                         downloaded: layer.size - offset,
+                        parsed,
                     });
                 }
                 Err(StoreError::DigestMismatch { .. }) if attempt == 0 => {

@@ -888,6 +888,7 @@ impl Manager {
                 &PullOptions::default(),
                 progress.clone(),
                 observer.clone(),
+                None,
             )
             .await?;
         Ok(outcome.downloaded)

@@ -7,7 +7,13 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use kiln_rootfs::{ObjectDir, Tree, read_layers, write_erofs, write_ext4, write_initramfs};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use kiln_rootfs::{
+    LayerPipe, ObjectDir, ParsedLayer, ReadAhead, Tree, layer_pipe, layer_reader_ahead,
+    parse_layer_unless, read_layers, write_erofs, write_ext4, write_initramfs,
+};
 use kiln_store::ArtifactRecord;
 use kiln_types::media_type;
 use kiln_types::{Algorithm, Digest, Hasher, Platform};
@@ -87,6 +93,70 @@ impl Drop for Scratch {
     }
 }
 
+/// Layers unpacked while they download (`pull --rootfs`): each layer's
+/// uncompressed bytes, as the pull's diff_id check produces them, are
+/// parsed on a thread of their own, contents into one scratch pack. Parsed
+/// layers are applied only once the whole image checked out.
+pub(crate) struct Unpacker {
+    objects: Arc<ObjectDir>,
+    /// Set when the pull fails: parsing stops between entries.
+    stop: Arc<AtomicBool>,
+    scratch: Scratch,
+}
+
+/// A layer being parsed.
+pub(crate) type Parsing = std::thread::JoinHandle<ParsedLayer>;
+
+impl Unpacker {
+    fn new(manager: &Manager) -> Result<Unpacker> {
+        let scratch = Scratch(manager.store.content().scratch_dir()?);
+        let objects =
+            ObjectDir::open(&scratch.0.join("objects")).map_err(kiln_store::StoreError::from)?;
+        Ok(Unpacker {
+            objects: Arc::new(objects),
+            stop: Arc::new(AtomicBool::new(false)),
+            scratch,
+        })
+    }
+
+    fn parse(&self, index: usize, reader: ReadAhead) -> std::io::Result<Parsing> {
+        let (objects, stop) = (self.objects.clone(), self.stop.clone());
+        std::thread::Builder::new()
+            .name("kiln-unpack".into())
+            .spawn(move || parse_layer_unless(index, reader, &objects, &stop))
+    }
+
+    /// Where layer `index`'s uncompressed bytes go, and the thread parsing them.
+    pub(crate) fn tee(&self, index: usize) -> std::io::Result<(LayerPipe, Parsing)> {
+        let (pipe, reader) = layer_pipe();
+        Ok((pipe, self.parse(index, reader)?))
+    }
+
+    /// Parses layer `index` from its stored blob.
+    pub(crate) fn stored(
+        &self,
+        index: usize,
+        blob: impl std::io::Read + Send + 'static,
+        compression: kiln_types::media_type::Compression,
+    ) -> std::io::Result<Parsing> {
+        self.parse(index, layer_reader_ahead(blob, compression))
+    }
+
+    /// The parsed layer (waits for its thread).
+    pub(crate) async fn finish(parsing: Parsing) -> Result<ParsedLayer> {
+        tokio::task::spawn_blocking(move || parsing.join())
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+            .map_err(|_| Error::Task("a layer's unpacking thread panicked".into()))
+    }
+}
+
+impl Drop for Unpacker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Manager {
     /// Builds (or finds) the root filesystem of the image `query` names.
     /// `size` (ext4 only) is the image size in bytes; default: content plus headroom.
@@ -101,77 +171,156 @@ impl Manager {
         if image.media_type == crate::RECORD_MEDIA_TYPE {
             return self.source_rootfs(query, &image, format, size);
         }
-        let catalog = self.store.catalog();
-        let options = rootfs_options(format, size);
-        let options = options.as_str();
-        if let Some(found) =
-            catalog.artifact(image.id, format.as_str(), options, CONVERTER_VERSION)?
-            && self.store.content().blob_size(&found.digest)? == Some(found.size)
-        {
-            catalog.touch_image(image.id)?;
-            return Ok(RootfsArtifact {
-                image: image.manifest_digest,
-                format,
-                path: self.store.content().blob_path(&found.digest),
-                digest: found.digest,
-                size: found.size,
-                cached: true,
-            });
+        if let Some(found) = self.cached_rootfs(&image, format, size)? {
+            return Ok(found);
         }
         if !image.complete {
             return Err(Error::ImageNotFound {
                 query: format!("{query} (incomplete: pull it again)"),
             });
         }
-        let mut guard = crate::LeaseGuard {
+        let guard = crate::LeaseGuard {
             manager: self,
-            lease: Some(catalog.create_lease()?),
+            lease: Some(self.store.catalog().create_lease()?),
         };
         let scratch = Scratch(self.store.content().scratch_dir()?);
         let (tree, objects) = self.image_tree(image.id, query, guard.lease(), &scratch.0)?;
-        let output = scratch.0.join("output");
-        let (digest, size) = match format {
+        self.build_rootfs(&image, &tree, &objects, format, size, guard, &scratch.0)
+    }
+
+    /// The artifact already made from `image` with these parameters, if its
+    /// blob is still there.
+    fn cached_rootfs(
+        &self,
+        image: &kiln_store::ImageRecord,
+        format: RootfsFormat,
+        size: Option<u64>,
+    ) -> Result<Option<RootfsArtifact>> {
+        let catalog = self.store.catalog();
+        let options = rootfs_options(format, size);
+        let Some(found) =
+            catalog.artifact(image.id, format.as_str(), &options, CONVERTER_VERSION)?
+        else {
+            return Ok(None);
+        };
+        if self.store.content().blob_size(&found.digest)? != Some(found.size) {
+            return Ok(None);
+        }
+        catalog.touch_image(image.id)?;
+        Ok(Some(RootfsArtifact {
+            image: image.manifest_digest.clone(),
+            format,
+            path: self.store.content().blob_path(&found.digest),
+            digest: found.digest,
+            size: found.size,
+            cached: true,
+        }))
+    }
+
+    /// Writes `tree` (contents in `objects`) as a `format` image in
+    /// `scratch`, then commits it as the artifact of `image`; `guard`'s
+    /// lease keeps the new blob until the artifact row holds it.
+    #[allow(clippy::too_many_arguments)]
+    fn build_rootfs(
+        &self,
+        image: &kiln_store::ImageRecord,
+        tree: &Tree,
+        objects: &ObjectDir,
+        format: RootfsFormat,
+        size: Option<u64>,
+        mut guard: crate::LeaseGuard<'_>,
+        scratch: &Path,
+    ) -> Result<RootfsArtifact> {
+        let catalog = self.store.catalog();
+        let output = scratch.join(format!("output-{}", format.as_str()));
+        let identity = image.manifest_digest.to_string();
+        let (digest, written) = match format {
             RootfsFormat::Initramfs => {
-                write_output(&output, |writer| write_initramfs(&tree, &objects, writer))
+                write_output(&output, |writer| write_initramfs(tree, objects, writer))
                     .map_err(kiln_store::StoreError::from)?
             }
-            RootfsFormat::Erofs => write_erofs(
-                &tree,
-                &objects,
-                &output,
-                image.manifest_digest.to_string().as_bytes(),
-            )?,
-            RootfsFormat::Ext4 => write_ext4(
-                &tree,
-                &objects,
-                &output,
-                size,
-                image.manifest_digest.to_string().as_bytes(),
-            )?,
+            RootfsFormat::Erofs => write_erofs(tree, objects, &output, identity.as_bytes())?,
+            RootfsFormat::Ext4 => write_ext4(tree, objects, &output, size, identity.as_bytes())?,
         };
         catalog.lease_blob(guard.lease(), &digest)?;
-        if self.store.content().blob_size(&digest)? != Some(size) {
-            self.store.content().adopt_file(&output, &digest, size)?;
+        if self.store.content().blob_size(&digest)? != Some(written) {
+            self.store.content().adopt_file(&output, &digest, written)?;
         }
         let record = ArtifactRecord {
             image_id: image.id,
             format: format.as_str().to_string(),
-            options: options.to_string(),
+            options: rootfs_options(format, size),
             converter_version: CONVERTER_VERSION.to_string(),
             digest: digest.clone(),
-            size,
+            size: written,
             created_at: kiln_store::fsutil::now(),
         };
         catalog.add_artifact(&record, guard.lease.take())?;
         catalog.touch_image(image.id)?;
         Ok(RootfsArtifact {
-            image: image.manifest_digest,
+            image: image.manifest_digest.clone(),
             format,
             path: self.store.content().blob_path(&digest),
             digest,
-            size,
+            size: written,
             cached: false,
         })
+    }
+
+    /// Pulls `reference` and builds its root filesystems (`formats`, each
+    /// with its ext4 size), unpacking every downloaded layer from the same
+    /// decompression that checks its diff_id: no layer is read twice. An
+    /// image already in the store is converted from its layer blobs (or
+    /// its artifacts found), as [`Manager::rootfs`] does.
+    pub async fn pull_rootfs(
+        &self,
+        reference: &str,
+        options: &crate::PullOptions,
+        formats: &[(RootfsFormat, Option<u64>)],
+        progress: std::sync::Arc<dyn crate::Progress>,
+    ) -> Result<(crate::PulledImage, Vec<RootfsArtifact>)> {
+        let unpacker = if formats.is_empty() {
+            None
+        } else {
+            Some(Unpacker::new(self)?)
+        };
+        let (pulled, parsed) = self
+            .pull_unpacking(reference, options, progress, unpacker.as_ref())
+            .await?;
+        let query = pulled.manifest_digest.to_string();
+        let platform = pulled.platform.parse::<Platform>().ok();
+        let mut artifacts = Vec::with_capacity(formats.len());
+        let (Some(unpacker), Some(parsed)) = (unpacker, parsed) else {
+            for &(format, size) in formats {
+                artifacts.push(self.rootfs(&query, platform.as_ref(), format, size)?);
+            }
+            return Ok((pulled, artifacts));
+        };
+        let image = self.one_image(&query, platform.as_ref())?;
+        let mut tree = Tree::new();
+        for layer in parsed {
+            layer.apply(&mut tree)?;
+        }
+        for &(format, size) in formats {
+            if let Some(found) = self.cached_rootfs(&image, format, size)? {
+                artifacts.push(found);
+                continue;
+            }
+            let guard = crate::LeaseGuard {
+                manager: self,
+                lease: Some(self.store.catalog().create_lease()?),
+            };
+            artifacts.push(self.build_rootfs(
+                &image,
+                &tree,
+                &unpacker.objects,
+                format,
+                size,
+                guard,
+                &unpacker.scratch.0,
+            )?);
+        }
+        Ok((pulled, artifacts))
     }
 
     /// The root filesystem a source image ships: its `rootfs` file when it

@@ -2,13 +2,23 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use kiln::{Manager, PullOptions, PullPolicy};
+use kiln::{Manager, PullOptions, PullPolicy, RootfsFormat};
 
 use crate::cli::{Format, Policy, PullArgs};
 use crate::printer::{self, size};
 use crate::progress::Reporter;
 
 pub fn run(manager: &Manager, args: PullArgs) -> anyhow::Result<ExitCode> {
+    let mut formats: Vec<(RootfsFormat, Option<u64>)> = Vec::new();
+    for format in args.rootfs.iter().copied().map(RootfsFormat::from) {
+        if !formats.iter().any(|(f, _)| *f == format) {
+            let size = args.rootfs_size.filter(|_| format == RootfsFormat::Ext4);
+            formats.push((format, size));
+        }
+    }
+    if args.rootfs_size.is_some() && !formats.iter().any(|(f, _)| *f == RootfsFormat::Ext4) {
+        anyhow::bail!("--rootfs-size applies to --rootfs ext4 only");
+    }
     let options = PullOptions {
         platform: super::parse_platform(args.platform.as_deref())?,
         policy: match args.policy {
@@ -29,9 +39,14 @@ pub fn run(manager: &Manager, args: PullArgs) -> anyhow::Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let pulled = runtime.block_on(manager.pull(&args.reference, &options, reporter))?;
+    let (pulled, artifacts) =
+        runtime.block_on(manager.pull_rootfs(&args.reference, &options, &formats, reporter))?;
     if args.format == Format::Json {
-        printer::json(&pulled)?;
+        let mut value = serde_json::to_value(&pulled)?;
+        if !formats.is_empty() {
+            value["rootfs"] = serde_json::to_value(&artifacts)?;
+        }
+        printer::json(&value)?;
         return Ok(ExitCode::SUCCESS);
     }
     if !args.quiet {
@@ -50,5 +65,21 @@ pub fn run(manager: &Manager, args: PullArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     printer::out(&pulled.manifest_digest)?;
+    for artifact in &artifacts {
+        if !args.quiet {
+            printer::status(format!(
+                "{} of {} ({}): {}",
+                artifact.format.as_str(),
+                artifact.image,
+                size(artifact.size),
+                if artifact.cached {
+                    "from the store"
+                } else {
+                    "built"
+                }
+            ));
+        }
+        printer::out(artifact.path.display())?;
+    }
     Ok(ExitCode::SUCCESS)
 }

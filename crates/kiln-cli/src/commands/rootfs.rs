@@ -6,13 +6,19 @@ use kiln::{Manager, RootfsFormat};
 use crate::cli::{RootfsArgs, RootfsFormatArg};
 use crate::printer::{self, size};
 
+impl From<RootfsFormatArg> for RootfsFormat {
+    fn from(format: RootfsFormatArg) -> RootfsFormat {
+        match format {
+            RootfsFormatArg::Initramfs => RootfsFormat::Initramfs,
+            RootfsFormatArg::Ext4 => RootfsFormat::Ext4,
+            RootfsFormatArg::Erofs => RootfsFormat::Erofs,
+        }
+    }
+}
+
 pub fn run(manager: &Manager, args: RootfsArgs) -> anyhow::Result<ExitCode> {
     let platform = super::parse_platform(args.platform.as_deref())?;
-    let format = match args.format {
-        RootfsFormatArg::Initramfs => RootfsFormat::Initramfs,
-        RootfsFormatArg::Ext4 => RootfsFormat::Ext4,
-        RootfsFormatArg::Erofs => RootfsFormat::Erofs,
-    };
+    let format = RootfsFormat::from(args.format);
     if args.size.is_some() && format != RootfsFormat::Ext4 {
         anyhow::bail!("--size applies to ext4 images only");
     }
