@@ -61,14 +61,16 @@ rm -f "$work/split-ext4" "$work/split-erofs"
 kiln_times=(); peer_times=(); podman_times=(); kiln_erofs_times=(); peer_erofs_times=()
 have_podman=false
 command -v podman >/dev/null 2>&1 && have_podman=true
+# Every timed run starts after a sync (untimed), so no run pays for the
+# writeback of the one before it.
 for _ in $(seq 1 "$RUNS"); do
-  kiln_times+=("$(seconds kiln_ext4)")
-  peer_times+=("$(seconds peer_ext4)")
-  kiln_erofs_times+=("$(seconds kiln_erofs)")
-  peer_erofs_times+=("$(seconds peer_erofs)")
-  if $have_podman; then podman_times+=("$(seconds podman_pull)"); fi
-  kiln_two_steps ext4
-  kiln_two_steps erofs
+  sync; kiln_times+=("$(seconds kiln_ext4)")
+  sync; peer_times+=("$(seconds peer_ext4)")
+  sync; kiln_erofs_times+=("$(seconds kiln_erofs)")
+  sync; peer_erofs_times+=("$(seconds peer_erofs)")
+  if $have_podman; then sync; podman_times+=("$(seconds podman_pull)"); fi
+  sync; kiln_two_steps ext4
+  sync; kiln_two_steps erofs
 done
 kiln_median=$(printf '%s\n' "${kiln_times[@]}" | median)
 peer_median=$(printf '%s\n' "${peer_times[@]}" | median)
@@ -96,7 +98,7 @@ body=$(mktemp)
 {
   echo "Command: \`bash bench/rootfs.sh\` (RUNS=$RUNS, DISK_RUNS=$DISK_RUNS), $(date -u +%Y-%m-%d), $(machine)."
   echo
-  echo "Image: the pull benchmark's 8 gzip layers, $((compressed / 1000000)) MB compressed; ext4 image $((base_size / 1000000)) MB."
+  echo "Each timed run starts after an untimed \`sync\`. Image: the pull benchmark's 8 gzip layers, $((compressed / 1000000)) MB compressed; ext4 image $((base_size / 1000000)) MB."
   echo
   echo "| pipeline | median (s) | ratio to the peer pipeline |"
   echo "|---|---|---|"

@@ -684,3 +684,88 @@ fn pull_policies() {
     );
     proxy2.stop();
 }
+
+/// `pull --rootfs` through the same faults: a resumed download replays its
+/// partial file into the unpacking, a corrupt download is unpacked again
+/// from scratch, and the result is still exactly the image `kiln rootfs`
+/// builds; a download that never checks out leaves no image, artifact or
+/// scratch behind.
+#[test]
+fn pull_rootfs_survives_faults_and_fails_cleanly() {
+    let env = env();
+    let direct = format!("{}/busybox:multi", env.registry);
+    let layers = layer_digests(&direct);
+    let reference = Kiln::new();
+    reference.run(&["pull", "--insecure", "-q", &direct]).ok();
+    let expected = reference
+        .run(&["rootfs", "--format", "ext4", "--json", &direct])
+        .ok()
+        .json()["digest"]
+        .clone();
+    let no_scratch = |kiln: &Kiln| {
+        std::fs::read_dir(kiln.root().join("content-v1/ingest"))
+            .unwrap()
+            .all(|e| {
+                !e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".work-")
+            })
+    };
+    for (name, fault) in [
+        ("connection reset mid-body", Fault::ResetAfter(20_000)),
+        ("bad bytes once", Fault::Corrupt),
+    ] {
+        let proxy = Proxy::start(&env.registry);
+        proxy.add_rule(&layers[0], Some("GET"), fault, 1);
+        let kiln = Kiln::new();
+        let pulled = kiln
+            .run(&[
+                "pull",
+                "--insecure",
+                "--format",
+                "json",
+                "--rootfs",
+                "ext4",
+                &format!("{}/busybox:multi", proxy.host()),
+            ])
+            .ok()
+            .json();
+        assert_eq!(pulled["rootfs"][0]["digest"], expected, "{name}");
+        assert_eq!(
+            pulled["rootfs"][0]["unpacked_while_pulling"], true,
+            "{name}"
+        );
+        if name.contains("reset") {
+            assert!(
+                proxy.requests().iter().any(|r| r.range.is_some()),
+                "{name}: resumed with a Range request"
+            );
+        }
+        assert!(no_scratch(&kiln), "{name}: no scratch left");
+        kiln.run(&["fsck"]).ok();
+        proxy.stop();
+    }
+
+    let proxy = Proxy::start(&env.registry);
+    proxy.add_rule(&layers[1], Some("GET"), Fault::Corrupt, usize::MAX);
+    let kiln = Kiln::new();
+    let run = kiln
+        .run(&[
+            "pull",
+            "--insecure",
+            "--rootfs",
+            "ext4",
+            "--rootfs",
+            "erofs",
+            &format!("{}/busybox:multi", proxy.host()),
+        ])
+        .fails(1);
+    assert!(run.stderr.contains("digest mismatch"), "{}", run.stderr);
+    assert!(run.stdout.is_empty(), "no digest, no path: {}", run.stdout);
+    let images = kiln.run(&["images", "--format", "json"]).ok().json();
+    assert_eq!(images.as_array().unwrap().len(), 0, "no image recorded");
+    assert!(no_scratch(&kiln), "a failed pull leaves no scratch");
+    kiln.run(&["fsck"]).ok();
+    proxy.stop();
+}

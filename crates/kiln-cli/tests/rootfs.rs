@@ -495,6 +495,10 @@ fn pull_rootfs_builds_what_rootfs_builds_while_downloading() {
             );
             assert_eq!(artifact["cached"], false);
             assert_eq!(
+                artifact["unpacked_while_pulling"], true,
+                "{tag}: built from the download, not from the stored layers"
+            );
+            assert_eq!(
                 sha256(Path::new(artifact["path"].as_str().unwrap())),
                 digest.trim_start_matches("sha256:"),
                 "{tag}: the file in the store is what its digest says"
@@ -511,7 +515,11 @@ fn pull_rootfs_builds_what_rootfs_builds_while_downloading() {
         assert!(
             std::fs::read_dir(kiln.root().join("content-v1/ingest"))
                 .unwrap()
-                .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("work")),
+                .all(|e| !e
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".work-")),
             "no scratch left behind"
         );
     }
@@ -529,8 +537,9 @@ fn pull_rootfs_builds_what_rootfs_builds_while_downloading() {
     .ok();
     let image = format!("{}/shared:1", env.registry);
     let run = kiln
-        .run(&["pull", "--insecure", "-q", "--rootfs", "ext4", &image])
+        .run(&["pull", "--insecure", "--rootfs", "ext4", &image])
         .ok();
+    assert!(run.stderr.contains("built while pulling"), "{}", run.stderr);
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(lines.len(), 2, "the digest, then the path: {}", run.stdout);
     assert!(lines[0].starts_with("sha256:"));
@@ -560,6 +569,10 @@ fn pull_rootfs_builds_what_rootfs_builds_while_downloading() {
     assert_eq!(cached["cached"], true);
     assert_eq!(cached["rootfs"][0]["cached"], true);
     assert_eq!(cached["rootfs"][1]["cached"], false);
+    assert_eq!(
+        cached["rootfs"][1]["unpacked_while_pulling"], false,
+        "nothing was downloaded: built from the stored layers"
+    );
     assert_eq!(cached["rootfs"][1]["digest"].as_str().unwrap(), expected[1]);
 
     // Bad requests fail before any download, or leave nothing behind.
@@ -594,7 +607,11 @@ fn pull_rootfs_builds_what_rootfs_builds_while_downloading() {
     assert!(
         std::fs::read_dir(kiln.root().join("content-v1/ingest"))
             .unwrap()
-            .all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("work")),
+            .all(|e| !e
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".work-")),
         "a failed pull leaves no scratch"
     );
 }

@@ -528,10 +528,8 @@ impl Manager {
         unpack: Option<(&Unpacker, usize)>,
     ) -> Result<LayerOutcome> {
         let digest = layer.digest.clone();
-        let unpack_error = |source: std::io::Error| Error::Decompress {
-            layer: digest.clone(),
-            compression: compression.map_or("none", |c| c.as_str()),
-            source,
+        let unpack_error = |source: std::io::Error| {
+            Error::Task(format!("cannot start unpacking layer {digest}: {source}"))
         };
         let force = options.force;
         // Lease first, then look: garbage collection keeps what is leased.

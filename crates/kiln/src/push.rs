@@ -760,6 +760,7 @@ impl Manager {
             digest: layer.digest,
             size: layer.size,
             cached: false,
+            unpacked_while_pulling: false,
         })
     }
 }

@@ -63,6 +63,9 @@ pub struct RootfsArtifact {
     pub path: PathBuf,
     /// True when it was already in the store.
     pub cached: bool,
+    /// True when it was built from layers unpacked as they downloaded
+    /// (`pull --rootfs`), not from the stored layers.
+    pub unpacked_while_pulling: bool,
 }
 
 pub(crate) struct HashingWriter<W> {
@@ -214,6 +217,7 @@ impl Manager {
             digest: found.digest,
             size: found.size,
             cached: true,
+            unpacked_while_pulling: false,
         }))
     }
 
@@ -264,6 +268,7 @@ impl Manager {
             digest,
             size: written,
             cached: false,
+            unpacked_while_pulling: false,
         })
     }
 
@@ -310,7 +315,7 @@ impl Manager {
                 manager: self,
                 lease: Some(self.store.catalog().create_lease()?),
             };
-            artifacts.push(self.build_rootfs(
+            let mut built = self.build_rootfs(
                 &image,
                 &tree,
                 &unpacker.objects,
@@ -318,7 +323,9 @@ impl Manager {
                 size,
                 guard,
                 &unpacker.scratch.0,
-            )?);
+            )?;
+            built.unpacked_while_pulling = true;
+            artifacts.push(built);
         }
         Ok((pulled, artifacts))
     }
@@ -380,6 +387,7 @@ impl Manager {
             digest: rootfs.digest,
             size: rootfs.size,
             cached: true,
+            unpacked_while_pulling: false,
         })
     }
 

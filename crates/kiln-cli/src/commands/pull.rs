@@ -74,8 +74,10 @@ pub fn run(manager: &Manager, args: PullArgs) -> anyhow::Result<ExitCode> {
                 size(artifact.size),
                 if artifact.cached {
                     "from the store"
+                } else if artifact.unpacked_while_pulling {
+                    "built while pulling"
                 } else {
-                    "built"
+                    "built from the stored layers"
                 }
             ));
         }
