@@ -24,14 +24,13 @@ work=$BENCH_DIR/work; mkdir -p "$work"
 # kiln_convert FORMAT: a cold pull that builds FORMAT as the layers arrive
 # (kiln pull --rootfs: each layer unpacked from the pull's own decompression).
 kiln_convert() {
-  rm -rf "$work/kiln"
   "$KILN" --root "$work/kiln" pull --insecure -q --rootfs "$1" "$ref" >/dev/null
 }
 # kiln_two_steps FORMAT: a cold pull, then kiln rootfs from the stored
 # layers; each step's time is appended to $work/split-FORMAT ("pull rootfs").
 kiln_two_steps() {
   local t0 t1 t2
-  rm -rf "$work/kiln"
+  fresh
   t0=$(date +%s.%N)
   "$KILN" --root "$work/kiln" pull --insecure -q "$ref" || return 1
   t1=$(date +%s.%N)
@@ -41,7 +40,6 @@ kiln_two_steps() {
 }
 kiln_ext4() { kiln_convert ext4; }
 peer_ext4() {
-  rm -rf "$work/oci" "$work/unpacked" "$work/peer.ext4"
   skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/oci:bench"
   umoci raw unpack --image "$work/oci:bench" "$work/unpacked" 2>/dev/null
   local kb; kb=$(du -sk "$work/unpacked" | cut -f1)
@@ -49,35 +47,39 @@ peer_ext4() {
 }
 kiln_erofs() { kiln_convert erofs; }
 peer_erofs() {
-  rm -rf "$work/oci" "$work/unpacked" "$work/peer.erofs"
   skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/oci:bench"
   umoci raw unpack --image "$work/oci:bench" "$work/unpacked" 2>/dev/null
   mkfs.erofs --quiet "$work/peer.erofs" "$work/unpacked"
 }
-podman_pull() { podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs rmi -af >/dev/null 2>&1 || true;
-                podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs pull -q --tls-verify=false "$ref"; }
+podman_pull() { podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs pull -q --tls-verify=false "$ref"; }
+# fresh: (untimed, before every timed run) removes what any pipeline left —
+# kiln's store, the peers' layout, tree and images, podman's image — and
+# syncs, so no run pays for the cleanup or the writeback of the one before.
+fresh() {
+  podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs rmi -af >/dev/null 2>&1 || true
+  rm -rf "$work/kiln" "$work/oci" "$work/unpacked" "$work/peer.ext4" "$work/peer.erofs"
+  sync
+}
 
 rm -f "$work/split-ext4" "$work/split-erofs"
 kiln_times=(); peer_times=(); podman_times=(); kiln_erofs_times=(); peer_erofs_times=()
 have_podman=false
 command -v podman >/dev/null 2>&1 && have_podman=true
-# Every timed run starts after a sync (untimed), so no run pays for the
-# writeback of the one before it.
 for _ in $(seq 1 "$RUNS"); do
-  sync; kiln_times+=("$(seconds kiln_ext4)")
-  sync; peer_times+=("$(seconds peer_ext4)")
-  sync; kiln_erofs_times+=("$(seconds kiln_erofs)")
-  sync; peer_erofs_times+=("$(seconds peer_erofs)")
-  if $have_podman; then sync; podman_times+=("$(seconds podman_pull)"); fi
-  sync; kiln_two_steps ext4
-  sync; kiln_two_steps erofs
+  fresh; kiln_times+=("$(seconds kiln_ext4)")
+  fresh; peer_times+=("$(seconds peer_ext4)")
+  fresh; kiln_erofs_times+=("$(seconds kiln_erofs)")
+  fresh; peer_erofs_times+=("$(seconds peer_erofs)")
+  if $have_podman; then fresh; podman_times+=("$(seconds podman_pull)"); fi
+  kiln_two_steps ext4
+  kiln_two_steps erofs
 done
 kiln_median=$(printf '%s\n' "${kiln_times[@]}" | median)
 peer_median=$(printf '%s\n' "${peer_times[@]}" | median)
 kiln_erofs_median=$(printf '%s\n' "${kiln_erofs_times[@]}" | median)
 peer_erofs_median=$(printf '%s\n' "${peer_erofs_times[@]}" | median)
 ratio_erofs=$(ratio "$kiln_erofs_median" "$peer_erofs_median")
-rm -rf "$work/kiln"
+fresh
 rss_pull=$(peak_rss_mb "$KILN" --root "$work/kiln" pull --insecure -q --rootfs ext4 "$ref")
 rss_convert=$(peak_rss_mb "$KILN" --root "$work/kiln" rootfs --format ext4 --size 2G "$ref")
 rss=$(printf '%s\n' "$rss_pull" "$rss_convert" | sort -g | tail -1)
@@ -98,7 +100,7 @@ body=$(mktemp)
 {
   echo "Command: \`bash bench/rootfs.sh\` (RUNS=$RUNS, DISK_RUNS=$DISK_RUNS), $(date -u +%Y-%m-%d), $(machine)."
   echo
-  echo "Each timed run starts after an untimed \`sync\`. Image: the pull benchmark's 8 gzip layers, $((compressed / 1000000)) MB compressed; ext4 image $((base_size / 1000000)) MB."
+  echo "Every timed run starts from nothing (the previous outputs removed and \`sync\` run, untimed). Image: the pull benchmark's 8 gzip layers, $((compressed / 1000000)) MB compressed; ext4 image $((base_size / 1000000)) MB."
   echo
   echo "| pipeline | median (s) | ratio to the peer pipeline |"
   echo "|---|---|---|"

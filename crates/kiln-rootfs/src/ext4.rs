@@ -10,14 +10,15 @@
 //! - every group: [superblock + group descriptors, in groups 0, 1 and powers
 //!   of 3, 5, 7 (`sparse_super`)] [block bitmap] [inode bitmap]
 //!   [inode table] [data];
-//! - features: `ext_attr`, `has_journal` / `filetype`, `extents` /
+//! - features: `ext_attr`, `dir_index`, `has_journal` / `filetype`, `extents` /
 //!   `sparse_super`, `large_file`, `dir_nlink`, `extra_isize` — what every
 //!   Linux since 2.6.28 mounts; no metadata checksums;
 //! - inodes: 1–10 reserved (8 = the journal, mke2fs's default size, clean),
 //!   2 = the root, 11 = `lost+found` (16 KiB, as mke2fs makes it), then the
 //!   tree breadth first; data allocated contiguously in the same order;
 //!   extents in the inode (a one-level tree for more than four);
-//! - directories: linear blocks (no htree); xattrs in the inode when they
+//! - directories: written as linear blocks (no htree; with `dir_index` the
+//!   guest kernel indexes a one-block directory that grows); xattrs in the inode when they
 //!   fit, else in one xattr block (POSIX ACLs converted to ext4's format);
 //!   symlinks under 60 bytes in the inode.
 //!
@@ -958,7 +959,9 @@ impl Superblock<'_> {
         put16(sb, 88, INODE_SIZE as u16);
         put16(sb, 90, group as u16);
         let journal = self.journal.is_some();
-        put32(sb, 92, 0x8 | if journal { 0x4 } else { 0 }); // ext_attr, has_journal
+        // ext_attr, dir_index (the kernel indexes a directory once it
+        // outgrows a block), has_journal
+        put32(sb, 92, 0x8 | 0x20 | if journal { 0x4 } else { 0 });
         put32(sb, 96, 0x2 | 0x40); // filetype, extents
         put32(sb, 100, 0x1 | 0x2 | 0x20 | 0x40); // sparse_super, large_file, dir_nlink, extra_isize
         sb[104..120].copy_from_slice(&self.uuid);
@@ -979,7 +982,7 @@ impl Superblock<'_> {
         for (index, chunk) in self.uuid.chunks(4).enumerate() {
             sb[236 + index * 4..240 + index * 4].copy_from_slice(chunk);
         }
-        sb[252] = 1; // half_md4 (for tools that add an htree later)
+        sb[252] = 1; // half_md4, the hash of the directories the kernel indexes
         put16(sb, 348, EXTRA_ISIZE as u16);
         put16(sb, 350, EXTRA_ISIZE as u16);
         put32(sb, 352, 1); // signed directory hash, as mke2fs sets on x86

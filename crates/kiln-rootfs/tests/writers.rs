@@ -280,6 +280,32 @@ fn ext4_with_large_directories_symlinks_devices_xattr_blocks_and_an_extent_tree(
     let again = dir.path().join("again.ext4");
     let (second, _) = write_ext4(&tree, &objects, &again, None, b"test").unwrap();
     assert_eq!(digest, second);
+
+    // Mounted read-write, a directory the guest fills is indexed by the
+    // kernel (dir_index), and the filesystem stays clean.
+    let target = tempfile::tempdir().unwrap();
+    run(Command::new("mount")
+        .args(["-t", "ext4", "-o", "loop"])
+        .arg(&again)
+        .arg(target.path()));
+    let filled = std::panic::catch_unwind(|| {
+        let grown = target.path().join("grown");
+        std::fs::create_dir(&grown).unwrap();
+        for n in 0..2000 {
+            std::fs::write(grown.join(format!("a-rather-long-file-name-{n:05}")), b"x").unwrap();
+        }
+    });
+    run(Command::new("umount").arg(target.path()));
+    filled.unwrap();
+    run(Command::new("e2fsck").arg("-fn").arg(&again));
+    let htree = run(Command::new("debugfs")
+        .arg("-R")
+        .arg("htree /grown")
+        .arg(&again));
+    assert!(
+        htree.contains("Root node dump"),
+        "an indexed directory: {htree}"
+    );
 }
 
 #[test]

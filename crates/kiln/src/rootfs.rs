@@ -23,7 +23,7 @@ use crate::Manager;
 use crate::error::{Error, Result};
 
 /// Bumped whenever a writer's output for the same input changes.
-pub const CONVERTER_VERSION: &str = "kiln-rootfs-2";
+pub const CONVERTER_VERSION: &str = "kiln-rootfs-3";
 
 /// What to build.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
