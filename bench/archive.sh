@@ -21,19 +21,21 @@ tar -C "$layout" -cf "$work/layout.tar" .
 "$KILN" --root "$work/store" load -q -i "$work/layout.tar" -t localhost/bench:1 >/dev/null
 rm -f "$work/layout.tar"
 
-kiln_save() { rm -f "$work/kiln.tar"; "$KILN" --root "$work/store" save -q localhost/bench:1 -o "$work/kiln.tar"; }
-skopeo_save() { rm -f "$work/skopeo.tar"; skopeo copy --quiet "oci:$layout:bench" "docker-archive:$work/skopeo.tar:localhost/bench:1"; }
-kiln_load() { rm -rf "$work/loaded"; "$KILN" --root "$work/loaded" load -q -i "$work/kiln.tar" >/dev/null; }
-kiln_load_skopeo() { rm -rf "$work/loaded"; "$KILN" --root "$work/loaded" load -q -i "$work/skopeo.tar" >/dev/null; }
-skopeo_load() { rm -rf "$work/skopeo-oci"; skopeo copy --quiet "docker-archive:$work/skopeo.tar" "oci:$work/skopeo-oci:bench"; }
+kiln_save() { "$KILN" --root "$work/store" save -q localhost/bench:1 -o "$work/kiln.tar"; }
+skopeo_save() { skopeo copy --quiet "oci:$layout:bench" "docker-archive:$work/skopeo.tar:localhost/bench:1"; }
+kiln_load() { "$KILN" --root "$work/loaded" load -q -i "$work/kiln.tar" >/dev/null; }
+kiln_load_skopeo() { "$KILN" --root "$work/loaded" load -q -i "$work/skopeo.tar" >/dev/null; }
+skopeo_load() { skopeo copy --quiet "docker-archive:$work/skopeo.tar" "oci:$work/skopeo-oci:bench"; }
 
 save_times=(); skopeo_save_times=(); load_times=(); load_skopeo_times=(); skopeo_load_times=()
+# Every timed run starts from nothing: its previous output removed and
+# `sync` run, untimed (clean_slate).
 for _ in $(seq 1 "$RUNS"); do
-  save_times+=("$(seconds kiln_save)")
-  skopeo_save_times+=("$(seconds skopeo_save)")
-  load_times+=("$(seconds kiln_load)")
-  load_skopeo_times+=("$(seconds kiln_load_skopeo)")
-  skopeo_load_times+=("$(seconds skopeo_load)")
+  clean_slate "$work/kiln.tar"; save_times+=("$(durable_seconds kiln_save)")
+  clean_slate "$work/skopeo.tar"; skopeo_save_times+=("$(durable_seconds skopeo_save)")
+  clean_slate "$work/loaded"; load_times+=("$(durable_seconds kiln_load)")
+  clean_slate "$work/loaded"; load_skopeo_times+=("$(durable_seconds kiln_load_skopeo)")
+  clean_slate "$work/skopeo-oci"; skopeo_load_times+=("$(durable_seconds skopeo_load)")
 done
 save_median=$(printf '%s\n' "${save_times[@]}" | median)
 skopeo_save_median=$(printf '%s\n' "${skopeo_save_times[@]}" | median)
@@ -41,7 +43,7 @@ load_median=$(printf '%s\n' "${load_times[@]}" | median)
 load_skopeo_median=$(printf '%s\n' "${load_skopeo_times[@]}" | median)
 skopeo_load_median=$(printf '%s\n' "${skopeo_load_times[@]}" | median)
 kiln_archive=$(stat -c %s "$work/kiln.tar"); skopeo_archive=$(stat -c %s "$work/skopeo.tar")
-load_rss=$(peak_rss_mb bash -c "rm -rf '$work/loaded'; exec '$KILN' --root '$work/loaded' load -q -i '$work/kiln.tar'")
+clean_slate "$work/loaded"; load_rss=$(peak_rss_mb "$KILN" --root "$work/loaded" load -q -i "$work/kiln.tar")
 save_rss=$(peak_rss_mb bash -c "rm -f '$work/kiln.tar'; exec '$KILN' --root '$work/store' save -q localhost/bench:1 -o '$work/kiln.tar'")
 
 verdict() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo pass; else echo FAIL; fi; }
@@ -52,7 +54,7 @@ body=$(mktemp)
 {
   echo "Command: \`bash bench/archive.sh\` (RUNS=$RUNS), $(date -u +%Y-%m-%d), $(machine)."
   echo
-  echo "Image: the pull benchmark's image (8 gzip layers, $((compressed / 1000000)) MB compressed). kiln's archive keeps the compressed blobs ($((kiln_archive / 1000000)) MB); skopeo's docker-archive holds the layers uncompressed, as docker's does ($((skopeo_archive / 1000000)) MB). kiln load verifies every blob digest and computes and checks every diff_id; skopeo copy from a docker-archive checks the layer digests it reads."
+  echo "Every timed run starts from nothing (its previous output removed and \`sync\` run, untimed) and ends when its output is on disk (the command, then \`sync\`, timed). Image: the pull benchmark's image (8 gzip layers, $((compressed / 1000000)) MB compressed). kiln's archive keeps the compressed blobs ($((kiln_archive / 1000000)) MB); skopeo's docker-archive holds the layers uncompressed, as docker's does ($((skopeo_archive / 1000000)) MB). kiln load verifies every blob digest and computes and checks every diff_id; skopeo copy from a docker-archive checks the layer digests it reads."
   echo
   echo "| operation | median (s) | ratio to skopeo | peak RSS (MB) |"
   echo "|---|---|---|---|"

@@ -67,11 +67,31 @@ start_bench_registry() {
   REGISTRY=$served
 }
 
+# clean_slate PATH...: (untimed, before a timed run) removes what earlier
+# runs left and syncs, so no run pays for deleting or writing back the
+# output of the one before it.
+clean_slate() {
+  rm -rf "$@"
+  sync
+}
+
 # seconds COMMAND... : wall time of one run, in seconds
 seconds() {
   local start end
   start=$(date +%s.%N)
   "$@" >/dev/null 2>&1 || { echo "benchmark command failed: $*" >&2; return 1; }
+  end=$(date +%s.%N)
+  printf '%.3f\n' "$(echo "$end - $start" | bc -l)"
+}
+
+# durable_seconds COMMAND... : wall time of one run until its output is on
+# disk (the command, then `sync`): kiln fsyncs what it commits, most peers
+# leave their writes to the page cache, and this times both to the same point.
+durable_seconds() {
+  local start end
+  start=$(date +%s.%N)
+  "$@" >/dev/null 2>&1 || { echo "benchmark command failed: $*" >&2; return 1; }
+  sync
   end=$(date +%s.%N)
   printf '%.3f\n' "$(echo "$end - $start" | bc -l)"
 }

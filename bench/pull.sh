@@ -16,11 +16,15 @@ bench_image   # $layout, $compressed
 push_bench_image   # $REGISTRY, $ref
 work=$BENCH_DIR/work; mkdir -p "$work"
 
-kiln_cold() { rm -rf "$work/kiln"; "$KILN" --root "$work/kiln" pull --insecure -q "$ref"; }
-kiln_inline_cold() { rm -rf "$work/kiln"; "$KILN" --root "$work/kiln" pull --insecure -q --inline-diff-id "$ref"; }
-skopeo_cold() { rm -rf "$work/skopeo"; skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/skopeo:bench"; }
-podman_cold() { podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs rmi -af >/dev/null 2>&1 || true;
-                podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs pull -q --tls-verify=false "$ref"; }
+kiln_cold() { "$KILN" --root "$work/kiln" pull --insecure -q "$ref"; }
+kiln_inline_cold() { "$KILN" --root "$work/kiln" pull --insecure -q --inline-diff-id "$ref"; }
+skopeo_cold() { skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/skopeo:bench"; }
+podman_cold() { podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs pull -q --tls-verify=false "$ref"; }
+# fresh: (untimed, before every cold run) nothing left from any earlier run.
+fresh() {
+  podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs rmi -af >/dev/null 2>&1 || true
+  clean_slate "$work/kiln" "$work/skopeo"
+}
 
 kiln_times=(); inline_times=(); skopeo_times=(); podman_times=()
 have_podman=false
@@ -30,20 +34,21 @@ fi
 command -v podman >/dev/null 2>&1 && podman --version >/dev/null 2>&1 && have_podman=true
 $have_podman || echo "note: podman is not installed; skipping it (BENCH_INSTALL_PODMAN=1 installs it)" >&2
 for _ in $(seq 1 "$RUNS"); do
-  kiln_times+=("$(seconds kiln_cold)")
-  inline_times+=("$(seconds kiln_inline_cold)")
-  skopeo_times+=("$(seconds skopeo_cold)")
-  if $have_podman; then podman_times+=("$(seconds podman_cold)"); fi
+  fresh; kiln_times+=("$(durable_seconds kiln_cold)")
+  fresh; inline_times+=("$(durable_seconds kiln_inline_cold)")
+  fresh; skopeo_times+=("$(durable_seconds skopeo_cold)")
+  if $have_podman; then fresh; podman_times+=("$(durable_seconds podman_cold)"); fi
 done
 kiln_median=$(printf '%s\n' "${kiln_times[@]}" | median)
 skopeo_median=$(printf '%s\n' "${skopeo_times[@]}" | median)
 inline_median=$(printf '%s\n' "${inline_times[@]}" | median)
 
-# Cached: the root is populated by the last cold run.
+# Cached: the root is populated by a cold run.
+fresh; kiln_cold >/dev/null
 cached_ms=$(millis "$CACHED_RUNS" "$KILN" --root "$work/kiln" pull --insecure -q "$ref")
 
-kiln_rss=$(peak_rss_mb bash -c "rm -rf '$work/kiln'; exec '$KILN' --root '$work/kiln' pull --insecure -q '$ref'")
-skopeo_rss=$(peak_rss_mb bash -c "rm -rf '$work/skopeo'; exec skopeo copy --quiet --src-tls-verify=false 'docker://$ref' 'oci:$work/skopeo:bench'")
+fresh; kiln_rss=$(peak_rss_mb "$KILN" --root "$work/kiln" pull --insecure -q "$ref")
+fresh; skopeo_rss=$(peak_rss_mb skopeo copy --quiet --src-tls-verify=false "docker://$ref" "oci:$work/skopeo:bench")
 
 verdict() { if [ "$(echo "$1" | bc -l)" = 1 ]; then echo pass; else echo FAIL; fi; }
 kiln_ratio=$(ratio "$kiln_median" "$skopeo_median")
@@ -51,7 +56,7 @@ body=$(mktemp)
 {
   echo "Command: \`bash bench/pull.sh\` (RUNS=$RUNS, CACHED_RUNS=$CACHED_RUNS), $(date -u +%Y-%m-%d), $(machine)."
   echo
-  echo "Image: 8 gzip layers, $((compressed / 1000000)) MB compressed, on Debian's docker-registry at 127.0.0.1. Cold runs start from an empty store; kiln verifies every blob digest and every layer's diff_id against the config."
+  echo "Image: 8 gzip layers, $((compressed / 1000000)) MB compressed, on Debian's docker-registry at 127.0.0.1. Cold runs start from nothing (the previous run's output removed and \`sync\` run, untimed) and end when the output is on disk (the command, then \`sync\`, timed); kiln verifies every blob digest and every layer's diff_id against the config."
   echo
   echo "| tool | median (s) | ratio to skopeo | peak RSS (MB) |"
   echo "|---|---|---|---|"

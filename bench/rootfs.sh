@@ -35,6 +35,7 @@ kiln_two_steps() {
   "$KILN" --root "$work/kiln" pull --insecure -q "$ref" || return 1
   t1=$(date +%s.%N)
   "$KILN" --root "$work/kiln" rootfs --format "$1" "$ref" >/dev/null || return 1
+  sync
   t2=$(date +%s.%N)
   echo "$(echo "$t1 - $t0" | bc -l) $(echo "$t2 - $t1" | bc -l)" >>"$work/split-$1"
 }
@@ -57,8 +58,7 @@ podman_pull() { podman --root "$work/podman" --runroot "$work/podman-run" --stor
 # syncs, so no run pays for the cleanup or the writeback of the one before.
 fresh() {
   podman --root "$work/podman" --runroot "$work/podman-run" --storage-driver vfs rmi -af >/dev/null 2>&1 || true
-  rm -rf "$work/kiln" "$work/oci" "$work/unpacked" "$work/peer.ext4" "$work/peer.erofs"
-  sync
+  clean_slate "$work/kiln" "$work/oci" "$work/unpacked" "$work/peer.ext4" "$work/peer.erofs"
 }
 
 rm -f "$work/split-ext4" "$work/split-erofs"
@@ -66,11 +66,11 @@ kiln_times=(); peer_times=(); podman_times=(); kiln_erofs_times=(); peer_erofs_t
 have_podman=false
 command -v podman >/dev/null 2>&1 && have_podman=true
 for _ in $(seq 1 "$RUNS"); do
-  fresh; kiln_times+=("$(seconds kiln_ext4)")
-  fresh; peer_times+=("$(seconds peer_ext4)")
-  fresh; kiln_erofs_times+=("$(seconds kiln_erofs)")
-  fresh; peer_erofs_times+=("$(seconds peer_erofs)")
-  if $have_podman; then fresh; podman_times+=("$(seconds podman_pull)"); fi
+  fresh; kiln_times+=("$(durable_seconds kiln_ext4)")
+  fresh; peer_times+=("$(durable_seconds peer_ext4)")
+  fresh; kiln_erofs_times+=("$(durable_seconds kiln_erofs)")
+  fresh; peer_erofs_times+=("$(durable_seconds peer_erofs)")
+  if $have_podman; then fresh; podman_times+=("$(durable_seconds podman_pull)"); fi
   kiln_two_steps ext4
   kiln_two_steps erofs
 done
@@ -100,7 +100,7 @@ body=$(mktemp)
 {
   echo "Command: \`bash bench/rootfs.sh\` (RUNS=$RUNS, DISK_RUNS=$DISK_RUNS), $(date -u +%Y-%m-%d), $(machine)."
   echo
-  echo "Every timed run starts from nothing (the previous outputs removed and \`sync\` run, untimed). Image: the pull benchmark's 8 gzip layers, $((compressed / 1000000)) MB compressed; ext4 image $((base_size / 1000000)) MB."
+  echo "Every timed run starts from nothing (the previous outputs removed and \`sync\` run, untimed) and ends when its output is on disk (the command, then \`sync\`, timed). Image: the pull benchmark's 8 gzip layers, $((compressed / 1000000)) MB compressed; ext4 image $((base_size / 1000000)) MB."
   echo
   echo "| pipeline | median (s) | ratio to the peer pipeline |"
   echo "|---|---|---|"
