@@ -135,7 +135,7 @@ impl DiffIdWorker {
         tee: Option<Tee>,
     ) -> std::io::Result<DiffIdWorker> {
         let mut hasher = DiffIdHasher::with_tee(compression, tee)?;
-        let (sender, receiver): (SyncSender<Bytes>, Receiver<Bytes>) = sync_channel(64);
+        let (sender, receiver): (SyncSender<Bytes>, Receiver<Bytes>) = sync_channel(16);
         let cancelled = Arc::new(AtomicBool::new(false));
         let stop = cancelled.clone();
         let thread = std::thread::Builder::new()

@@ -618,7 +618,7 @@ impl Manager {
                 offset,
             });
 
-            let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(16);
+            let (sender, mut receiver) = tokio::sync::mpsc::channel::<Bytes>(4);
             let writer = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
                 let mut ingest = ingest;
                 let mut worker = worker;
