@@ -1,6 +1,8 @@
 //! Layer application: OCI semantics and a corpus of hostile layers.
 
-use kiln_rootfs::{Kind, ObjectDir, RootfsError, Tree, apply_layer, write_cpio};
+use kiln_rootfs::{
+    Kind, ObjectDir, RootfsError, Tree, apply_layer, layer_pipe, parse_layer, write_cpio,
+};
 
 /// A layer tar built entry by entry; raw names bypass the tar crate's own
 /// path checks, so hostile names reach kiln exactly as an attacker wrote them.
@@ -109,6 +111,38 @@ fn build(layers: Vec<Vec<u8>>) -> (tempfile::TempDir, Tree, ObjectDir, Result<()
         }
     }
     (dir, tree, objects, result)
+}
+
+/// [`build`] the way `kiln pull --rootfs` reads layers: each written into a
+/// [`layer_pipe`] in small pieces by another thread (as a download's
+/// decompression does), parsed from the pipe, then applied in order. The
+/// writer must never hang, even when the parser stops early.
+fn build_piped(layers: Vec<Vec<u8>>) -> Result<(), RootfsError> {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
+    let mut tree = Tree::new();
+    let parsed: Vec<_> = layers
+        .into_iter()
+        .enumerate()
+        .map(|(index, layer)| {
+            let (mut pipe, reader) = layer_pipe();
+            let writer = std::thread::spawn(move || {
+                use std::io::Write;
+                for piece in layer.chunks(1000) {
+                    if pipe.write_all(piece).is_err() {
+                        return; // the parser is done with this layer
+                    }
+                }
+            });
+            let parsed = parse_layer(index, reader, &objects);
+            writer.join().expect("the writer ends");
+            parsed
+        })
+        .collect();
+    for layer in parsed {
+        layer.apply(&mut tree)?;
+    }
+    Ok(())
 }
 
 fn find(tree: &Tree, path: &str) -> Option<usize> {
@@ -277,9 +311,11 @@ fn hostile_layers_are_refused_with_the_layer_and_entry_named() {
         ),
     ];
     for (name, layer, expected) in cases {
-        let (dir, _tree, _objects, result) =
-            build(vec![Layer::new().dir("ok/", 0o755).bytes(), layer]);
+        let layers = vec![Layer::new().dir("ok/", 0o755).bytes(), layer];
+        let piped = build_piped(layers.clone()).expect_err(name).to_string();
+        let (dir, _tree, _objects, result) = build(layers);
         let error = result.expect_err(name).to_string();
+        assert_eq!(piped, error, "{name}: the same error through a pipe");
         assert!(error.starts_with("layer 1, entry "), "{name}: {error}");
         assert!(error.contains(expected), "{name}: {error}");
         // Nothing but content objects was written, and only inside the target.
@@ -290,14 +326,26 @@ fn hostile_layers_are_refused_with_the_layer_and_entry_named() {
 }
 
 #[test]
+fn a_parser_that_stops_early_does_not_hold_up_the_writer() {
+    // The first header is garbage, so parsing stops there; 20 MB follow
+    // that nobody reads, more than the pipe holds.
+    let mut layer = b"not a tar header".repeat(32);
+    layer.extend(vec![7u8; 20 << 20]);
+    let error = build_piped(vec![layer]).unwrap_err().to_string();
+    assert!(error.starts_with("layer 0"), "{error}");
+}
+
+#[test]
 fn truncated_absurd_and_garbage_layers_fail_cleanly() {
     // A header that promises a terabyte, followed by a few bytes.
     let mut huge = Layer::header(b"big", tar::EntryType::Regular, 1 << 40, 0o644)
         .as_bytes()
         .to_vec();
     huge.extend_from_slice(&[7u8; 1024]);
+    let piped = build_piped(vec![huge.clone()]).unwrap_err().to_string();
     let (_dir, _tree, _objects, result) = build(vec![huge]);
     let error = result.unwrap_err().to_string();
+    assert_eq!(piped, error, "the same error through a pipe");
     assert!(
         error.contains("layer 0")
             && (error.contains("truncated") || error.contains("malformed tar")),
