@@ -575,6 +575,17 @@ fn pull_rootfs_builds_what_rootfs_builds_while_downloading() {
     );
     assert_eq!(cached["rootfs"][1]["digest"].as_str().unwrap(), expected[1]);
 
+    // `kiln rootfs` of an image the store does not hold says how to get it.
+    let fresh = Kiln::new();
+    let absent = fresh
+        .run(&["rootfs", "--format", "ext4", "--no-referrers", &image])
+        .fails(1);
+    assert!(
+        absent.stderr.contains("hint:") && absent.stderr.contains("--rootfs FORMAT"),
+        "{}",
+        absent.stderr
+    );
+
     // Bad requests fail before any download, or leave nothing behind.
     let refused = kiln
         .run(&[

@@ -266,7 +266,10 @@ impl Error {
             Error::PushDestination { .. } => Some("name the destination: `kiln push IMAGE REGISTRY/REPOSITORY:TAG`".into()),
             Error::PushDigest { .. } => Some("name the destination by tag, or by the image's own digest".into()),
             Error::NotCached { reference } => Some(format!("run `kiln pull {reference}` while the registry is reachable")),
-            Error::ImageNotFound { .. } => Some("`kiln images` lists what the store holds".into()),
+            Error::ImageNotFound { .. } => Some(
+                "`kiln images` lists what the store holds; `kiln pull REF` fetches an image (`--rootfs FORMAT` also builds its root filesystem as it downloads)"
+                    .into(),
+            ),
             Error::DiskExists { .. } => Some("choose another name, or `kiln disk rm` the old disk first".into()),
             Error::DiskNotFound { .. } => Some("`kiln disk ls` lists the disks".into()),
             Error::DiskTool { .. } => Some("install qemu-utils, or pass --format raw".into()),
