@@ -83,12 +83,14 @@ impl DiffIdHasher {
     }
 
     /// The diff_id and uncompressed size of a whole compressed layer read
-    /// from `reader` (a stored blob).
+    /// from `reader` (a stored blob); the uncompressed bytes also go to
+    /// `tee` when given.
     pub fn of_reader(
         mut reader: impl std::io::Read,
         compression: Compression,
+        tee: Option<Tee>,
     ) -> std::io::Result<(Digest, u64)> {
-        let mut hasher = DiffIdHasher::new(compression)?;
+        let mut hasher = DiffIdHasher::with_tee(compression, tee)?;
         let mut buffer = vec![0u8; 1 << 20];
         loop {
             let n = reader.read(&mut buffer)?;

@@ -110,9 +110,9 @@ impl RegistryClient {
         }
     }
 
-    /// A token for no scope, as `docker login` asks: proves the credentials.
-    /// The registry client's own token request, with a refusal named as the
-    /// login's.
+    /// A token for no scope, as `docker login` asks, to prove the
+    /// credentials: the registry client's own token request, with a
+    /// refusal named as the login's.
     async fn login_token(
         &self,
         host: &str,
@@ -128,11 +128,17 @@ impl RegistryClient {
         self.fetch_token(host, realm, service, "", Some(&credential))
             .await
             .map_err(|error| match error {
-                OciError::Denied { host, status, .. } => OciError::Denied {
+                // fetch_token already says the credentials were refused.
+                OciError::Denied {
+                    host,
+                    status,
+                    message,
+                    ..
+                } => OciError::Denied {
                     host,
                     status,
                     what: format!("the login of {username}"),
-                    message: Some("credentials refused".into()),
+                    message,
                 },
                 other => other,
             })

@@ -36,71 +36,37 @@ pub fn layer_reader<'a>(
 }
 
 /// The uncompressed tar stream of a layer blob, decompressed ahead on its
-/// own thread (at most 8 MiB ahead), so inflating a layer overlaps applying
-/// it. Dropping the reader stops the thread.
+/// own thread (at most 8 MiB ahead) through a [`layer_pipe`], so inflating
+/// a layer overlaps applying it. Dropping the reader stops the thread.
 pub fn layer_reader_ahead(
     blob: impl Read + Send + 'static,
     compression: kiln_types::media_type::Compression,
 ) -> ReadAhead {
-    let (sender, receiver) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
+    let (mut pipe, reader) = layer_pipe();
     std::thread::spawn(move || {
-        let mut reader = match layer_reader(blob, compression) {
-            Ok(reader) => reader,
-            Err(error) => {
-                let _ = sender.send(Err(error));
-                return;
-            }
-        };
-        loop {
-            let mut chunk = vec![0u8; 1 << 20];
-            let mut filled = 0;
-            let result = loop {
-                match reader.read(&mut chunk[filled..]) {
-                    Ok(0) => break Ok(()),
-                    Ok(n) => {
-                        filled += n;
-                        if filled == chunk.len() {
-                            break Ok(());
-                        }
-                    }
-                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(error) => break Err(error),
-                }
-            };
-            chunk.truncate(filled);
-            let done = filled == 0;
-            if let Err(error) = result {
-                if filled > 0 && sender.send(Ok(chunk)).is_err() {
-                    return;
-                }
-                let _ = sender.send(Err(error));
-                return;
-            }
-            // An empty chunk marks the end: a closed channel without it
-            // means the thread died, which must not read as a short layer.
-            if sender.send(Ok(chunk)).is_err() || done {
-                return;
-            }
+        let copied =
+            layer_reader(blob, compression).and_then(|mut layer| pipe.copy_from(&mut layer));
+        if let Err(error) = copied {
+            pipe.fail(error);
         }
     });
-    ReadAhead {
-        receiver,
-        chunk: Vec::new(),
-        position: 0,
-        ended: false,
-    }
+    reader
 }
 
 /// A pipe for a layer's uncompressed bytes produced elsewhere (a download's
 /// decompression): what is written to the [`LayerPipe`] is read, in order,
 /// from the [`ReadAhead`], at most 8 MiB behind. Dropping the writer ends
-/// the stream; once the reader is gone, writes fail.
+/// the stream (an empty chunk marks the end: a writer that died, or
+/// failed, never reads as a short layer); once the reader is gone, writes
+/// fail.
 pub fn layer_pipe() -> (LayerPipe, ReadAhead) {
     let (sender, receiver) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(8);
     (
         LayerPipe {
             sender,
             chunk: Vec::with_capacity(PIPE_CHUNK),
+            filled: 0,
+            failed: false,
         },
         ReadAhead {
             receiver,
@@ -116,23 +82,58 @@ const PIPE_CHUNK: usize = 1 << 20;
 /// The writing end of [`layer_pipe`].
 pub struct LayerPipe {
     sender: std::sync::mpsc::SyncSender<std::io::Result<Vec<u8>>>,
+    /// The chunk being filled: its first `filled` bytes (zeros may follow,
+    /// read into by `copy_from`).
     chunk: Vec<u8>,
+    filled: usize,
+    /// Ended with an error: no end marker follows.
+    failed: bool,
 }
 
 impl LayerPipe {
     fn send(&mut self) -> std::io::Result<()> {
-        let full = std::mem::replace(&mut self.chunk, Vec::with_capacity(PIPE_CHUNK));
+        let mut full = std::mem::replace(&mut self.chunk, Vec::with_capacity(PIPE_CHUNK));
+        full.truncate(std::mem::take(&mut self.filled));
         self.sender
             .send(Ok(full))
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the reader is gone"))
+    }
+
+    /// Copies all of `reader` into the pipe, reading straight into its chunks.
+    fn copy_from(&mut self, reader: &mut dyn Read) -> std::io::Result<()> {
+        loop {
+            self.chunk.resize(PIPE_CHUNK, 0);
+            match reader.read(&mut self.chunk[self.filled..]) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    self.filled += n;
+                    if self.filled == PIPE_CHUNK {
+                        self.send()?;
+                    }
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// Ends the stream with `error`: what was written before it is read first.
+    fn fail(mut self, error: std::io::Error) {
+        if self.filled > 0 && self.send().is_err() {
+            return;
+        }
+        self.failed = true;
+        let _ = self.sender.send(Err(error));
     }
 }
 
 impl std::io::Write for LayerPipe {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let n = bytes.len().min(PIPE_CHUNK - self.chunk.len());
+        let n = bytes.len().min(PIPE_CHUNK - self.filled);
+        self.chunk.truncate(self.filled);
         self.chunk.extend_from_slice(&bytes[..n]);
-        if self.chunk.len() == PIPE_CHUNK {
+        self.filled += n;
+        if self.filled == PIPE_CHUNK {
             self.send()?;
         }
         Ok(n)
@@ -145,8 +146,12 @@ impl std::io::Write for LayerPipe {
 
 impl Drop for LayerPipe {
     fn drop(&mut self) {
+        // A writer that failed or panicked sends no end marker.
+        if self.failed || std::thread::panicking() {
+            return;
+        }
         // What is left, then the end marker (an empty chunk).
-        if !self.chunk.is_empty() {
+        if self.filled > 0 {
             let _ = self.send();
         }
         let _ = self.sender.send(Ok(Vec::new()));

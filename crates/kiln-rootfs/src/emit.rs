@@ -100,7 +100,7 @@ pub(crate) struct Emitter {
     write: Option<std::sync::mpsc::SyncSender<Write>>,
     writer: Option<std::thread::JoinHandle<std::io::Result<fs::File>>>,
     recycled: std::sync::mpsc::Receiver<Aligned>,
-    hasher: std::thread::JoinHandle<Digest>,
+    hasher: Option<std::thread::JoinHandle<Digest>>,
     /// Offset of the next byte (buffered or not).
     position: u64,
     /// Bytes from `position - buffer.len` not yet written.
@@ -150,7 +150,7 @@ impl Emitter {
             write: Some(write),
             writer: Some(writer),
             recycled,
-            hasher,
+            hasher: Some(hasher),
             position: 0,
             buffer: Aligned::new(),
         }
@@ -290,11 +290,25 @@ impl Emitter {
             _ => return Err(std::io::Error::other("the writing thread panicked")),
         };
         file.set_len(size)?;
-        let digest = self
-            .hasher
-            .join()
-            .map_err(|_| std::io::Error::other("the hashing thread panicked"))?;
+        let digest = match self.hasher.take().map(|hasher| hasher.join()) {
+            Some(Ok(digest)) => digest,
+            _ => return Err(std::io::Error::other("the hashing thread panicked")),
+        };
         Ok((digest, size))
+    }
+}
+
+impl Drop for Emitter {
+    /// Given up before `finish` (a writer's error): the threads are stopped
+    /// and waited for, so nothing writes the file after its writer returned.
+    fn drop(&mut self) {
+        drop(self.write.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        if let Some(hasher) = self.hasher.take() {
+            let _ = hasher.join();
+        }
     }
 }
 

@@ -30,7 +30,7 @@ use kiln_types::{Algorithm, Digest, Hasher};
 use crate::emit::Emitter;
 use crate::error::{Result, RootfsError};
 use crate::objects::ObjectDir;
-use crate::ondisk::{dirent_type, encode_device, put16, put32, put64, uuid_from};
+use crate::ondisk::{dirent_type, encode_device, put16, put32, put64, uuid_from, xattr_split};
 use crate::tree::{InodeId, Kind, Order, Tree};
 
 const BLOCK: u64 = 4096;
@@ -60,8 +60,13 @@ struct Slot {
     compact: bool,
     nlink: u32,
     blkaddr: u32,
-    /// True when it has blocks in the data area.
-    owns_blocks: bool,
+}
+
+impl Slot {
+    /// Whether it has blocks in the data area (more than its inline tail).
+    fn owns_blocks(&self) -> bool {
+        self.size > self.tail
+    }
 }
 
 /// Writes `tree` as an EROFS image at `output`; returns its digest and
@@ -142,7 +147,6 @@ pub fn write_erofs(
             compact,
             nlink,
             blkaddr: 0,
-            owns_blocks: false,
         });
         offset += record.next_multiple_of(32);
     }
@@ -157,7 +161,6 @@ pub fn write_erofs(
         }
         slot.blkaddr = u32::try_from(next_block)
             .map_err(|_| unrepresentable(slot.id, "the image exceeds 16 TiB".into()))?;
-        slot.owns_blocks = true;
         next_block += full.div_ceil(BLOCK);
     }
     let blocks = u32::try_from(next_block).map_err(|_| RootfsError::Unrepresentable {
@@ -267,7 +270,7 @@ pub fn write_erofs(
                     let bytes = directory_bytes(tree, &order, slot.id, &nid);
                     record.extend_from_slice(&bytes[from as usize..]);
                     // Its head goes to the data area below: built once.
-                    if slot.owns_blocks {
+                    if slot.owns_blocks() {
                         directory_heads.insert(slot.id, bytes);
                     }
                 }
@@ -276,7 +279,7 @@ pub fn write_erofs(
         }
         emitter.bytes(slot.offset, &record)?;
     }
-    for slot in slots.iter().filter(|s| s.owns_blocks) {
+    for slot in slots.iter().filter(|s| s.owns_blocks()) {
         let at = u64::from(slot.blkaddr) * BLOCK;
         let full = slot.size - slot.tail;
         match &tree.inodes[slot.id].kind {
@@ -403,20 +406,7 @@ fn xattr_body(
 
 /// EROFS's xattr prefix index and the rest of the name.
 fn xattr_index(name: &[u8]) -> std::result::Result<(u8, &[u8]), String> {
-    let prefixed: [(&[u8], u8); 4] = [
-        (b"user.", 1),
-        (b"trusted.", 4),
-        (b"security.", 6),
-        (b"system.posix_acl_", 0),
-    ];
-    let found = match name {
-        b"system.posix_acl_access" => Some((2, &name[name.len()..])),
-        b"system.posix_acl_default" => Some((3, &name[name.len()..])),
-        _ => prefixed.iter().find_map(|(prefix, index)| {
-            (*index != 0 && name.starts_with(prefix)).then(|| (*index, &name[prefix.len()..]))
-        }),
-    };
-    match found {
+    match xattr_split(name) {
         Some((_, suffix)) if suffix.len() > NAME_MAX => {
             Err(format!("the xattr name {} is too long", show(name)))
         }

@@ -32,8 +32,8 @@ use kiln_types::{Algorithm, Digest, Hasher};
 use crate::emit::Emitter;
 use crate::error::{Result, RootfsError};
 use crate::objects::ObjectDir;
-use crate::ondisk::{dirent_type, encode_device, put16, put32, u32_at, uuid_from};
-use crate::tree::{InodeId, Kind, ROOT, Tree};
+use crate::ondisk::{dirent_type, encode_device, put16, put32, u32_at, uuid_from, xattr_split};
+use crate::tree::{InodeId, Kind, Order, ROOT, Tree};
 
 const BLOCK: u64 = 4096;
 const BLOCKS_PER_GROUP: u64 = 32768;
@@ -43,17 +43,22 @@ const FIRST_INO: u32 = 11;
 const ROOT_INO: u32 = 2;
 const JOURNAL_INO: u32 = 8;
 const MIN_SIZE: u64 = 32 << 20;
-const EXTENTS_FL: u32 = 0x80000;
+pub(crate) const EXTENTS_FL: u32 = 0x80000;
+pub(crate) const EXTENT_MAGIC: u16 = 0xF30A;
 const LEAF_CAPACITY: usize = (BLOCK as usize - 12) / 12;
 const MAX_EXTENT: u64 = 32768;
-const XATTR_MAGIC: u32 = 0xEA02_0000;
+pub(crate) const XATTR_MAGIC: u32 = 0xEA02_0000;
 
 /// The size kiln gives an image by default: content, inode tables and
 /// journal, plus 25% headroom and at least 32 MiB.
 pub fn default_ext4_size(tree: &Tree) -> u64 {
+    default_size(tree, &tree.order())
+}
+
+/// [`default_ext4_size`] with the tree's order already walked.
+fn default_size(tree: &Tree, order: &Order) -> u64 {
     let mut data = 0u64;
     let mut inodes = 0u64;
-    let order = tree.order();
     for &id in &order.inodes {
         inodes += 1;
         data += match &tree.inodes[id].kind {
@@ -197,11 +202,10 @@ impl Allocator<'_> {
                 }
                 continue;
             }
+            // At most the rest of a group, which is shorter than an
+            // extent's limit; the next group's metadata splits the runs.
             let take = left.min(end - self.next).min(MAX_EXTENT);
-            match runs.last_mut() {
-                Some((start, length)) if *start + *length == self.next => *length += take,
-                _ => runs.push((self.next, take)),
-            }
+            runs.push((self.next, take));
             self.used[self.group as usize] += take;
             self.next += take;
             left -= take;
@@ -252,10 +256,10 @@ pub fn write_ext4(
     identity: &[u8],
 ) -> Result<(Digest, u64)> {
     let order = tree.order();
-    let size = size.unwrap_or_else(|| default_ext4_size(tree));
+    let size = size.unwrap_or_else(|| default_size(tree, &order));
     let too_small = || RootfsError::TooSmall {
         size,
-        needed: default_ext4_size(tree),
+        needed: default_size(tree, &order),
     };
     let unrepresentable = |id: InodeId, reason: String| RootfsError::Unrepresentable {
         path: order.path(id),
@@ -313,26 +317,7 @@ pub fn write_ext4(
         .map(|_| Placement::default())
         .collect();
     let mut lost_found = Placement::default();
-    let mut allocations = order.inodes.clone();
-    if own_lost_found {
-        allocations.insert(1.min(allocations.len()), usize::MAX);
-    }
-    for id in allocations {
-        if id == usize::MAX {
-            let runs = allocator.allocate(4).ok_or_else(too_small)?;
-            let blocks = directory_blocks(
-                &[
-                    (FIRST_INO, b".".as_slice(), 2),
-                    (ROOT_INO, b"..".as_slice(), 2),
-                ],
-                4,
-            );
-            for ((start, _), block) in block_starts(&runs).into_iter().zip(blocks) {
-                pieces.push((start, Piece::Bytes(block)));
-            }
-            lost_found.extents = logical(&runs);
-            continue;
-        }
+    for &id in &order.inodes {
         let inode = &tree.inodes[id];
         let placement = &mut placements[id];
         match &inode.kind {
@@ -383,7 +368,7 @@ pub fn write_ext4(
                     .allocate(blocks.len() as u64)
                     .ok_or_else(too_small)?;
                 placement.extents = logical(&runs);
-                for ((start, _), block) in block_starts(&runs).into_iter().zip(blocks) {
+                for (start, block) in block_starts(&runs).into_iter().zip(blocks) {
                     pieces.push((start, Piece::Bytes(block)));
                 }
             }
@@ -409,7 +394,7 @@ pub fn write_ext4(
                 ));
             }
             let runs = allocator.allocate(leaves as u64).ok_or_else(too_small)?;
-            placement.leaves = block_starts(&runs).into_iter().map(|(b, _)| b).collect();
+            placement.leaves = block_starts(&runs);
             for (index, &leaf) in placement.leaves.iter().enumerate() {
                 let chunk = &placement.extents[index * LEAF_CAPACITY
                     ..((index + 1) * LEAF_CAPACITY).min(placement.extents.len())];
@@ -430,6 +415,21 @@ pub fn write_ext4(
             let runs = allocator.allocate(1).ok_or_else(too_small)?;
             placement.xattrs = Xattrs::Block(runs[0].0);
             pieces.push((runs[0].0, Piece::Bytes(block)));
+        }
+        // kiln's own lost+found gets its blocks right after the root's.
+        if id == ROOT && own_lost_found {
+            let runs = allocator.allocate(4).ok_or_else(too_small)?;
+            let blocks = directory_blocks(
+                &[
+                    (FIRST_INO, b".".as_slice(), 2),
+                    (ROOT_INO, b"..".as_slice(), 2),
+                ],
+                4,
+            );
+            for (start, block) in block_starts(&runs).into_iter().zip(blocks) {
+                pieces.push((start, Piece::Bytes(block)));
+            }
+            lost_found.extents = logical(&runs);
         }
     }
 
@@ -648,15 +648,11 @@ fn logical(runs: &[(u64, u64)]) -> Vec<(u64, u64, u64)> {
         .collect()
 }
 
-/// Every block of the runs, with its index.
-fn block_starts(runs: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut blocks = Vec::new();
-    for &(start, length) in runs {
-        for block in start..start + length {
-            blocks.push((block, blocks.len() as u64));
-        }
-    }
-    blocks
+/// Every block of the runs, in order.
+fn block_starts(runs: &[(u64, u64)]) -> Vec<u64> {
+    runs.iter()
+        .flat_map(|&(start, length)| start..start + length)
+        .collect()
 }
 
 /// A bitmap block with the first `count` bits set.
@@ -765,7 +761,7 @@ fn write_data_map(bytes: &mut [u8; INODE_SIZE as usize], placement: &Placement) 
 
 /// An extent-tree node header.
 fn extent_node(node: &mut [u8], entries: usize, capacity: usize, depth: u16) {
-    put16(node, 0, 0xF30A);
+    put16(node, 0, EXTENT_MAGIC);
     put16(node, 2, entries as u16);
     put16(node, 4, capacity as u16);
     put16(node, 6, depth);
@@ -800,37 +796,21 @@ fn xattr_entries(xattrs: &BTreeMap<Vec<u8>, Vec<u8>>) -> std::result::Result<Vec
     let mut out = Vec::new();
     for (name, value) in xattrs {
         let show = || format!("{:?}", String::from_utf8_lossy(name));
-        let (index, suffix, value) = match name.as_slice() {
-            b"system.posix_acl_access" => (
-                2,
-                Vec::new(),
-                acl_to_disk(value).ok_or_else(|| format!("the ACL {} is malformed", show()))?,
-            ),
-            b"system.posix_acl_default" => (
-                3,
-                Vec::new(),
-                acl_to_disk(value).ok_or_else(|| format!("the ACL {} is malformed", show()))?,
-            ),
-            _ => {
-                let (index, prefix): (u8, &[u8]) = if name.starts_with(b"user.") {
-                    (1, b"user.")
-                } else if name.starts_with(b"trusted.") {
-                    (4, b"trusted.")
-                } else if name.starts_with(b"security.") {
-                    (6, b"security.")
-                } else {
-                    return Err(format!(
-                        "the xattr {} has a namespace ext4 cannot store (user., trusted., security., POSIX ACLs)",
-                        show()
-                    ));
-                };
-                (index, name[prefix.len()..].to_vec(), value.clone())
-            }
+        let Some((index, suffix)) = xattr_split(name) else {
+            return Err(format!(
+                "the xattr {} has a namespace ext4 cannot store (user., trusted., security., POSIX ACLs)",
+                show()
+            ));
+        };
+        let value = if matches!(index, 2 | 3) {
+            acl_to_disk(value).ok_or_else(|| format!("the ACL {} is malformed", show()))?
+        } else {
+            value.clone()
         };
         if suffix.len() > 255 {
             return Err(format!("the xattr name {} is too long", show()));
         }
-        out.push((index, suffix, value));
+        out.push((index, suffix.to_vec(), value));
     }
     out.sort_by(|a, b| (a.0, a.1.len(), &a.1).cmp(&(b.0, b.1.len(), &b.1)));
     Ok(out)

@@ -16,9 +16,9 @@ use std::path::{Path, PathBuf};
 
 use fs_err as fs;
 
-use crate::ondisk::{u16_at, u32_at};
+use crate::ext4::{EXTENT_MAGIC, EXTENTS_FL, XATTR_MAGIC};
+use crate::ondisk::{u16_at, u32_at, xattr_name};
 
-const EXTENTS_FL: u32 = 0x80000;
 const INCOMPAT_RECOVER: u32 = 0x4;
 const INCOMPAT_META_BG: u32 = 0x10;
 const INCOMPAT_64BIT: u32 = 0x80;
@@ -274,7 +274,7 @@ impl Ext4Image {
                 "inode {number} has an extent tree too large to be real"
             )));
         }
-        if u16_at(node, 0) != 0xF30A || level > 5 {
+        if u16_at(node, 0) != EXTENT_MAGIC || level > 5 {
             return Err(self.damaged(format!("inode {number} has a damaged extent tree")));
         }
         let entries = usize::from(u16_at(node, 2));
@@ -320,14 +320,7 @@ impl Ext4Image {
 
     /// The entries of a directory (not `.` and `..`): name → inode number, sorted.
     pub fn read_dir(&self, inode: &Ext4Inode) -> std::io::Result<Vec<(Vec<u8>, u32)>> {
-        if inode.size > MAX_DIRECTORY {
-            return Err(self.damaged(format!(
-                "directory inode {} claims {} bytes",
-                inode.number, inode.size
-            )));
-        }
-        let mut content = Vec::new();
-        self.reader(inode)?.read_to_end(&mut content)?;
+        let content = self.read_capped(inode, MAX_DIRECTORY, "directory")?;
         let mut entries = Vec::new();
         let mut at = 0usize;
         while at + 8 <= content.len() {
@@ -365,15 +358,20 @@ impl Ext4Image {
         if inode.flags & EXTENTS_FL == 0 && inode.size < 60 {
             return Ok(inode.block[..inode.size as usize].to_vec());
         }
-        if inode.size > MAX_SYMLINK {
+        self.read_capped(inode, MAX_SYMLINK, "symlink")
+    }
+
+    /// All of a `what` inode's content, refused above `cap` bytes.
+    fn read_capped(&self, inode: &Ext4Inode, cap: u64, what: &str) -> std::io::Result<Vec<u8>> {
+        if inode.size > cap {
             return Err(self.damaged(format!(
-                "symlink inode {} claims {} bytes",
+                "{what} inode {} claims {} bytes",
                 inode.number, inode.size
             )));
         }
-        let mut target = Vec::new();
-        self.reader(inode)?.read_to_end(&mut target)?;
-        Ok(target)
+        let mut content = Vec::new();
+        self.reader(inode)?.read_to_end(&mut content)?;
+        Ok(content)
     }
 
     /// Extended attributes: in the inode, then in its xattr block.
@@ -382,14 +380,14 @@ impl Ext4Image {
         let raw = &inode.raw;
         if raw.len() > 128 {
             let start = 128 + usize::from(u16_at(raw, 128));
-            if start + 4 <= raw.len() && u32_at(raw, start) == 0xEA02_0000 {
+            if start + 4 <= raw.len() && u32_at(raw, start) == XATTR_MAGIC {
                 let region = &raw[start + 4..];
                 self.xattr_entries(region, 0, region, inode.number, &mut found)?;
             }
         }
         if inode.file_acl != 0 {
             let block = self.read_block(inode.file_acl)?;
-            if u32_at(&block, 0) != 0xEA02_0000 {
+            if u32_at(&block, 0) != XATTR_MAGIC {
                 return Err(
                     self.damaged(format!("inode {} has a damaged xattr block", inode.number))
                 );
@@ -425,22 +423,13 @@ impl Ext4Image {
             let value = values
                 .get(value_offset..value_offset + value_size)
                 .ok_or_else(damaged)?;
-            let prefix: &[u8] = match index {
-                1 => b"user.",
-                2 => b"system.posix_acl_access",
-                3 => b"system.posix_acl_default",
-                4 => b"trusted.",
-                6 => b"security.",
-                7 => b"system.",
-                8 => b"system.richacl",
-                _ => return Err(damaged()),
-            };
+            let name = xattr_name(index, suffix).ok_or_else(damaged)?;
             let value = if index == 2 || index == 3 {
                 acl_from_disk(value).ok_or_else(damaged)?
             } else {
                 value.to_vec()
             };
-            found.insert([prefix, suffix].concat(), value);
+            found.insert(name, value);
             at += (16 + name_len).next_multiple_of(4);
         }
         Ok(())

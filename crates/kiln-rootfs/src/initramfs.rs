@@ -76,13 +76,8 @@ pub fn write_cpio(tree: &Tree, objects: &ObjectDir, output: &mut impl Write) -> 
         )?;
         match &inode.kind {
             Kind::File(content) if data_size > 0 => {
-                let copied = io::copy(&mut objects.reader(content, 0), output)?;
-                if copied != content.size {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("object at {} is shorter than recorded", content.offset),
-                    ));
-                }
+                // The reader fails on a short pack, so all of it is copied.
+                io::copy(&mut objects.reader(content, 0), output)?;
                 pad(output, data_size)?;
             }
             Kind::Symlink(target) => {

@@ -193,12 +193,7 @@ impl Tree {
 
     /// Number of directory entries naming each inode (hardlink counts).
     pub fn link_counts(&self) -> Vec<u32> {
-        let mut counts = vec![0u32; self.inodes.len()];
-        counts[ROOT] = 1;
-        for (_, inode) in self.walk().into_iter().skip(1) {
-            counts[inode] += 1;
-        }
-        counts
+        self.order().links
     }
 }
 

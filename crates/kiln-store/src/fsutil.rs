@@ -29,11 +29,39 @@ pub fn write_atomic(path: &Path, bytes: &[u8], read_only: bool) -> std::io::Resu
     write_atomic_with(path, 0o644, |file| {
         file.write_all(bytes)?;
         if read_only {
-            file.sync_all()?;
+            // The fsync write_atomic_with makes next also covers the mode.
             set_read_only_file(file)?;
         }
         Ok::<_, std::io::Error>(())
     })
+}
+
+/// What [`write_atomic_with`] names its temporary files for `path` after
+/// (its file name), so a cleanup can tell whose they are.
+fn temp_prefix(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "write".into())
+}
+
+/// Removes the temporary files a killed [`write_atomic_with`] of `path`
+/// left beside it. Only safe while holding whatever lock serialises the
+/// writers of `path`.
+pub fn remove_stale_temps(path: &Path) {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let prefix = format!(".{}-", temp_prefix(path));
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with(&prefix) && name.ends_with(".tmp") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
 }
 
 /// Writes `path` atomically through `write`: a new temporary file in the
@@ -51,12 +79,7 @@ pub fn write_atomic_with<T, E: From<std::io::Error>>(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    // Named after the target, so a cleanup can tell whose it is.
-    let target = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "write".into());
-    let temp = dir.join(temp_name(&target));
+    let temp = dir.join(temp_name(&temp_prefix(path)));
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)

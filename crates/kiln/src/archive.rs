@@ -29,9 +29,9 @@ use kiln_types::media_type::{self, Compression, ManifestKind};
 use kiln_types::{Algorithm, Descriptor, Digest, Hasher, ImageConfig, Platform, Reference};
 use serde::Serialize;
 
+use crate::Scratch;
 use crate::error::{Error, Result};
 use crate::progress::{Event, Progress};
-use crate::rootfs::Scratch;
 use crate::{LeaseGuard, Manager, tag_name};
 
 const CHUNK: usize = 1 << 20;
@@ -493,10 +493,7 @@ impl Manager {
             .as_deref()
             .map(str::parse::<Reference>)
             .transpose()?;
-        let mut guard = LeaseGuard {
-            manager: self,
-            lease: Some(self.store.catalog().create_lease()?),
-        };
+        let mut guard = LeaseGuard::new(self)?;
         let mut loader = Loader {
             manager: self,
             lease: guard.lease(),
@@ -953,7 +950,7 @@ impl Manager {
     /// A stored layer's diff_id, by reading it.
     fn diff_id_of(&self, digest: &Digest, compression: Compression) -> Result<(Digest, u64)> {
         let file = self.store.content().open_blob(digest)?;
-        DiffIdHasher::of_reader(file, compression).map_err(|source| Error::Decompress {
+        DiffIdHasher::of_reader(file, compression, None).map_err(|source| Error::Decompress {
             layer: digest.clone(),
             compression: compression.as_str(),
             source,
@@ -1010,10 +1007,7 @@ impl Manager {
                 }
             }
         }
-        let guard = LeaseGuard {
-            manager: self,
-            lease: Some(catalog.create_lease()?),
-        };
+        let guard = LeaseGuard::new(self)?;
         let mut writer = ArchiveWriter::new(BufWriter::with_capacity(CHUNK, output));
         let write_error = |e: std::io::Error| {
             Error::Store(StoreError::Io(std::io::Error::new(

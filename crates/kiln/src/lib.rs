@@ -109,8 +109,31 @@ pub(crate) struct LeaseGuard<'m> {
 }
 
 impl LeaseGuard<'_> {
+    /// A new lease, released when the guard goes (unless taken).
+    pub(crate) fn new(manager: &Manager) -> Result<LeaseGuard<'_>> {
+        Ok(LeaseGuard {
+            manager,
+            lease: Some(manager.store.catalog().create_lease()?),
+        })
+    }
+
     pub(crate) fn lease(&self) -> &kiln_store::Lease {
         self.lease.as_ref().expect("lease is held until taken")
+    }
+}
+
+/// A scratch directory in the store, removed on every exit path.
+pub(crate) struct Scratch(pub(crate) std::path::PathBuf);
+
+impl Scratch {
+    pub(crate) fn new(manager: &Manager) -> Result<Scratch> {
+        Ok(Scratch(manager.store.content().scratch_dir()?))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

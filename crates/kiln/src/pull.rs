@@ -18,9 +18,14 @@ use kiln_types::{Descriptor, Digest, ImageConfig, ImageManifest, Platform, Refer
 
 use crate::error::{Error, Result};
 use crate::progress::{Event, Progress};
-use crate::rootfs::Unpacker;
+use crate::rootfs::{Parsing, Unpacker};
 use crate::{LeaseGuard, Manager, tag_name};
 use kiln_rootfs::ParsedLayer;
+
+/// A thread to unpack layer `digest` could not start.
+fn unpack_error(digest: &Digest, source: std::io::Error) -> Error {
+    Error::Task(format!("cannot start unpacking layer {digest}: {source}"))
+}
 
 /// Largest image config kiln reads.
 const MAX_CONFIG_SIZE: u64 = 16 << 20;
@@ -182,10 +187,7 @@ impl Manager {
             });
             return Ok((hit, None));
         }
-        let guard = LeaseGuard {
-            manager: self,
-            lease: Some(self.store.catalog().create_lease()?),
-        };
+        let guard = LeaseGuard::new(self)?;
         let what = reference.to_string();
         let top = client
             .fetch_manifest(
@@ -528,9 +530,6 @@ impl Manager {
         unpack: Option<(&Unpacker, usize)>,
     ) -> Result<LayerOutcome> {
         let digest = layer.digest.clone();
-        let unpack_error = |source: std::io::Error| {
-            Error::Task(format!("cannot start unpacking layer {digest}: {source}"))
-        };
         let force = options.force;
         // Lease first, then look: garbage collection keeps what is leased.
         self.store.catalog().lease_blob(lease, &digest)?;
@@ -549,21 +548,13 @@ impl Manager {
                         digest: digest.clone(),
                         size,
                     });
-                    let parsing = match (unpack, compression) {
-                        (Some((unpacker, index)), Some(compression)) => Some(
-                            unpacker
-                                .stored(
-                                    index,
-                                    self.store.content().open_blob(&digest)?,
-                                    compression,
-                                )
-                                .map_err(unpack_error)?,
-                        ),
-                        _ => None,
-                    };
-                    let diff_id = match compression {
-                        Some(compression) => Some(self.known_diff_id(&digest, compression).await?),
-                        None => None,
+                    let (diff_id, parsing) = match compression {
+                        Some(compression) => {
+                            let (diff_id, parsing) =
+                                self.known_diff_id(&digest, compression, unpack).await?;
+                            (Some(diff_id), parsing)
+                        }
+                        None => (None, None),
                     };
                     self.store.catalog().record_blob(&digest, size)?;
                     let parsed = match parsing {
@@ -586,7 +577,9 @@ impl Manager {
                         options.pipelined_diff_id,
                         match unpack {
                             Some((unpacker, index)) => {
-                                let (tee, thread) = unpacker.tee(index).map_err(unpack_error)?;
+                                let (tee, thread) = unpacker
+                                    .tee(index)
+                                    .map_err(|source| unpack_error(&digest, source))?;
                                 parsing = Some(thread);
                                 Some(Box::new(tee) as kiln_oci::Tee)
                             }
@@ -729,27 +722,49 @@ impl Manager {
         Err(Error::Task(format!("download of layer {digest} gave up")))
     }
 
-    /// The diff_id of a committed layer: from the catalog, else by reading it.
+    /// The diff_id of a committed layer: from the catalog, else by reading
+    /// it. With `unpack`, the layer is also parsed (the thread doing it is
+    /// returned), from the same read when the diff_id had to be computed.
     async fn known_diff_id(
         &self,
         digest: &Digest,
         compression: Compression,
-    ) -> Result<(Digest, u64)> {
+        unpack: Option<(&Unpacker, usize)>,
+    ) -> Result<((Digest, u64), Option<Parsing>)> {
+        let unpack_error = |source| unpack_error(digest, source);
+        let blob = || self.store.content().open_blob(digest);
         if let Some(record) = self.store.catalog().layer(digest)?
             && let (Some(diff_id), Some(size)) = (record.diff_id, record.uncompressed_size)
         {
-            return Ok((diff_id, size));
+            let parsing = match unpack {
+                Some((unpacker, index)) => Some(
+                    unpacker
+                        .stored(index, blob()?, compression)
+                        .map_err(unpack_error)?,
+                ),
+                None => None,
+            };
+            return Ok(((diff_id, size), parsing));
         }
-        let file = self.store.content().open_blob(digest)?;
+        let file = blob()?;
+        let (tee, parsing) = match unpack {
+            Some((unpacker, index)) => {
+                let (pipe, parsing) = unpacker.tee(index).map_err(unpack_error)?;
+                (Some(Box::new(pipe) as kiln_oci::Tee), Some(parsing))
+            }
+            None => (None, None),
+        };
         let layer = digest.clone();
-        tokio::task::spawn_blocking(move || DiffIdHasher::of_reader(file, compression))
-            .await
-            .map_err(|e| Error::Task(e.to_string()))?
-            .map_err(|source| Error::Decompress {
-                layer,
-                compression: compression.as_str(),
-                source,
-            })
+        let diff_id =
+            tokio::task::spawn_blocking(move || DiffIdHasher::of_reader(file, compression, tee))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+                .map_err(|source| Error::Decompress {
+                    layer,
+                    compression: compression.as_str(),
+                    source,
+                })?;
+        Ok((diff_id, parsing))
     }
 
     /// A complete cached image for `reference` on `platform`.

@@ -166,10 +166,7 @@ impl Manager {
         client.check_ca_certs()?;
         let observer = Arc::new(Observer(progress.clone()));
         let repository = Repository::of(&destination);
-        let guard = LeaseGuard {
-            manager: self,
-            lease: Some(self.store.catalog().create_lease()?),
-        };
+        let guard = LeaseGuard::new(self)?;
         let catalog = self.store.catalog();
         let content = self.store.content();
         let mut blobs = Vec::new();
@@ -445,10 +442,7 @@ impl Manager {
             }
         };
         let repository = Repository::of(destination);
-        let guard = LeaseGuard {
-            manager: self,
-            lease: Some(self.store.catalog().create_lease()?),
-        };
+        let guard = LeaseGuard::new(self)?;
         self.store
             .catalog()
             .lease_blob(guard.lease(), &artifact.digest)?;
@@ -723,10 +717,7 @@ impl Manager {
                 });
             }
         };
-        let mut guard = LeaseGuard {
-            manager: self,
-            lease: Some(catalog.create_lease()?),
-        };
+        let mut guard = LeaseGuard::new(self)?;
         self.fetch_plain_blob(client, origin, &layer, guard.lease(), progress, observer)
             .await?;
         let path = self.store.content().blob_path(&layer.digest);

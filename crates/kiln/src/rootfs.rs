@@ -19,8 +19,8 @@ use kiln_types::media_type;
 use kiln_types::{Algorithm, Digest, Hasher, Platform};
 use serde::Serialize;
 
-use crate::Manager;
 use crate::error::{Error, Result};
+use crate::{Manager, Scratch};
 
 /// Bumped whenever a writer's output for the same input changes.
 pub const CONVERTER_VERSION: &str = "kiln-rootfs-3";
@@ -87,15 +87,6 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Removes a scratch directory however the conversion ends.
-pub(crate) struct Scratch(pub(crate) PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Layers unpacked while they download (`pull --rootfs`): each layer's
 /// uncompressed bytes, as the pull's diff_id check produces them, are
 /// parsed on a thread of their own, contents into one scratch pack. Parsed
@@ -112,7 +103,7 @@ pub(crate) type Parsing = std::thread::JoinHandle<ParsedLayer>;
 
 impl Unpacker {
     fn new(manager: &Manager) -> Result<Unpacker> {
-        let scratch = Scratch(manager.store.content().scratch_dir()?);
+        let scratch = Scratch::new(manager)?;
         let objects =
             ObjectDir::open(&scratch.0.join("objects")).map_err(kiln_store::StoreError::from)?;
         Ok(Unpacker {
@@ -171,24 +162,74 @@ impl Manager {
         size: Option<u64>,
     ) -> Result<RootfsArtifact> {
         let image = self.one_image(query, platform)?;
+        let mut artifacts = self.rootfs_of(query, &image, &[(format, size)], None)?;
+        Ok(artifacts.remove(0))
+    }
+
+    /// The root filesystems of `image` in `formats`, in that order: a
+    /// source image's own, else found in the store, else built. All the
+    /// missing ones are built from one tree: the layers parsed while
+    /// pulling when `parsed` is given, else the stored layers, read once.
+    fn rootfs_of(
+        &self,
+        query: &str,
+        image: &kiln_store::ImageRecord,
+        formats: &[(RootfsFormat, Option<u64>)],
+        parsed: Option<(Vec<ParsedLayer>, &Unpacker)>,
+    ) -> Result<Vec<RootfsArtifact>> {
         if image.media_type == crate::RECORD_MEDIA_TYPE {
-            return self.source_rootfs(query, &image, format, size);
+            return formats
+                .iter()
+                .map(|&(format, size)| self.source_rootfs(query, image, format, size))
+                .collect();
         }
-        if let Some(found) = self.cached_rootfs(&image, format, size)? {
-            return Ok(found);
+        let mut artifacts = formats
+            .iter()
+            .map(|&(format, size)| self.cached_rootfs(image, format, size))
+            .collect::<Result<Vec<_>>>()?;
+        if artifacts.iter().all(Option::is_some) {
+            return Ok(artifacts.into_iter().flatten().collect());
         }
-        if !image.complete {
-            return Err(Error::ImageNotFound {
-                query: format!("{query} (incomplete: pull it again)"),
-            });
-        }
-        let guard = crate::LeaseGuard {
-            manager: self,
-            lease: Some(self.store.catalog().create_lease()?),
+        let unpacked_while_pulling = parsed.is_some();
+        let (reading, own_scratch);
+        let (tree, objects, scratch) = match parsed {
+            Some((layers, unpacker)) => {
+                let mut tree = Tree::new();
+                for layer in layers {
+                    layer.apply(&mut tree)?;
+                }
+                (tree, unpacker.objects.clone(), unpacker.scratch.0.as_path())
+            }
+            None => {
+                if !image.complete {
+                    return Err(Error::ImageNotFound {
+                        query: format!("{query} (incomplete: pull it again)"),
+                    });
+                }
+                // Leased while the layers are read.
+                reading = crate::LeaseGuard::new(self)?;
+                own_scratch = Scratch::new(self)?;
+                let (tree, objects) =
+                    self.image_tree(image.id, query, reading.lease(), &own_scratch.0)?;
+                (tree, Arc::new(objects), own_scratch.0.as_path())
+            }
         };
-        let scratch = Scratch(self.store.content().scratch_dir()?);
-        let (tree, objects) = self.image_tree(image.id, query, guard.lease(), &scratch.0)?;
-        self.build_rootfs(&image, &tree, &objects, format, size, guard, &scratch.0)
+        for (artifact, &(format, size)) in artifacts.iter_mut().zip(formats) {
+            if artifact.is_none() {
+                let mut built = self.build_rootfs(
+                    image,
+                    &tree,
+                    &objects,
+                    format,
+                    size,
+                    crate::LeaseGuard::new(self)?,
+                    scratch,
+                )?;
+                built.unpacked_while_pulling = unpacked_while_pulling;
+                *artifact = Some(built);
+            }
+        }
+        Ok(artifacts.into_iter().flatten().collect())
     }
 
     /// The artifact already made from `image` with these parameters, if its
@@ -292,41 +333,13 @@ impl Manager {
         let (pulled, parsed) = self
             .pull_unpacking(reference, options, progress, unpacker.as_ref())
             .await?;
+        if formats.is_empty() {
+            return Ok((pulled, Vec::new()));
+        }
         let query = pulled.manifest_digest.to_string();
         let platform = pulled.platform.parse::<Platform>().ok();
-        let mut artifacts = Vec::with_capacity(formats.len());
-        let (Some(unpacker), Some(parsed)) = (unpacker, parsed) else {
-            for &(format, size) in formats {
-                artifacts.push(self.rootfs(&query, platform.as_ref(), format, size)?);
-            }
-            return Ok((pulled, artifacts));
-        };
         let image = self.one_image(&query, platform.as_ref())?;
-        let mut tree = Tree::new();
-        for layer in parsed {
-            layer.apply(&mut tree)?;
-        }
-        for &(format, size) in formats {
-            if let Some(found) = self.cached_rootfs(&image, format, size)? {
-                artifacts.push(found);
-                continue;
-            }
-            let guard = crate::LeaseGuard {
-                manager: self,
-                lease: Some(self.store.catalog().create_lease()?),
-            };
-            let mut built = self.build_rootfs(
-                &image,
-                &tree,
-                &unpacker.objects,
-                format,
-                size,
-                guard,
-                &unpacker.scratch.0,
-            )?;
-            built.unpacked_while_pulling = true;
-            artifacts.push(built);
-        }
+        let artifacts = self.rootfs_of(&query, &image, formats, parsed.zip(unpacker.as_ref()))?;
         Ok((pulled, artifacts))
     }
 

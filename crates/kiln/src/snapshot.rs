@@ -16,8 +16,9 @@ use kiln_types::media_type;
 use kiln_types::{Algorithm, Digest, Hasher, Reference};
 use serde_json::Value;
 
+use crate::Scratch;
 use crate::error::{Error, Result};
-use crate::rootfs::{HashingWriter, Scratch};
+use crate::rootfs::HashingWriter;
 use crate::{LeaseGuard, Manager, tag_name};
 
 /// A new image made from a disk.
@@ -69,14 +70,11 @@ impl Manager {
             .ok_or_else(|| Error::ImageNotFound {
                 query: disk.to_string(),
             })?;
-        let mut guard = LeaseGuard {
-            manager: self,
-            lease: Some(catalog.create_lease()?),
-        };
-        let scratch = Scratch(self.store.content().scratch_dir()?);
-        let (tree, objects) = self.image_tree(base.id, disk, guard.lease(), &scratch.0)?;
+        let mut guard = LeaseGuard::new(self)?;
+        let scratch = Scratch::new(self)?;
 
-        // Read the disk as an ext4 image.
+        // Read the disk as an ext4 image (first: a disk kiln cannot read
+        // fails before the base image's layers are read).
         let raw = if record.format == "qcow2" {
             let flat = scratch.0.join("flat.raw");
             run(
@@ -94,6 +92,7 @@ impl Manager {
             disk: disk.to_string(),
             detail: error.to_string(),
         })?;
+        let (tree, objects) = self.image_tree(base.id, disk, guard.lease(), &scratch.0)?;
 
         // The layer: tar → (diff_id hash) → gzip → (blob hash) → file.
         let layer_path = scratch.0.join("layer.tar.gz");

@@ -2,7 +2,6 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use kiln::{ArchiveFormat, Manager};
 
 use crate::cli::{ArchiveFormatArg, SaveArgs};
@@ -20,7 +19,14 @@ pub fn run(manager: &Manager, args: SaveArgs) -> anyhow::Result<ExitCode> {
         Some(path) => kiln::write_atomic_with(path, 0o644, |file| {
             anyhow::Ok(manager.save(&args.references, format, file, reporter)?)
         })
-        .with_context(|| format!("cannot write {}", path.display()))?,
+        .map_err(|error| {
+            // The save's own errors say what failed; file errors get the path.
+            if error.is::<kiln::Error>() {
+                error
+            } else {
+                error.context(format!("cannot write {}", path.display()))
+            }
+        })?,
         None => {
             let stdout = std::io::stdout();
             if stdout.is_terminal() {

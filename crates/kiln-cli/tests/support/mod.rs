@@ -189,6 +189,18 @@ impl Kiln {
             .join(digest.trim_start_matches("sha256:"))
     }
 
+    /// Whether no conversion scratch directory (`ingest/.work-*`) is left.
+    pub fn no_scratch(&self) -> bool {
+        std::fs::read_dir(self.root().join("content-v1/ingest"))
+            .unwrap()
+            .all(|e| {
+                !e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".work-")
+            })
+    }
+
     pub fn partial_files(&self) -> Vec<(PathBuf, u64)> {
         let dir = self.root().join("content-v1/ingest");
         std::fs::read_dir(dir)

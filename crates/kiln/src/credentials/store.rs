@@ -233,22 +233,7 @@ impl AuthStore {
         // A writer killed between its temp file and the rename left the
         // temp file (mode 0600) behind: nobody else writes them while we
         // hold the lock.
-        let stale_prefix = format!(
-            ".{}-",
-            self.path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        );
-        if let Ok(entries) = std::fs::read_dir(directory) {
-            for entry in entries.flatten() {
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                if name.starts_with(&stale_prefix) && name.ends_with(".tmp") {
-                    let _ = std::fs::remove_file(entry.path());
-                }
-            }
-        }
+        kiln_store::fsutil::remove_stale_temps(&self.path);
         let mut file = self.load()?;
         let result = change(&mut file)?;
         let text = serde_json::to_string_pretty(&file)

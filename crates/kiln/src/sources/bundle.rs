@@ -10,13 +10,13 @@ use kiln_types::{Platform, SourceReference};
 use serde::Serialize;
 
 use super::{
-    FileSpec, KERNEL_MEDIA_TYPE, NewSourceImage, RECORD_MEDIA_TYPE, ROOTFS_MEDIA_TYPE, Scratch,
+    FileSpec, KERNEL_MEDIA_TYPE, NewSourceImage, RECORD_MEDIA_TYPE, ROOTFS_MEDIA_TYPE,
     SourceRecord, StoredFile, VMM_MEDIA_TYPE, may_use_cache,
 };
 use crate::error::{Error, Result};
 use crate::progress::{Event, Progress};
 use crate::pull::{Observer, PullOptions, PullPolicy, PulledImage};
-use crate::{LeaseGuard, Manager};
+use crate::{LeaseGuard, Manager, Scratch};
 
 /// A release of a `github-release` source, as `avail` lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -117,10 +117,7 @@ impl Manager {
         let manifest_bytes = releases.asset_bytes(manifest_asset, &observer).await?;
         let manifest = BundleManifest::parse(&manifest_bytes, &tag)?;
         let artifacts = manifest.for_arch(&arch, &tag)?;
-        let guard = LeaseGuard {
-            manager: self,
-            lease: Some(self.store.catalog().create_lease()?),
-        };
+        let guard = LeaseGuard::new(self)?;
         let mut files: Vec<StoredFile> = Vec::new();
         let mut downloaded = 0;
         let wanted = [
@@ -233,7 +230,7 @@ impl Manager {
                 detail: format!("it has no {archive_name}"),
             })?;
         let spec = asset_spec(&releases, &release, asset, "vmm", VMM_MEDIA_TYPE, &observer).await?;
-        let scratch = Scratch(self.store.content().scratch_dir()?);
+        let scratch = Scratch::new(self)?;
         let archive_path = scratch.0.join("archive.tgz");
         let (_, downloaded) = self
             .download_to(fetcher, &spec, &archive_path, progress)
@@ -283,8 +280,6 @@ impl Manager {
     }
 }
 
-/// Makes the VMM binary executable before it becomes a read-only blob
-/// (`adopt_file` then drops only the write bits).
 /// How to fetch release asset `asset`: its download location, published
 /// size and whatever SHA-256 the release publishes for it.
 async fn asset_spec(
@@ -310,6 +305,8 @@ async fn asset_spec(
     })
 }
 
+/// Makes the VMM binary executable before it becomes a read-only blob
+/// (`adopt_file` then drops only the write bits).
 fn set_executable(path: &std::path::Path) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))

@@ -232,10 +232,7 @@ impl CatalogSource<'_> {
         }
         let base = Location::parse(&self.config.url)?;
         let fetcher = manager.fetcher(&self.config)?;
-        let guard = LeaseGuard {
-            manager,
-            lease: Some(manager.store.catalog().create_lease()?),
-        };
+        let guard = LeaseGuard::new(manager)?;
         let mut wanted = vec![
             ("kernel", &files.kernel, KERNEL_MEDIA_TYPE),
             ("rootfs", &files.rootfs, ROOTFS_MEDIA_TYPE),

@@ -305,10 +305,7 @@ impl Manager {
                 }
                 continue;
             }
-            let guard = LeaseGuard {
-                manager: self,
-                lease: Some(self.store.catalog().create_lease()?),
-            };
+            let guard = LeaseGuard::new(self)?;
             let spec = FileSpec {
                 role: "file",
                 name: format!("{source}://{} file", manifest.uuid),
@@ -450,10 +447,7 @@ impl Manager {
             .lock_source_image(&format!("imgapi {}", manifest.uuid))
             .await?;
         let fetcher = kiln_sources::Fetcher::new(&kiln_sources::FetchOptions::default())?;
-        let guard = LeaseGuard {
-            manager: self,
-            lease: Some(self.store.catalog().create_lease()?),
-        };
+        let guard = LeaseGuard::new(self)?;
         let spec = FileSpec {
             role: "file",
             name: file_path.display().to_string(),

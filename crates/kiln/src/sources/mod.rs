@@ -41,7 +41,7 @@ pub use catalog::{AvailableCatalogImage, CachedImage, CatalogSource};
 use crate::error::{Error, Result};
 use crate::progress::{Event, Progress};
 use crate::pull::{Observer, PullOptions, PullPolicy, PulledImage};
-use crate::{LeaseGuard, Manager};
+use crate::{LeaseGuard, Manager, Scratch};
 
 /// Media type of kiln's record of a source image (its `manifest` blob).
 pub const RECORD_MEDIA_TYPE: &str = "application/vnd.kiln.source-image.v1+json";
@@ -662,7 +662,7 @@ impl Manager {
                 ));
             }
         }
-        let scratch = Scratch(self.store.content().scratch_dir()?);
+        let scratch = Scratch::new(self)?;
         let path = scratch.0.join("file");
         let (hashes, downloaded) = self.download_to(fetcher, &spec, &path, progress).await?;
         self.commit_scratch(&path, &hashes.sha256, hashes.size, lease, force)?;
@@ -929,13 +929,4 @@ impl Manager {
 /// Whether `policy` lets a pull use what is cached.
 pub(crate) fn may_use_cache(options: &PullOptions) -> bool {
     !options.force && options.policy != PullPolicy::Always
-}
-
-/// Removes a scratch directory on every exit path.
-pub(crate) struct Scratch(pub PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
