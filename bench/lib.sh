@@ -167,6 +167,37 @@ bench_image() {
   compressed=$(jq -r '.manifests[0].digest' "$layout/index.json" | sed 's/sha256://' | xargs -I{} jq '[.layers[].size] | add' "$layout/blobs/sha256/{}")
 }
 
+# files_image: builds (once, cached in $BENCH_DIR) the second image of the
+# root filesystem benchmark, made of real files: 8 gzip layers copied from
+# this machine's own /usr and /etc (shared libraries, programs, Python and
+# Perl, headers, documentation, locales, ...), tens of thousands of files of
+# every size, as a distribution's root filesystem has. Its size depends on
+# what the machine has installed; sets $files_layout and $files_compressed.
+files_image() {
+  files_layout=$BENCH_DIR/layout-files-v1
+  if [ ! -f "$files_layout/index.json" ]; then
+    echo "building the files image (once)..." >&2
+    local src=$BENCH_DIR/files-src n=0 path d
+    local -a layers=()
+    rm -rf "$files_layout" "$src"
+    for group in "usr/lib/x86_64-linux-gnu" "usr/bin usr/sbin" \
+        "usr/lib/python3.11 usr/lib/python3 usr/share/perl usr/share/perl5" "usr/include" \
+        "usr/share/doc usr/share/man" "usr/share/locale" \
+        "usr/share/vim usr/lib/git-core usr/share/i18n usr/share/zoneinfo" "etc"; do
+      n=$((n + 1)); d=$src/layer$n; mkdir -p "$d"
+      for path in $group; do
+        [ -e "/$path" ] || continue
+        mkdir -p "$d/$(dirname "$path")"
+        cp -a "/$path" "$d/$path"
+      done
+      layers+=("$d")
+    done
+    build_image "$files_layout" files amd64 gzip "${layers[@]}" >/dev/null
+    rm -rf "$src"
+  fi
+  files_compressed=$(jq -r '.manifests[0].digest' "$files_layout/index.json" | sed 's/sha256://' | xargs -I{} jq '[.layers[].size] | add' "$files_layout/blobs/sha256/{}")
+}
+
 # push_bench_image: starts a loopback registry holding it; sets $REGISTRY and $ref.
 push_bench_image() {
   start_bench_registry

@@ -21,9 +21,10 @@ tar -C "$layout" -cf "$work/layout.tar" .
 "$KILN" --root "$work/kiln" load -q -i "$work/layout.tar" -t "$ref" >/dev/null
 rm -f "$work/layout.tar"
 
-# empty_registry NAME: a registry with fresh storage; sets $DEST and $dest_pid
+# empty_registry NAME: a registry with fresh storage (the previous one's
+# removed and synced, untimed); sets $DEST and $dest_pid
 empty_registry() {
-  rm -rf "${work:?}/$1"
+  clean_slate "${work:?}/$1"
   serve_registry "$work/$1"
   DEST=$served dest_pid=$served_pid
 }
@@ -35,9 +36,9 @@ skopeo_push() { skopeo copy --quiet --dest-tls-verify=false "oci:$layout:bench" 
 
 kiln_times=(); chunked_times=(); skopeo_times=()
 for _ in $(seq 1 "$RUNS"); do
-  empty_registry kiln-dest; kiln_times+=("$(seconds kiln_push)"); stop_registry kiln-dest
-  empty_registry chunked-dest; chunked_times+=("$(seconds kiln_push_chunked)"); stop_registry chunked-dest
-  empty_registry skopeo-dest; skopeo_times+=("$(seconds skopeo_push)"); stop_registry skopeo-dest
+  empty_registry kiln-dest; kiln_times+=("$(durable_seconds kiln_push)"); stop_registry kiln-dest
+  empty_registry chunked-dest; chunked_times+=("$(durable_seconds kiln_push_chunked)"); stop_registry chunked-dest
+  empty_registry skopeo-dest; skopeo_times+=("$(durable_seconds skopeo_push)"); stop_registry skopeo-dest
 done
 empty_registry rss-dest
 kiln_rss=$(peak_rss_mb "$KILN" --root "$work/kiln" push --insecure -q "$ref" "$DEST/bench:1")
@@ -55,7 +56,7 @@ body=$(mktemp)
 {
   echo "Command: \`bash bench/push.sh\` (RUNS=$RUNS), $(date -u +%Y-%m-%d), $(machine)."
   echo
-  echo "Image: 8 gzip layers, $((compressed / 1000000)) MB compressed, pushed to Debian's docker-registry at 127.0.0.1 with empty storage for every run (nothing to skip or mount). kiln reads the blobs from its store; skopeo from an OCI layout of the same blobs."
+  echo "Image: 8 gzip layers, $((compressed / 1000000)) MB compressed, pushed to Debian's docker-registry at 127.0.0.1 with empty storage for every run (nothing to skip or mount; the previous run's storage removed and synced, untimed). Each run ends when what the registry wrote is on disk (the command, then \`sync\`, timed). kiln reads the blobs from its store; skopeo from an OCI layout of the same blobs."
   echo
   echo "| tool | median (s) | ratio to skopeo | peak RSS (MB) |"
   echo "|---|---|---|---|"

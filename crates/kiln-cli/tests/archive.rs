@@ -513,6 +513,51 @@ fn save_to_a_terminal_or_of_nothing_is_refused() {
     );
 }
 
+#[test]
+fn save_refuses_a_blob_damaged_on_disk() {
+    let env = env();
+    let kiln = Kiln::new();
+    let reference = format!("{}/busybox:multi", env.registry);
+    kiln.run(&["pull", "-q", "--insecure", &reference]).ok();
+    let (_, _, layers) = identity(&kiln, &reference);
+    // The same size, one byte flipped: only hashing the bytes can tell.
+    let path = kiln.blob_path(&layers[1].0);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[100] ^= 0xff;
+    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    permissions.set_readonly(false);
+    std::fs::set_permissions(&path, permissions).unwrap();
+    std::fs::write(&path, &bytes).unwrap();
+
+    let work = tempfile::tempdir().unwrap();
+    let target = work.path().join("out.tar");
+    let run = kiln
+        .run(&["save", &reference, "-o", target.to_str().unwrap()])
+        .fails(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "error: blob {} in the store is corrupt",
+            layers[1].0
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("hint: run `kiln fsck --repair`"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        std::fs::read_dir(work.path()).unwrap().count(),
+        0,
+        "no archive, not even a temporary file"
+    );
+    // To stdout the archive stops at the damaged blob: nothing after it.
+    let piped = kiln.run(&["save", &reference]).fails(1);
+    assert!(piped.stderr.contains("is corrupt"), "{}", piped.stderr);
+}
+
 /// Rewrites a tar with python's tarfile: `edit` is python code run for each
 /// member `m` with its bytes `data`; it may `continue` (drop it), change
 /// `data`, or append extra members to `extra` (name, bytes).

@@ -1,7 +1,8 @@
 //! The flow a microVM user runs: pull → rootfs → boot. QEMU (`-M microvm`)
 //! with Debian's kernel boots the initramfs, and the ext4 disk as the root
 //! device (through Debian's initrd, which loads virtio-blk and ext4), to the
-//! marker the image's /init prints. TCG only: /dev/kvm exists on the CI
+//! marker the image's /init prints; and the EROFS image as the root device
+//! (through a small initramfs of its own that loads virtio and EROFS). TCG only: /dev/kvm exists on the CI
 //! machines but a KVM guest hangs there, and `-accel kvm -accel tcg` does
 //! not fall back when KVM opens but cannot run.
 
@@ -104,5 +105,107 @@ fn pulled_images_boot_as_initramfs_and_as_ext4_root() {
     assert!(
         console.contains("KILN-BOOT-OK from-the-image"),
         "ext4 root boot:\n{console}"
+    );
+}
+
+/// A minimal initramfs for an EROFS root with Debian's modular kernel: a
+/// static busybox and an /init that loads virtio-mmio, virtio-blk and EROFS
+/// (Debian's own initrd has no EROFS module), mounts /dev/vda read-only and
+/// hands over to the image's /init.
+fn erofs_loader(dir: &Path) -> PathBuf {
+    let kernel = newest("vmlinuz-");
+    let release = kernel
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .trim_start_matches("vmlinuz-")
+        .to_string();
+    let modules = Path::new("/lib/modules").join(&release).join("kernel");
+    let tree = dir.join("loader");
+    std::fs::create_dir_all(tree.join("bin")).unwrap();
+    std::fs::create_dir_all(tree.join("m")).unwrap();
+    for sub in ["dev", "proc", "sys", "newroot"] {
+        std::fs::create_dir_all(tree.join(sub)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", tree.join("bin/busybox"))
+        .expect("/bin/busybox (.ci/run installs busybox-static)");
+    // In load order: each after what it depends on.
+    let load = [
+        "crypto/crc32c_generic.ko",
+        "lib/libcrc32c.ko",
+        "fs/erofs/erofs.ko",
+        "drivers/virtio/virtio_ring.ko",
+        "drivers/virtio/virtio.ko",
+        "drivers/virtio/virtio_mmio.ko",
+        "drivers/block/virtio_blk.ko",
+    ];
+    let mut script = String::from(
+        "#!/bin/busybox sh\n\
+         /bin/busybox mount -t devtmpfs dev /dev\n\
+         /bin/busybox mount -t proc proc /proc\n\
+         devices=\n\
+         for arg in $(/bin/busybox cat /proc/cmdline); do\n\
+         case $arg in virtio_mmio.device=*) devices=\"$devices device=${arg#virtio_mmio.device=}\";; esac\n\
+         done\n",
+    );
+    for module in load {
+        let name = Path::new(module).file_name().unwrap().to_string_lossy();
+        std::fs::copy(modules.join(module), tree.join("m").join(&*name))
+            .unwrap_or_else(|e| panic!("{module} of {release}: {e}"));
+        let parameters = if name == "virtio_mmio.ko" {
+            " $devices"
+        } else {
+            ""
+        };
+        script += &format!("/bin/busybox insmod /m/{name}{parameters}\n");
+    }
+    script += "for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; /bin/busybox sleep 0.5; done\n\
+               /bin/busybox mount -t erofs -o ro /dev/vda /newroot || echo KILN-EROFS-MOUNT-FAILED\n\
+               /bin/busybox umount /proc\n\
+               /bin/busybox mount --move /dev /newroot/dev 2>/dev/null || /bin/busybox umount /dev\n\
+               exec /bin/busybox switch_root /newroot /init\n";
+    std::fs::write(tree.join("init"), script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tree.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let image = dir.join("loader.cpio.gz");
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd {} && find . | cpio -o -H newc --quiet | gzip -1 > {}",
+            tree.display(),
+            image.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success(), "cpio (.ci/run installs it)");
+    image
+}
+
+#[test]
+fn pulled_image_boots_from_an_erofs_root() {
+    let env = env();
+    let kiln = Kiln::new();
+    let reference = format!("{}/boot:1", env.registry);
+    let disk = kiln.dir.path().join("root.erofs");
+    kiln.run(&["pull", "--insecure", "-q", "--rootfs", "erofs", &reference])
+        .ok();
+    kiln.run(&[
+        "rootfs",
+        "--format",
+        "erofs",
+        &reference,
+        "-o",
+        disk.to_str().unwrap(),
+    ])
+    .ok();
+    let loader = erofs_loader(kiln.dir.path());
+    let console = boot(&loader, Some(&disk), "");
+    assert!(
+        !console.contains("KILN-EROFS-MOUNT-FAILED"),
+        "the EROFS root did not mount:\n{console}"
+    );
+    assert!(
+        console.contains("KILN-BOOT-OK from-the-image"),
+        "EROFS root boot:\n{console}"
     );
 }

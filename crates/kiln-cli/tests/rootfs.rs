@@ -430,6 +430,54 @@ fn rootfs_is_cached_identical_for_any_user_and_collected_with_its_image() {
         .fails(1);
     assert!(tiny.stderr.starts_with("error:"), "{}", tiny.stderr);
 
+    // inspect lists what the store holds for the image, where it is.
+    let details = kiln
+        .run(&["inspect", &reference, "--format", "json"])
+        .ok()
+        .json();
+    let listed: Vec<(String, String, u64)> = details[0]["rootfs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["current"], true, "{r}");
+            let at = Path::new(r["path"].as_str().unwrap());
+            assert_eq!(
+                std::fs::metadata(at).unwrap().len(),
+                r["size"].as_u64().unwrap()
+            );
+            (
+                r["format"].as_str().unwrap().to_string(),
+                r["options"].as_str().unwrap().to_string(),
+                r["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let formats: Vec<(&str, &str)> = listed
+        .iter()
+        .map(|(f, o, _)| (f.as_str(), o.as_str()))
+        .collect();
+    assert_eq!(
+        formats,
+        [
+            ("erofs", ""),
+            ("ext4", ""),
+            ("ext4", &*format!("size={}", 64 << 20)),
+            ("initramfs", "")
+        ],
+        "{details}"
+    );
+    assert!(
+        details[0]["rootfs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["path"] == first["path"] && r["digest"] == first["digest"])
+    );
+    let text = kiln.run(&["inspect", &reference]).ok().stdout;
+    assert!(text.contains("Root filesystems:"), "{text}");
+    assert!(text.contains(path), "{text}");
+
     // rmi takes the artifacts with the image.
     kiln.run(&["rmi", &reference]).ok();
     assert!(!Path::new(path).exists());

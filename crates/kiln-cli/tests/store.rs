@@ -388,3 +388,139 @@ fn listings_survive_a_closed_pipe_and_speak_json() {
     let refused = kiln.run(&["prune"]).fails(1);
     assert!(refused.stderr.contains("--yes"), "{}", refused.stderr);
 }
+
+/// A tmpfs of a given size mounted for one test (tests run as root, as
+/// `.ci/run` does), unmounted when dropped.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &std::path::Path, megabytes: u64) -> SmallDisk {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount -t tmpfs (the tests run as root)");
+        SmallDisk(at.to_path_buf())
+    }
+
+    fn resize(&self, megabytes: u64) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={megabytes}m")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success(), "remount to {megabytes} MB");
+    }
+
+    fn used_megabytes(&self) -> u64 {
+        let output = std::process::Command::new("df")
+            .args(["--output=used", "-B1M"])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .nth(1)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// What a full disk must give: one `error:` line naming it, a hint, a
+/// non-zero exit.
+fn assert_disk_full(run: &support::Run) {
+    let errors: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("error:"))
+        .collect();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains("No space left on device"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("hint: free disk space (try `kiln prune`) and run the command again"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn a_full_disk_fails_cleanly_and_the_next_run_with_room_succeeds() {
+    let env = env();
+    let kiln = Kiln::new();
+    let reference = format!("{}/big:1", env.registry);
+    let disk = SmallDisk::mount(&kiln.root(), 40);
+
+    // The pull: 75 MB of layers into 40 MB.
+    let full = kiln.run(&["pull", "--insecure", "-q", &reference]).fails(1);
+    assert_disk_full(&full);
+    assert!(
+        full.stderr.contains("content-v1/ingest/sha256-"),
+        "the error names the file: {}",
+        full.stderr
+    );
+    assert_eq!(
+        kiln.run(&["images", "-q"]).ok().stdout,
+        "",
+        "nothing recorded"
+    );
+    kiln.run(&["fsck"]).ok();
+    // The partial downloads, which filled the disk, are gone with the pull:
+    // the room is back without waiting a day for prune to see them as
+    // abandoned.
+    assert!(
+        disk.used_megabytes() < 5,
+        "{} MB still used",
+        disk.used_megabytes()
+    );
+    // The same with the root filesystem built while pulling.
+    let full = kiln
+        .run(&["pull", "--insecure", "-q", "--rootfs", "erofs", &reference])
+        .fails(1);
+    assert_disk_full(&full);
+    assert!(kiln.no_scratch(), "no scratch left");
+    assert!(disk.used_megabytes() < 5, "{} MB", disk.used_megabytes());
+    disk.resize(400);
+    kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
+    kiln.run(&["fsck"]).ok();
+
+    // A conversion: an EROFS of 75 MB of contents (scratch and image) into
+    // 40 MB of room.
+    disk.resize(disk.used_megabytes() + 40);
+    let full = kiln
+        .run(&["rootfs", "--format", "erofs", &reference])
+        .fails(1);
+    assert_disk_full(&full);
+    assert!(
+        full.stderr.contains("content-v1/ingest/.work-"),
+        "the error names the file: {}",
+        full.stderr
+    );
+    assert!(kiln.no_scratch(), "no scratch left");
+    let details = kiln
+        .run(&["inspect", &reference, "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(details[0]["rootfs"], serde_json::json!([]), "no artifact");
+    kiln.run(&["fsck"]).ok();
+    disk.resize(400);
+    kiln.run(&["rootfs", "--format", "erofs", &reference]).ok();
+    kiln.run(&["fsck"]).ok();
+}

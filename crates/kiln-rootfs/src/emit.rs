@@ -323,6 +323,16 @@ fn write_out(
 ) -> std::io::Result<fs::File> {
     use std::os::fd::AsRawFd;
     let stopped = || std::io::Error::other("the hashing thread stopped");
+    // Name the image in what fails (a full disk, most likely).
+    let named = |error: std::io::Error| {
+        std::io::Error::new(
+            error.kind(),
+            format!(
+                "failed to write to file `{}`: {error}",
+                file.path().display()
+            ),
+        )
+    };
     // Without O_DIRECT: everything before this offset went to writeback.
     let mut synced = 0u64;
     for work in writes {
@@ -351,9 +361,11 @@ fn write_out(
                         libc::fcntl(fd, libc::F_GETFL) & !libc::O_DIRECT,
                     )
                 };
-                file.file().write_all_at(&buffer.bytes()[..length], start)?;
+                file.file()
+                    .write_all_at(&buffer.bytes()[..length], start)
+                    .map_err(named)?;
             }
-            other => other?,
+            other => other.map_err(named)?,
         }
         hash.send(Hash::Bytes(buffer, length))
             .map_err(|_| stopped())?;
@@ -411,7 +423,13 @@ mod tests {
             .bytes(0, &big)
             .and_then(|_| emitter.finish(big.len() as u64).map(|_| ()))
             .unwrap_err();
-        assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}");
+        assert_eq!(error.kind(), std::io::ErrorKind::StorageFull, "{error}");
+        assert!(
+            error
+                .to_string()
+                .starts_with("failed to write to file `/dev/full`: No space left on device"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -82,9 +82,12 @@ impl ObjectDir {
                     format!("file ends after {copied} of {size} bytes"),
                 ));
             }
-            self.pack
-                .file()
-                .write_all_at(&buffer[..filled], offset + copied)?;
+            // fs-err's write names the pack in an error (a full disk).
+            fs_err::os::unix::fs::FileExt::write_all_at(
+                &self.pack,
+                &buffer[..filled],
+                offset + copied,
+            )?;
             copied += filled as u64;
         }
         Ok(content)

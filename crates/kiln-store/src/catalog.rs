@@ -1006,21 +1006,46 @@ impl Catalog {
         Ok(())
     }
 
-    /// Digests of the artifacts made from an image.
-    pub fn artifacts_of(&self, image_id: i64) -> Result<Vec<Digest>> {
+    /// The artifacts made from an image, by format, options and converter.
+    pub fn artifacts_of(&self, image_id: i64) -> Result<Vec<ArtifactRecord>> {
         let connection = self.lock();
         let mut statement = connection
-            .prepare_cached("SELECT digest FROM artifacts WHERE image_id = ?1")
+            .prepare_cached(
+                "SELECT format, options, converter_version, digest, size, created_at FROM artifacts
+                 WHERE image_id = ?1 ORDER BY format, options, converter_version",
+            )
             .map_err(self.wrap())?;
-        let rows: Vec<String> = statement
-            .query_map(params![image_id], |row| row.get(0))
+        type Row = (String, String, String, String, i64, i64);
+        let rows: Vec<Row> = statement
+            .query_map(params![image_id], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                ))
+            })
             .map_err(self.wrap())?
             .collect::<rusqlite::Result<Vec<_>>>()
             .map_err(self.wrap())?;
         drop(statement);
         drop(connection);
         rows.into_iter()
-            .map(|d| self.digest("artifacts.digest", d))
+            .map(
+                |(format, options, converter_version, digest, size, created_at)| {
+                    Ok(ArtifactRecord {
+                        image_id,
+                        format,
+                        options,
+                        converter_version,
+                        digest: self.digest("artifacts.digest", digest)?,
+                        size: size as u64,
+                        created_at,
+                    })
+                },
+            )
             .collect()
     }
 

@@ -1067,9 +1067,18 @@ impl Manager {
                     name: path.clone(),
                     size: blob.size,
                 });
-                writer
-                    .add_reader(&path, blob.size, file)
-                    .map_err(write_error)?;
+                // Every byte is hashed on its way out: a blob damaged on
+                // disk since it was stored fails the save instead of
+                // reaching the archive.
+                let mut verified = Verified::new(file, &blob.digest);
+                let copied = writer.add_reader(&path, blob.size, &mut verified);
+                if let Some(actual) = verified.mismatch {
+                    return Err(Error::CorruptBlob {
+                        digest: blob.digest.clone(),
+                        actual,
+                    });
+                }
+                copied.map_err(write_error)?;
                 report.blobs += 1;
                 report.bytes += blob.size;
             }
@@ -1140,6 +1149,49 @@ impl Manager {
         output.flush().map_err(write_error)?;
         drop(guard);
         Ok(report)
+    }
+}
+
+/// A blob's bytes, hashed as they are read: at its end, when they do not
+/// hash to `digest`, the read fails and `mismatch` holds what they hash to.
+struct Verified<'d, R> {
+    inner: R,
+    digest: &'d Digest,
+    hasher: Option<Hasher>,
+    mismatch: Option<Digest>,
+}
+
+impl<'d, R: Read> Verified<'d, R> {
+    fn new(inner: R, digest: &'d Digest) -> Self {
+        Verified {
+            inner,
+            digest,
+            hasher: Some(Hasher::new(digest.algorithm())),
+            mismatch: None,
+        }
+    }
+}
+
+impl<R: Read> Read for Verified<'_, R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buffer)?;
+        if n > 0 {
+            if let Some(hasher) = &mut self.hasher {
+                hasher.update(&buffer[..n]);
+            }
+        } else if let Some(hasher) = self.hasher.take() {
+            let actual = hasher.finish();
+            if actual != *self.digest {
+                self.mismatch = Some(actual);
+            }
+        }
+        if self.mismatch.is_some() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("blob {} is corrupt", self.digest),
+            ));
+        }
+        Ok(n)
     }
 }
 

@@ -195,6 +195,10 @@ pub enum Error {
     /// An image `save` cannot write.
     #[error("{image}: {detail}")]
     NotSaveable { image: String, detail: String },
+    /// A committed blob whose bytes no longer hash to its digest (damaged
+    /// on disk since it was stored).
+    #[error("blob {digest} in the store is corrupt: its bytes hash to {actual}")]
+    CorruptBlob { digest: Digest, actual: Digest },
 }
 
 impl Error {
@@ -240,11 +244,20 @@ impl Error {
             Error::TerminalArchive { .. } => ErrorKind::InvalidArgument,
             Error::InArchive { source, .. } => source.kind(),
             Error::NotSaveable { .. } => ErrorKind::FailedPrecondition,
+            Error::CorruptBlob { .. } => ErrorKind::DataLoss,
         }
     }
 
     /// A suggestion for the user.
     pub fn hint(&self) -> Option<String> {
+        self.own_hint().or_else(|| {
+            // Whatever was being written when the disk filled up.
+            (self.kind() == ErrorKind::ResourceExhausted)
+                .then(|| "free disk space (try `kiln prune`) and run the command again".to_string())
+        })
+    }
+
+    fn own_hint(&self) -> Option<String> {
         match self {
             Error::Store(error) => error.hint(),
             Error::Rootfs(error) => error.hint(),
@@ -291,6 +304,9 @@ impl Error {
             Error::Archive { .. } => Some("nothing from the archive was recorded; kiln loads `docker save` archives and OCI image layouts in a tar (docs/archives.md)".into()),
             Error::TerminalArchive { stream: "stdout", .. } => Some("use -o FILE or redirect stdout".into()),
             Error::TerminalArchive { .. } => Some("use -i FILE or redirect stdin".into()),
+            Error::CorruptBlob { .. } => {
+                Some("run `kiln fsck --repair`, then pull the image again".into())
+            }
             Error::NotSaveable { .. } => Some("`kiln save` writes OCI images; an image from a non-OCI source is published with `kiln push`".into()),
             _ => None,
         }

@@ -55,7 +55,7 @@ pub use push::{
     EMPTY_CONFIG_MEDIA_TYPE, PushOptions, PushedImage, PushedReferrer, rootfs_artifact_type,
     rootfs_media_type,
 };
-pub use query::{Found, ImageDetails, ImageSummary, LayerDetails};
+pub use query::{Found, ImageDetails, ImageSummary, LayerDetails, RootfsDetails};
 pub use remove::RemoveReport;
 pub use root::resolve_root;
 pub use rootfs::{CONVERTER_VERSION, RootfsArtifact, RootfsFormat, copy_out};

@@ -14,7 +14,7 @@ use kiln_store::{
 };
 use kiln_types::manifest::Manifest;
 use kiln_types::media_type::{self, Compression, ManifestKind};
-use kiln_types::{Descriptor, Digest, ImageConfig, ImageManifest, Platform, Reference};
+use kiln_types::{Descriptor, Digest, ErrorKind, ImageConfig, ImageManifest, Platform, Reference};
 
 use crate::error::{Error, Result};
 use crate::progress::{Event, Progress};
@@ -335,7 +335,15 @@ impl Manager {
             ))
             .buffered(options.concurrency.max(1))
             .try_collect()
-            .await?;
+            .await
+            .inspect_err(|error| {
+                if error.kind() == ErrorKind::ResourceExhausted {
+                    // On a full disk the partial downloads are what fills
+                    // it, and none can resume until there is room again:
+                    // they go (those another pull is writing stay).
+                    self.drop_partial_downloads(&manifest.layers);
+                }
+            })?;
 
         let mut diff_ids = Vec::with_capacity(outcomes.len());
         let mut downloaded = 0;
@@ -765,6 +773,20 @@ impl Manager {
                     source,
                 })?;
         Ok((diff_id, parsing))
+    }
+
+    /// Removes the partial downloads of `layers` no writer holds. Writers
+    /// of a failed pull finish as soon as their channel closes, so a held
+    /// one is asked again for a moment before it is left alone.
+    fn drop_partial_downloads(&self, layers: &[Descriptor]) {
+        for layer in layers {
+            for _ in 0..40 {
+                match self.store.content().remove_ingest_if_idle(&layer.digest) {
+                    Ok(None) => std::thread::sleep(std::time::Duration::from_millis(25)),
+                    _ => break,
+                }
+            }
+        }
     }
 
     /// A complete cached image for `reference` on `platform`.

@@ -93,9 +93,35 @@ pub struct ImageDetails {
     pub complete: bool,
     /// Holders, as `kind:name`.
     pub holders: Vec<String>,
+    /// Root filesystems converted from it and kept in the store.
+    pub rootfs: Vec<RootfsDetails>,
     /// Source, files and local paths of an image from a non-OCI source.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<crate::SourceDetails>,
+}
+
+/// A root filesystem the store holds for an image (`kiln rootfs`,
+/// `kiln pull --rootfs`, `kiln disk create`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RootfsDetails {
+    /// `ext4`, `erofs` or `initramfs`.
+    pub format: String,
+    /// Options that shaped it (`size=BYTES`, or empty for the defaults).
+    pub options: String,
+    /// The converter that made it.
+    pub converter_version: String,
+    /// Whether this kiln's converter made it (`kiln rootfs` builds anew
+    /// what an older one made; `kiln prune` removes the older one unless a
+    /// disk uses it).
+    pub current: bool,
+    /// Digest of the file.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// Where it is.
+    pub path: std::path::PathBuf,
+    /// When it was made (seconds since the epoch).
+    pub created_at: i64,
 }
 
 /// An image found by what the user typed, with the name that found it.
@@ -330,6 +356,20 @@ impl Manager {
                     .holders_of(image.id)?
                     .into_iter()
                     .map(|h| format!("{}:{}", h.kind, h.name))
+                    .collect(),
+                rootfs: catalog
+                    .artifacts_of(image.id)?
+                    .into_iter()
+                    .map(|a| RootfsDetails {
+                        current: a.converter_version == crate::CONVERTER_VERSION,
+                        path: self.store.content().blob_path(&a.digest),
+                        format: a.format,
+                        options: a.options,
+                        converter_version: a.converter_version,
+                        digest: a.digest,
+                        size: a.size,
+                        created_at: a.created_at,
+                    })
                     .collect(),
                 source,
             });

@@ -119,7 +119,7 @@ impl Manager {
             if catalog.remove_image(found.image.id)? {
                 report.deleted.push(found.image.manifest_digest.clone());
                 candidates.extend(blobs.into_iter().map(|b| b.digest));
-                candidates.extend(artifacts);
+                candidates.extend(artifacts.into_iter().map(|a| a.digest));
             } else {
                 report
                     .kept_for_holders

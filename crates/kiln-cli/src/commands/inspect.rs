@@ -77,6 +77,30 @@ fn print_image(image: &ImageDetails) -> anyhow::Result<()> {
     if !image.holders.is_empty() {
         field("Used by", image.holders.join(", "))?;
     }
+    if !image.rootfs.is_empty() {
+        printer::out("Root filesystems:")?;
+        for rootfs in &image.rootfs {
+            printer::out(format!(
+                "  {:<10} {:<16} {:>9}  {}{}",
+                rootfs.format,
+                if rootfs.options.is_empty() {
+                    "default"
+                } else {
+                    &rootfs.options
+                },
+                size(rootfs.size),
+                rootfs.path.display(),
+                if rootfs.current {
+                    String::new()
+                } else {
+                    format!(
+                        "  (older converter {}: `kiln prune` removes it unless a disk uses it)",
+                        rootfs.converter_version
+                    )
+                }
+            ))?;
+        }
+    }
     if let Some(source) = &image.source {
         return print_source(source);
     }
