@@ -523,4 +523,39 @@ fn a_full_disk_fails_cleanly_and_the_next_run_with_room_succeeds() {
     disk.resize(400);
     kiln.run(&["rootfs", "--format", "erofs", &reference]).ok();
     kiln.run(&["fsck"]).ok();
+
+    // save -o onto the full disk: the archive's place is named, the hint is
+    // about it (not the store), and no file is left.
+    disk.resize(disk.used_megabytes() + 20);
+    let before: Vec<_> = std::fs::read_dir(kiln.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let target = kiln.root().join("out.tar");
+    let full = kiln
+        .run(&["save", "-q", &reference, "-o", target.to_str().unwrap()])
+        .fails(1);
+    assert!(
+        full.stderr
+            .starts_with(&format!("error: cannot write {}\n", target.display())),
+        "{}",
+        full.stderr
+    );
+    assert!(
+        full.stderr.contains("No space left on device"),
+        "{}",
+        full.stderr
+    );
+    assert!(
+        full.stderr
+            .contains("hint: free space where the archive goes"),
+        "{}",
+        full.stderr
+    );
+    let after: Vec<_> = std::fs::read_dir(kiln.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after, "no archive and no temporary file left");
+    kiln.run(&["fsck"]).ok();
 }

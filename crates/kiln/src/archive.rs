@@ -1009,12 +1009,7 @@ impl Manager {
         }
         let guard = LeaseGuard::new(self)?;
         let mut writer = ArchiveWriter::new(BufWriter::with_capacity(CHUNK, output));
-        let write_error = |e: std::io::Error| {
-            Error::Store(StoreError::Io(std::io::Error::new(
-                e.kind(),
-                format!("cannot write the archive: {e}"),
-            )))
-        };
+        let write_error = Error::ArchiveOutput;
         writer
             .add_bytes("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#)
             .map_err(write_error)?;

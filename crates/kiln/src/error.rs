@@ -195,6 +195,10 @@ pub enum Error {
     /// An image `save` cannot write.
     #[error("{image}: {detail}")]
     NotSaveable { image: String, detail: String },
+    /// The archive `kiln save` writes could not be written (its
+    /// destination, not the store: a full disk, a closed pipe).
+    #[error("cannot write the archive: {0}")]
+    ArchiveOutput(#[source] std::io::Error),
     /// A committed blob whose bytes no longer hash to its digest (damaged
     /// on disk since it was stored).
     #[error("blob {digest} in the store is corrupt: its bytes hash to {actual}")]
@@ -245,6 +249,7 @@ impl Error {
             Error::InArchive { source, .. } => source.kind(),
             Error::NotSaveable { .. } => ErrorKind::FailedPrecondition,
             Error::CorruptBlob { .. } => ErrorKind::DataLoss,
+            Error::ArchiveOutput(error) => ErrorKind::of_io(error),
         }
     }
 
@@ -304,6 +309,9 @@ impl Error {
             Error::Archive { .. } => Some("nothing from the archive was recorded; kiln loads `docker save` archives and OCI image layouts in a tar (docs/archives.md)".into()),
             Error::TerminalArchive { stream: "stdout", .. } => Some("use -o FILE or redirect stdout".into()),
             Error::TerminalArchive { .. } => Some("use -i FILE or redirect stdin".into()),
+            Error::ArchiveOutput(error) if ErrorKind::of_io(error) == ErrorKind::ResourceExhausted => Some(
+                "free space where the archive goes, or write it elsewhere (-o PATH); the store is unchanged".into(),
+            ),
             Error::CorruptBlob { .. } => {
                 Some("run `kiln fsck --repair`, then pull the image again".into())
             }

@@ -20,8 +20,12 @@ pub fn run(manager: &Manager, args: SaveArgs) -> anyhow::Result<ExitCode> {
             anyhow::Ok(manager.save(&args.references, format, file, reporter)?)
         })
         .map_err(|error| {
-            // The save's own errors say what failed; file errors get the path.
-            if error.is::<kiln::Error>() {
+            // The save's own errors say what failed; errors writing the
+            // file get its path.
+            let own = error
+                .downcast_ref::<kiln::Error>()
+                .is_some_and(|e| !matches!(e, kiln::Error::ArchiveOutput(_)));
+            if own {
                 error
             } else {
                 error.context(format!("cannot write {}", path.display()))
