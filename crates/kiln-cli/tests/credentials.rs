@@ -76,28 +76,6 @@ fn auth_json(k: &Kiln) -> PathBuf {
     k.config_path().with_file_name("auth.json")
 }
 
-/// The error output is one `error:` line (plus optional `caused by:` and `hint:`).
-fn assert_one_error(run: &Run) {
-    let errors: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{}", run.stderr);
-    assert!(
-        run.stderr.lines().filter(|l| !l.is_empty()).all(|l| [
-            "error:",
-            "caused by:",
-            "hint:",
-            "resolving "
-        ]
-        .iter()
-        .any(|p| l.starts_with(p))),
-        "{}",
-        run.stderr
-    );
-}
-
 fn assert_credentials_required(run: &Run) {
     assert_eq!(run.status, 1, "{}\n{}", run.stdout, run.stderr);
     assert!(run.stderr.contains("(401)"), "{}", run.stderr);
@@ -139,7 +117,7 @@ fn basic_auth_login_pull_registries_logout() {
 
     let refused = login(&k, host, &env.auth_user, WRONG, &["--insecure"]);
     refused.fails_ref(1);
-    assert_one_error(&refused);
+    refused.assert_one_error();
     assert!(
         refused.stderr.contains("refused the login of kilnuser"),
         "{}",
@@ -230,11 +208,11 @@ fn basic_auth_login_pull_registries_logout() {
         &["pull", "--insecure", "--policy", "always", &reference],
     );
     assert_credentials_required(&denied);
-    assert_one_error(&denied);
+    denied.assert_one_error();
 
     let again = kiln(&k, &["logout", host]);
     assert_eq!(again.status, 1);
-    assert_one_error(&again);
+    again.assert_one_error();
     assert!(
         again.stderr.contains(&format!("not logged in to {host}")),
         "{}",
@@ -281,7 +259,7 @@ fn group_readable_auth_json_is_refused() {
     ] {
         let run = kiln(&k, &args);
         assert_eq!(run.status, 1, "{args:?}: {}", run.stderr);
-        assert_one_error(&run);
+        run.assert_one_error();
         assert!(
             run.stderr.contains("can be read by group or others"),
             "{}",
@@ -307,7 +285,7 @@ fn token_auth_login_and_pull() {
     let k = Kiln::new();
     let refused = login(&k, host, &env.auth_user, WRONG, &["--insecure"]);
     refused.fails_ref(1);
-    assert_one_error(&refused);
+    refused.assert_one_error();
     assert!(
         refused.stderr.contains("refused the login"),
         "{}",
@@ -354,7 +332,7 @@ fn tls_login_with_a_private_ca() {
     let host = env.tls_registry.as_str();
     let untrusted = login(&k, host, &env.auth_user, &env.auth_password, &[]);
     untrusted.fails_ref(1);
-    assert_one_error(&untrusted);
+    untrusted.assert_one_error();
     assert!(
         untrusted.stderr.contains("--ca-certs"),
         "{}",
@@ -394,7 +372,7 @@ fn login_needs_a_password_source() {
         &["login", &env.auth_registry, "-u", "kilnuser", "--insecure"],
     );
     assert_eq!(run.status, 1);
-    assert_one_error(&run);
+    run.assert_one_error();
     assert!(run.stderr.contains("--password-stdin"), "{}", run.stderr);
     let run = kiln_with(
         &k,
@@ -547,7 +525,7 @@ fn resolution_order_highest_level_with_credentials_wins() {
     }
     let (_, run) = pull_with_levels(&env, &[]);
     assert_credentials_required(&run);
-    assert_one_error(&run);
+    run.assert_one_error();
 }
 
 #[test]
@@ -561,7 +539,7 @@ fn config_credentials_errors_name_the_problem() {
     setup_levels(&k, &env, &[(Level::ConfigEnv, true)]);
     let run = kiln(&k, &["pull", "--insecure", &reference]);
     assert_eq!(run.status, 1);
-    assert_one_error(&run);
+    run.assert_one_error();
     assert!(
         run.stderr
             .contains("KILN_TEST_REGISTRY_PASSWORD is not set"),
@@ -582,7 +560,7 @@ fn config_credentials_errors_name_the_problem() {
     std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
     let run = kiln(&k, &["pull", "--insecure", &reference]);
     assert_eq!(run.status, 1);
-    assert_one_error(&run);
+    run.assert_one_error();
     assert!(
         run.stderr
             .contains(&format!("hint: chmod 600 {}", secret.display())),
@@ -758,7 +736,7 @@ k pull --insecure --policy always {host}/busybox:1
         &[("DBUS_SESSION_BUS_ADDRESS", "")],
     );
     assert_eq!(run.status, 1, "{}", run.stderr);
-    assert_one_error(&run);
+    run.assert_one_error();
     assert!(
         run.stderr.contains("no keyring is available"),
         "{}",

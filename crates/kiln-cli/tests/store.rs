@@ -200,13 +200,7 @@ fn fsck_finds_corruption_and_repair_leads_to_a_clean_repull() {
 
     let (layer, _) = layers(&reference)[1].clone();
     let path = kiln.blob_path(&layer);
-    let mut bytes = std::fs::read(&path).unwrap();
-    bytes[100] ^= 0xff;
-    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    permissions.set_readonly(false);
-    std::fs::set_permissions(&path, permissions).unwrap();
-    std::fs::write(&path, &bytes).unwrap();
+    kiln.damage_blob(&layer);
 
     let found = kiln.run(&["fsck"]).fails(1);
     assert!(
@@ -442,14 +436,9 @@ impl Drop for SmallDisk {
 /// What a full disk must give: one `error:` line naming it, a hint, a
 /// non-zero exit.
 fn assert_disk_full(run: &support::Run) {
-    let errors: Vec<&str> = run
-        .stderr
-        .lines()
-        .filter(|l| l.starts_with("error:"))
-        .collect();
-    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    run.assert_one_error();
     assert!(
-        errors[0].contains("No space left on device"),
+        run.stderr.contains("No space left on device"),
         "{}",
         run.stderr
     );

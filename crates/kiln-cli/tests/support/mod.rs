@@ -109,6 +109,29 @@ impl Run {
         self
     }
 
+    /// The error output is one `error:` line (plus optional `caused by:`
+    /// and `hint:` lines, and the `resolving` status of a pull).
+    pub fn assert_one_error(&self) {
+        let errors: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{}", self.stderr);
+        assert!(
+            self.stderr.lines().filter(|l| !l.is_empty()).all(|l| [
+                "error:",
+                "caused by:",
+                "hint:",
+                "resolving "
+            ]
+            .iter()
+            .any(|p| l.starts_with(p))),
+            "{}",
+            self.stderr
+        );
+    }
+
     pub fn fails(self, code: i32) -> Run {
         assert_eq!(
             self.status, code,
@@ -187,6 +210,19 @@ impl Kiln {
         self.root()
             .join("content-v1/blobs/sha256")
             .join(digest.trim_start_matches("sha256:"))
+    }
+
+    /// Flips one byte of a committed blob, keeping its size (damage only
+    /// hashing can tell).
+    pub fn damage_blob(&self, digest: &str) {
+        let path = self.blob_path(digest);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[100] ^= 0xff;
+        let mut permissions = std::fs::metadata(&path).unwrap().permissions();
+        #[allow(clippy::permissions_set_readonly_false)]
+        permissions.set_readonly(false);
+        std::fs::set_permissions(&path, permissions).unwrap();
+        std::fs::write(&path, &bytes).unwrap();
     }
 
     /// Whether no conversion scratch directory (`ingest/.work-*`) is left.
