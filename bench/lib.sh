@@ -177,7 +177,7 @@ files_image() {
   files_layout=$BENCH_DIR/layout-files-v1
   if [ ! -f "$files_layout/index.json" ]; then
     echo "building the files image (once)..." >&2
-    local src=$BENCH_DIR/files-src n=0 path d
+    local src=$BENCH_DIR/files-src n=0 path d group
     local -a layers=()
     rm -rf "$files_layout" "$src"
     for group in "usr/lib/x86_64-linux-gnu" "usr/bin usr/sbin" \

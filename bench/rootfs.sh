@@ -97,7 +97,7 @@ done
 # (fresh emptied kiln's store for the last peer run: pull the image again)
 "$KILN" --root "$work/kiln" pull --insecure -q "$ref" >/dev/null
 files_ext4_size=$(stat -c %s "$("$KILN" --root "$work/kiln" rootfs --format ext4 "$ref")")
-files_files=$(find "$work/unpacked" -xdev | wc -l)
+files_files=$(find "$work/unpacked" -xdev -mindepth 1 | wc -l)
 ref=$bench_ref
 files_median() { printf '%s\n' "$@" | median; }
 files_kiln_median=$(files_median "${files_kiln[@]}")

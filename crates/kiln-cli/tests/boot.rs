@@ -120,7 +120,6 @@ fn erofs_loader(dir: &Path) -> PathBuf {
         .to_string_lossy()
         .trim_start_matches("vmlinuz-")
         .to_string();
-    let modules = Path::new("/lib/modules").join(&release).join("kernel");
     let tree = dir.join("loader");
     std::fs::create_dir_all(tree.join("bin")).unwrap();
     std::fs::create_dir_all(tree.join("m")).unwrap();
@@ -129,16 +128,6 @@ fn erofs_loader(dir: &Path) -> PathBuf {
     }
     std::fs::copy("/bin/busybox", tree.join("bin/busybox"))
         .expect("/bin/busybox (.ci/run installs busybox-static)");
-    // In load order: each after what it depends on.
-    let load = [
-        "crypto/crc32c_generic.ko",
-        "lib/libcrc32c.ko",
-        "fs/erofs/erofs.ko",
-        "drivers/virtio/virtio_ring.ko",
-        "drivers/virtio/virtio.ko",
-        "drivers/virtio/virtio_mmio.ko",
-        "drivers/block/virtio_blk.ko",
-    ];
     let mut script = String::from(
         "#!/bin/busybox sh\n\
          /bin/busybox mount -t devtmpfs dev /dev\n\
@@ -148,16 +137,50 @@ fn erofs_loader(dir: &Path) -> PathBuf {
          case $arg in virtio_mmio.device=*) devices=\"$devices device=${arg#virtio_mmio.device=}\";; esac\n\
          done\n",
     );
-    for module in load {
-        let name = Path::new(module).file_name().unwrap().to_string_lossy();
-        std::fs::copy(modules.join(module), tree.join("m").join(&*name))
-            .unwrap_or_else(|e| panic!("{module} of {release}: {e}"));
-        let parameters = if name == "virtio_mmio.ko" {
+    // In load order, each after what it needs (crc32c_generic: what
+    // libcrc32c asks the crypto API for). Found with modinfo, so a kernel
+    // that builds one in, or compresses its modules, works too.
+    for name in [
+        "crc32c_generic",
+        "libcrc32c",
+        "erofs",
+        "virtio_ring",
+        "virtio",
+        "virtio_mmio",
+        "virtio_blk",
+    ] {
+        let found = Command::new("modinfo")
+            .args(["-k", &release, "-n", name])
+            .output()
+            .expect("modinfo (kmod)");
+        let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        assert!(found.status.success(), "module {name} of {release}: {path}");
+        if path == "(builtin)" {
+            continue;
+        }
+        let unpack = match Path::new(&path).extension().and_then(|e| e.to_str()) {
+            Some("xz") => Some("xz"),
+            Some("zst") => Some("zstd"),
+            Some("gz") => Some("gzip"),
+            _ => None,
+        };
+        let target = tree.join("m").join(format!("{name}.ko"));
+        match unpack {
+            None => {
+                std::fs::copy(&path, &target).unwrap_or_else(|e| panic!("{path}: {e}"));
+            }
+            Some(tool) => {
+                let bytes = Command::new(tool).args(["-dc", &path]).output().unwrap();
+                assert!(bytes.status.success(), "{tool} -dc {path}");
+                std::fs::write(&target, bytes.stdout).unwrap();
+            }
+        }
+        let parameters = if name == "virtio_mmio" {
             " $devices"
         } else {
             ""
         };
-        script += &format!("/bin/busybox insmod /m/{name}{parameters}\n");
+        script += &format!("/bin/busybox insmod /m/{name}.ko{parameters}\n");
     }
     script += "for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; /bin/busybox sleep 0.5; done\n\
                /bin/busybox mount -t erofs -o ro /dev/vda /newroot || echo KILN-EROFS-MOUNT-FAILED\n\

@@ -479,12 +479,15 @@ fn a_full_disk_fails_cleanly_and_the_next_run_with_room_succeeds() {
         "{} MB still used",
         disk.used_megabytes()
     );
-    // The same with the root filesystem built while pulling.
+    // The same with the root filesystem built while pulling; a layer that
+    // happened to finish before the disk filled stays as a blob nothing
+    // uses, which the hint's prune removes.
     let full = kiln
         .run(&["pull", "--insecure", "-q", "--rootfs", "erofs", &reference])
         .fails(1);
     assert_disk_full(&full);
     assert!(kiln.no_scratch(), "no scratch left");
+    kiln.run(&["prune", "--yes"]).ok();
     assert!(disk.used_megabytes() < 5, "{} MB", disk.used_megabytes());
     disk.resize(400);
     kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
@@ -547,4 +550,59 @@ fn a_full_disk_fails_cleanly_and_the_next_run_with_room_succeeds() {
         .collect();
     assert_eq!(before, after, "no archive and no temporary file left");
     kiln.run(&["fsck"]).ok();
+}
+
+/// The conversion scratch directories (`ingest/.work-*.tmp`) in the store.
+fn scratch_dirs(kiln: &Kiln) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(kiln.root().join("content-v1/ingest"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with(".work-") && name.ends_with(".tmp")
+        })
+        .collect()
+}
+
+#[test]
+fn prune_clears_a_killed_conversion_at_once_and_never_a_live_one() {
+    let env = env();
+    let kiln = Kiln::new();
+    let reference = format!("{}/big:1", env.registry);
+    kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
+
+    let mut child = kiln
+        .command(&["rootfs", "--format", "ext4", &reference])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(|| !scratch_dirs(&kiln).is_empty(), "a conversion's scratch");
+    let pid = child.id().to_string();
+    let signal = |name: &str| {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}");
+    };
+    // Stopped, it is still alive: however old its scratch gets, a prune
+    // leaves it alone.
+    signal("STOP");
+    std::thread::sleep(Duration::from_secs(6));
+    kiln.run(&["prune", "--yes"]).ok();
+    let scratch = scratch_dirs(&kiln);
+    assert_eq!(scratch.len(), 1, "a live conversion keeps its scratch");
+
+    // Killed, its scratch goes with the next prune, not a day later.
+    signal("KILL");
+    child.wait().unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    kiln.run(&["prune", "--yes"]).ok();
+    assert_eq!(scratch_dirs(&kiln), Vec::<std::path::PathBuf>::new());
+    assert!(!scratch[0].exists());
+
+    // Nothing else was touched: the store checks out and converts again.
+    kiln.run(&["fsck"]).ok();
+    kiln.run(&["rootfs", "--format", "ext4", &reference]).ok();
 }

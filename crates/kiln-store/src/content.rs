@@ -16,6 +16,11 @@ const WRITE_BUFFER: usize = 1 << 20;
 /// Start writeback every this many bytes, so the fsync at commit is short.
 const WRITEBACK_STEP: u64 = 16 << 20;
 const READ_BUFFER: usize = 1 << 20;
+/// The lock file a live scratch directory holds.
+const SCRATCH_LOCK: &str = ".lock";
+/// A scratch directory whose lock is free is removed once it is this old
+/// (seconds): its process died.
+const DEAD_SCRATCH_AGE: i64 = 5;
 
 /// The blob directory tree under `content-v1/`.
 #[derive(Debug, Clone)]
@@ -201,10 +206,21 @@ impl ContentStore {
 
     /// A scratch directory inside the store (same filesystem as the blobs,
     /// so a finished file can be renamed in).
-    pub fn scratch_dir(&self) -> Result<PathBuf> {
-        let dir = self.dir.join("ingest").join(fsutil::temp_name("work"));
-        fs::create_dir_all(&dir)?;
-        Ok(dir)
+    ///
+    /// The returned lock (`.lock` inside it) is held for as long as the
+    /// directory is used: a prune removes the scratch of a process that
+    /// died (its lock is free) without waiting for it to age. The directory
+    /// is made and locked under another name, then renamed, so no prune
+    /// ever sees it unlocked.
+    pub fn scratch_dir(&self) -> Result<(PathBuf, LockFile)> {
+        let name = fsutil::temp_name("work");
+        let ingest = self.dir.join("ingest");
+        let making = ingest.join(format!("{}.making", name.trim_end_matches(".tmp")));
+        fs::create_dir_all(&making)?;
+        let lock = LockFile::acquire(&making.join(SCRATCH_LOCK), LockMode::Exclusive)?;
+        let dir = ingest.join(name);
+        fs::rename(&making, &dir)?;
+        Ok((dir, lock))
     }
 
     /// Makes `path`, a file kiln wrote inside the store (a conversion's
@@ -331,7 +347,9 @@ impl ContentStore {
         Ok(Some(size))
     }
 
-    /// Removes leftover temporary files of writers that died.
+    /// Removes leftover temporary files of writers that died: those older
+    /// than `older_than`, and at once the scratch directories whose lock no
+    /// live process holds. Returns the bytes freed.
     pub fn remove_stale_temp_files(&self, older_than: i64) -> Result<u64> {
         let mut freed = 0;
         for dir in [
@@ -341,23 +359,77 @@ impl ContentStore {
         ] {
             for entry in fs::read_dir(&dir)? {
                 let entry = entry?;
-                let is_temp = entry
-                    .file_name()
-                    .to_str()
-                    .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"));
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                // A scratch directory being made (see `scratch_dir`) goes
+                // only once it is old.
+                let is_temp =
+                    name.starts_with('.') && (name.ends_with(".tmp") || name.ends_with(".making"));
+                if !is_temp {
+                    continue;
+                }
                 let metadata = entry.metadata()?;
-                if is_temp && metadata.mtime() < older_than {
-                    if metadata.is_dir() {
-                        fs::remove_dir_all(entry.path())?;
+                let path = entry.path();
+                let lock = path.join(SCRATCH_LOCK);
+                let dead = || -> std::io::Result<Option<LockFile>> {
+                    if name.ends_with(".tmp")
+                        && metadata.is_dir()
+                        && metadata.mtime() < fsutil::now() - DEAD_SCRATCH_AGE
+                        && lock.exists()
+                    {
+                        LockFile::try_acquire(&lock, LockMode::Exclusive)
                     } else {
-                        freed += metadata.len();
-                        fs::remove_file(entry.path())?;
+                        Ok(None)
                     }
+                };
+                let held = dead()?;
+                if metadata.mtime() >= older_than && held.is_none() {
+                    continue;
+                }
+                let size = if metadata.is_dir() {
+                    tree_size(&path)
+                } else {
+                    metadata.len()
+                };
+                let removed = if metadata.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                };
+                drop(held);
+                match removed {
+                    Ok(()) => freed += size,
+                    // Another prune was first.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(fs_error("remove", &path, e).into()),
                 }
             }
         }
         Ok(freed)
     }
+}
+
+/// Bytes of the files under `path` (what removing it frees).
+fn tree_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|entry| match entry.metadata() {
+            Ok(m) if m.is_dir() => tree_size(&entry.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// An I/O error naming what was done to which path.
+fn fs_error(action: &str, path: &Path, error: std::io::Error) -> std::io::Error {
+    std::io::Error::new(
+        error.kind(),
+        format!("failed to {action} {}: {error}", path.display()),
+    )
 }
 
 /// Hashes everything `reader` yields.

@@ -12,7 +12,10 @@
 //!     blobs/sha512/<hex>
 //!     ingest/<alg>-<hex>.partial   bytes of a blob being written (resumable)
 //!     ingest/<alg>-<hex>.lock      held (flock, exclusive) by that blob's writer
-//!     ingest/.work-*.tmp/          scratch of a running conversion (removed when it ends)
+//!     ingest/.work-*.tmp/          scratch of a running conversion or load (removed when it
+//!                                  ends); its `.lock` is held (flock) while it runs, so a
+//!                                  prune removes the scratch of a killed process at once
+//!     ingest/.work-*.making/       a scratch being made (locked, then renamed to .tmp)
 //!     quarantine/<alg>-<hex>-<t>   blobs `fsck --repair` found corrupt
 //!   sources-v1/<source>/images.json   cached image list of an imgapi source (`kiln update`)
 //!   disks-v1/<name>/disk.raw|disk.qcow2   sandbox disks (writable; a qcow2 overlay

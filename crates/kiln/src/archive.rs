@@ -374,7 +374,8 @@ impl EntrySink for Loader<'_> {
         });
         let store = &self.manager.store;
         if self.scratch.is_none() {
-            self.scratch = Some(Scratch(other!(store.content().scratch_dir())?));
+            let (dir, lock) = other!(store.content().scratch_dir())?;
+            self.scratch = Some(Scratch(dir, lock));
         }
         let dir: PathBuf = self
             .scratch

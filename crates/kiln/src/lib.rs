@@ -122,12 +122,19 @@ impl LeaseGuard<'_> {
     }
 }
 
-/// A scratch directory in the store, removed on every exit path.
-pub(crate) struct Scratch(pub(crate) std::path::PathBuf);
+/// A scratch directory in the store, removed on every exit path; its lock
+/// (held until then) tells a prune that its process is alive, and a prune
+/// removes the scratch of one that was killed.
+pub(crate) struct Scratch(
+    pub(crate) std::path::PathBuf,
+    // Held, not read: released when the scratch is gone.
+    #[allow(dead_code)] kiln_store::lock::LockFile,
+);
 
 impl Scratch {
     pub(crate) fn new(manager: &Manager) -> Result<Scratch> {
-        Ok(Scratch(manager.store.content().scratch_dir()?))
+        let (dir, lock) = manager.store.content().scratch_dir()?;
+        Ok(Scratch(dir, lock))
     }
 }
 

@@ -317,7 +317,7 @@ impl Manager {
             compressions.push(compression);
         }
 
-        let mut outcomes: Vec<LayerOutcome> =
+        let outcomes: Result<Vec<LayerOutcome>> =
             stream::iter(manifest.layers.iter().zip(compressions).enumerate().map(
                 |(index, (layer, compression))| {
                     self.pull_layer(
@@ -335,15 +335,19 @@ impl Manager {
             ))
             .buffered(options.concurrency.max(1))
             .try_collect()
-            .await
-            .inspect_err(|error| {
+            .await;
+        let mut outcomes: Vec<LayerOutcome> = match outcomes {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
                 if error.kind() == ErrorKind::ResourceExhausted {
                     // On a full disk the partial downloads are what fills
                     // it, and none can resume until there is room again:
                     // they go (those another pull is writing stay).
-                    self.drop_partial_downloads(&manifest.layers);
+                    self.drop_partial_downloads(&manifest.layers).await;
                 }
-            })?;
+                return Err(error);
+            }
+        };
 
         let mut diff_ids = Vec::with_capacity(outcomes.len());
         let mut downloaded = 0;
@@ -776,16 +780,20 @@ impl Manager {
     }
 
     /// Removes the partial downloads of `layers` no writer holds. Writers
-    /// of a failed pull finish as soon as their channel closes, so a held
-    /// one is asked again for a moment before it is left alone.
-    fn drop_partial_downloads(&self, layers: &[Descriptor]) {
-        for layer in layers {
-            for _ in 0..40 {
-                match self.store.content().remove_ingest_if_idle(&layer.digest) {
-                    Ok(None) => std::thread::sleep(std::time::Duration::from_millis(25)),
-                    _ => break,
-                }
+    /// of a failed pull finish as soon as their channel closes, so held
+    /// ones are asked again for up to a second (in all) before they are
+    /// left alone: another pull may be writing them.
+    async fn drop_partial_downloads(&self, layers: &[Descriptor]) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        let mut left: Vec<&Digest> = layers.iter().map(|l| &l.digest).collect();
+        loop {
+            left.retain(|digest| {
+                matches!(self.store.content().remove_ingest_if_idle(digest), Ok(None))
+            });
+            if left.is_empty() || tokio::time::Instant::now() >= deadline {
+                return;
             }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
