@@ -462,6 +462,11 @@ pub struct RootfsArgs {
     /// Size of an ext4 image (e.g. 512M, 2G) [default: content plus headroom]
     #[arg(long, value_parser = parse_size)]
     pub size: Option<u64>,
+    /// EROFS only: a small metadata image plus one data file per layer,
+    /// shared by every image with that layer (mount with device= for each,
+    /// in the order printed)
+    #[arg(long, conflicts_with_all = ["output", "size"])]
+    pub layered: bool,
     /// Print the result as JSON
     #[arg(long)]
     pub json: bool,

@@ -28,8 +28,9 @@ fn newest(prefix: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("no /boot/{prefix}*: .ci/run installs linux-image-amd64"))
 }
 
-/// Boots and returns the console output.
-fn boot(initrd: &Path, disk: Option<&Path>, append: &str) -> String {
+/// Boots with `disks` as virtio disks (vda, vdb, ... in that order;
+/// read-only unless `writable`) and returns the console output.
+fn boot(initrd: &Path, disks: &[&Path], writable: bool, append: &str) -> String {
     let mut command = Command::new("timeout");
     command.args([
         "240",
@@ -48,12 +49,15 @@ fn boot(initrd: &Path, disk: Option<&Path>, append: &str) -> String {
         .arg(newest("vmlinuz-"))
         .arg("-initrd")
         .arg(initrd);
-    if let Some(disk) = disk {
+    for (index, disk) in disks.iter().enumerate() {
         command.arg("-drive").arg(format!(
-            "id=root,file={},format=raw,if=none",
-            disk.display()
+            "id=disk{index},file={},format=raw,if=none,readonly={}",
+            disk.display(),
+            if writable { "off" } else { "on" }
         ));
-        command.args(["-device", "virtio-blk-device,drive=root"]);
+        command
+            .arg("-device")
+            .arg(format!("virtio-blk-device,drive=disk{index}"));
     }
     command.arg("-append").arg(format!(
         "console=ttyS0 tsc_early_khz=2000000 panic=-1 quiet {append}"
@@ -81,7 +85,7 @@ fn pulled_images_boot_as_initramfs_and_as_ext4_root() {
         initramfs.to_str().unwrap(),
     ])
     .ok();
-    let console = boot(&initramfs, None, "");
+    let console = boot(&initramfs, &[], false, "");
     assert!(
         console.contains("KILN-BOOT-OK from-the-image"),
         "initramfs boot:\n{console}"
@@ -99,7 +103,8 @@ fn pulled_images_boot_as_initramfs_and_as_ext4_root() {
     .ok();
     let console = boot(
         &newest("initrd.img-"),
-        Some(&disk),
+        &[&disk],
+        true,
         "root=/dev/vda rw init=/init",
     );
     assert!(
@@ -112,7 +117,7 @@ fn pulled_images_boot_as_initramfs_and_as_ext4_root() {
 /// static busybox and an /init that loads virtio-mmio, virtio-blk and EROFS
 /// (Debian's own initrd has no EROFS module), mounts /dev/vda read-only and
 /// hands over to the image's /init.
-fn erofs_loader(dir: &Path) -> PathBuf {
+fn erofs_loader(dir: &Path, extra_devices: usize) -> PathBuf {
     let kernel = newest("vmlinuz-");
     let release = kernel
         .file_name()
@@ -182,11 +187,19 @@ fn erofs_loader(dir: &Path) -> PathBuf {
         };
         script += &format!("/bin/busybox insmod /m/{name}.ko{parameters}\n");
     }
-    script += "for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; /bin/busybox sleep 0.5; done\n\
-               /bin/busybox mount -t erofs -o ro /dev/vda /newroot || echo KILN-EROFS-MOUNT-FAILED\n\
-               /bin/busybox umount /proc\n\
-               /bin/busybox mount --move /dev /newroot/dev 2>/dev/null || /bin/busybox umount /dev\n\
-               exec /bin/busybox switch_root /newroot /init\n";
+    // vdb, vdc, ...: a layered image's layer files, in device order.
+    let names: Vec<String> = (0..extra_devices)
+        .map(|n| format!("/dev/vd{}", (b'b' + n as u8) as char))
+        .collect();
+    let devices: String = names.iter().map(|d| format!(",device={d}")).collect();
+    let last = names.last().cloned().unwrap_or_else(|| "/dev/vda".into());
+    script += &format!(
+        "for _ in 1 2 3 4 5 6 7 8 9 10; do [ -b {last} ] && break; /bin/busybox sleep 0.5; done\n\
+         /bin/busybox mount -t erofs -o ro{devices} /dev/vda /newroot || echo KILN-EROFS-MOUNT-FAILED\n\
+         /bin/busybox umount /proc\n\
+         /bin/busybox mount --move /dev /newroot/dev 2>/dev/null || /bin/busybox umount /dev\n\
+         exec /bin/busybox switch_root /newroot /init\n"
+    );
     std::fs::write(tree.join("init"), script).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(tree.join("init"), std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -221,8 +234,8 @@ fn pulled_image_boots_from_an_erofs_root() {
         disk.to_str().unwrap(),
     ])
     .ok();
-    let loader = erofs_loader(kiln.dir.path());
-    let console = boot(&loader, Some(&disk), "");
+    let loader = erofs_loader(kiln.dir.path(), 0);
+    let console = boot(&loader, &[&disk], false, "");
     assert!(
         !console.contains("KILN-EROFS-MOUNT-FAILED"),
         "the EROFS root did not mount:\n{console}"
@@ -230,5 +243,31 @@ fn pulled_image_boots_from_an_erofs_root() {
     assert!(
         console.contains("KILN-BOOT-OK from-the-image"),
         "EROFS root boot:\n{console}"
+    );
+}
+
+#[test]
+fn pulled_image_boots_from_a_layered_erofs_root() {
+    let env = env();
+    let kiln = Kiln::new();
+    let reference = format!("{}/boot:1", env.registry);
+    kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
+    let paths = kiln
+        .run(&["rootfs", "--format", "erofs", "--layered", &reference])
+        .ok()
+        .stdout;
+    // The store's files, attached read-only: the metadata image, then
+    // each layer file.
+    let disks: Vec<&Path> = paths.lines().map(Path::new).collect();
+    assert!(disks.len() >= 2, "{paths}");
+    let loader = erofs_loader(kiln.dir.path(), disks.len() - 1);
+    let console = boot(&loader, &disks, false, "");
+    assert!(
+        !console.contains("KILN-EROFS-MOUNT-FAILED"),
+        "the layered EROFS root did not mount:\n{console}"
+    );
+    assert!(
+        console.contains("KILN-BOOT-OK from-the-image"),
+        "layered EROFS root boot:\n{console}"
     );
 }

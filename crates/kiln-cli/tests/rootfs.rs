@@ -656,3 +656,166 @@ fn pull_rootfs_builds_what_rootfs_builds_while_downloading() {
     assert!(missing.stderr.contains("error:"), "{}", missing.stderr);
     assert!(kiln.no_scratch(), "a failed pull leaves no scratch");
 }
+
+/// Loop devices attached read-only for one test, detached when dropped.
+struct LoopDevices(Vec<String>);
+
+impl LoopDevices {
+    fn attach(&mut self, file: &Path) -> String {
+        let output = Command::new("losetup")
+            .args(["-f", "--show", "-r"])
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "losetup {}", file.display());
+        let device = String::from_utf8_lossy(&output.stdout).trim().to_string();
+        self.0.push(device.clone());
+        device
+    }
+}
+
+impl Drop for LoopDevices {
+    fn drop(&mut self) {
+        for device in &self.0 {
+            let _ = Command::new("losetup").args(["-d", device]).status();
+        }
+    }
+}
+
+/// The tree of a layered EROFS (`fsck.erofs` with its devices first),
+/// mounted with one `device=` per layer file, in order.
+fn layered_tree(metadata: &Path, devices: &[&Path], work: &Path) -> (Snapshot, XattrMap) {
+    let mut check = Command::new("fsck.erofs");
+    for device in devices {
+        check.arg(format!("--device={}", device.display()));
+    }
+    let check = check.arg(metadata).output().unwrap();
+    assert!(
+        check.status.success(),
+        "fsck.erofs {}: {}",
+        metadata.display(),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let mut loops = LoopDevices(Vec::new());
+    let mut options = String::from("ro");
+    for device in devices {
+        options += &format!(",device={}", loops.attach(device));
+    }
+    let root = loops.attach(metadata);
+    let target = work.join("layered-tree");
+    support::mount(Path::new(&root), &target, &options, "erofs");
+    let _mounted = Mounted(target.clone());
+    (snapshot(&target), xattrs(&target))
+}
+
+#[test]
+fn layered_erofs_holds_the_same_tree_and_images_share_their_layer_files() {
+    let env = env();
+    let kiln = Kiln::new();
+    let multi = format!("{}/busybox:multi", env.registry);
+    let shared = format!("{}/shared:1", env.registry);
+    kiln.run(&["pull", "--insecure", "-q", &multi]).ok();
+    kiln.run(&["pull", "--insecure", "-q", &shared]).ok();
+
+    let built = kiln
+        .run(&["rootfs", "--format", "erofs", "--layered", "--json", &multi])
+        .ok()
+        .json();
+    assert_eq!(built["cached"], false);
+    let devices: Vec<&Path> = built["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| Path::new(d["path"].as_str().unwrap()))
+        .collect();
+    assert!(!devices.is_empty(), "{built}");
+    let metadata = Path::new(built["metadata"]["path"].as_str().unwrap());
+    // The metadata image holds no content of a block or more.
+    let flat = kiln.dir.path().join("flat.erofs");
+    kiln.run(&[
+        "rootfs",
+        "--format",
+        "erofs",
+        &multi,
+        "-o",
+        flat.to_str().unwrap(),
+    ])
+    .ok();
+    assert!(
+        std::fs::metadata(metadata).unwrap().len() < std::fs::metadata(&flat).unwrap().len() / 4,
+        "{built}"
+    );
+    // The same tree as the flattened image (which the oracle test compares
+    // with umoci's): names, types, modes, owners, contents, links, xattrs.
+    assert_eq!(
+        layered_tree(metadata, &devices, kiln.dir.path()),
+        tree_of("erofs", &flat, kiln.dir.path()),
+    );
+
+    // A second request comes from the store; the text form prints the
+    // metadata image, then each layer file in device order.
+    let again = kiln
+        .run(&["rootfs", "--format", "erofs", "--layered", "--json", &multi])
+        .ok()
+        .json();
+    assert_eq!(again["cached"], true);
+    assert_eq!(again["metadata"]["digest"], built["metadata"]["digest"]);
+    let text = kiln
+        .run(&["rootfs", "--format", "erofs", "--layered", &multi])
+        .ok()
+        .stdout;
+    let mut expected = vec![metadata.display().to_string()];
+    expected.extend(devices.iter().map(|d| d.display().to_string()));
+    assert_eq!(text.lines().collect::<Vec<_>>(), expected);
+
+    // shared:1 has the same base layer: the same file, stored once.
+    let other = kiln
+        .run(&[
+            "rootfs",
+            "--format",
+            "erofs",
+            "--layered",
+            "--json",
+            &shared,
+        ])
+        .ok()
+        .json();
+    assert_eq!(other["devices"][0]["layer"], 0);
+    assert_eq!(built["devices"][0]["layer"], 0);
+    assert_eq!(other["devices"][0]["digest"], built["devices"][0]["digest"]);
+    let base = devices[0].to_path_buf();
+
+    // Wrong combinations are refused.
+    let ext4 = kiln
+        .run(&["rootfs", "--format", "ext4", "--layered", &multi])
+        .fails(1);
+    assert!(
+        ext4.stderr.contains("--layered applies to EROFS only"),
+        "{}",
+        ext4.stderr
+    );
+    let output = kiln
+        .run(&[
+            "rootfs",
+            "--format",
+            "erofs",
+            "--layered",
+            "-o",
+            "x",
+            &multi,
+        ])
+        .fails(1);
+    assert!(
+        output.stderr.contains("cannot be used with"),
+        "{}",
+        output.stderr
+    );
+
+    // The shared file stays while an image uses it.
+    kiln.run(&["rmi", &multi]).ok();
+    assert!(base.exists(), "shared:1 still uses the base layer's file");
+    assert!(!metadata.exists());
+    kiln.run(&["rmi", &shared]).ok();
+    assert!(!base.exists());
+    kiln.run(&["fsck"]).ok();
+}

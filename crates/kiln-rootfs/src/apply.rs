@@ -14,7 +14,7 @@ use std::io::Read;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::error::{Result, RootfsError};
-use crate::objects::ObjectDir;
+use crate::objects::{ContentRef, ObjectDir};
 use crate::tree::{DirEntry, Inode, InodeId, Kind, ROOT, Tree};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -384,6 +384,17 @@ fn parse_into(
 }
 
 impl ParsedLayer {
+    /// The contents of the regular files the layer carries, in tar order.
+    pub fn contents(&self) -> Vec<ContentRef> {
+        self.changes
+            .iter()
+            .filter_map(|change| match &change.op {
+                Op::Node(_, Kind::File(content)) => Some(content.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Applies the layer to `tree` (layers in order, base first).
     pub fn apply(self, tree: &mut Tree) -> Result<()> {
         let layer = self.layer;
@@ -477,6 +488,18 @@ pub fn read_layers<R: Read + Send + 'static>(
     objects: &ObjectDir,
     workers: usize,
 ) -> Result<Tree> {
+    Ok(read_layers_with_contents(layers, objects, workers)?.0)
+}
+
+/// [`read_layers`], also returning each layer's file contents in the order
+/// its tar holds them (every regular file the layer carries, also those a
+/// later layer removes): what a per-layer image of the layer holds.
+pub fn read_layers_with_contents<R: Read + Send + 'static>(
+    layers: Vec<(R, kiln_types::media_type::Compression)>,
+    objects: &ObjectDir,
+    workers: usize,
+) -> Result<(Tree, Vec<Vec<ContentRef>>)> {
+    let mut contents = vec![Vec::new(); layers.len()];
     struct Queue<R> {
         layers: Vec<Option<(R, kiln_types::media_type::Compression)>>,
         next: usize,
@@ -530,6 +553,7 @@ pub fn read_layers<R: Read + Send + 'static>(
         for (index, parsed) in receiver {
             pending.insert(index, parsed);
             while let Some(parsed) = pending.remove(&applied) {
+                contents[applied] = parsed.contents();
                 let result = parsed.apply(&mut tree);
                 if result.is_err() {
                     stop.store(true, Ordering::Relaxed);
@@ -549,7 +573,7 @@ pub fn read_layers<R: Read + Send + 'static>(
         }
         Ok(())
     })?;
-    Ok(tree)
+    Ok((tree, contents))
 }
 
 struct Metadata {

@@ -29,7 +29,7 @@ use kiln_types::{Algorithm, Digest, Hasher};
 
 use crate::emit::Emitter;
 use crate::error::{Result, RootfsError};
-use crate::objects::ObjectDir;
+use crate::objects::{ContentRef, ObjectDir};
 use crate::ondisk::{dirent_type, encode_device, put16, put32, put64, uuid_from, xattr_split};
 use crate::tree::{InodeId, Kind, Order, Tree};
 
@@ -44,6 +44,13 @@ const COMPACT_SIZE: u64 = 32;
 const INLINE_MAX: u64 = 2048;
 const FLAT_PLAIN: u16 = 0;
 const FLAT_INLINE: u16 = 2;
+const CHUNK_BASED: u16 = 4;
+/// Chunk format: with 8-byte chunk indexes (device, block), not a block map.
+const CHUNK_INDEXES: u16 = 0x20;
+const CHUNK_INDEX: u64 = 8;
+const INCOMPAT_CHUNKED_FILE: u32 = 0x4;
+const INCOMPAT_DEVICE_TABLE: u32 = 0x8;
+const DEVICE_SLOT: u64 = 128;
 const DIRENT_SIZE: usize = 12;
 const NAME_MAX: usize = 255;
 
@@ -60,13 +67,66 @@ struct Slot {
     compact: bool,
     nlink: u32,
     blkaddr: u32,
+    /// A content kept on an extra device (a layered image): the device
+    /// (1-based), its block there, and the chunk format (one chunk).
+    chunk: Option<(u16, u32, u16)>,
 }
 
 impl Slot {
     /// Whether it has blocks in the data area (more than its inline tail).
     fn owns_blocks(&self) -> bool {
-        self.size > self.tail
+        self.chunk.is_none() && self.size > self.tail
     }
+}
+
+/// One extra device of a layered EROFS image: a layer's data file (see
+/// [`write_layer_data`]).
+#[derive(Debug, Clone)]
+pub struct LayerDevice {
+    /// What the device slot records (kiln: the data file's digest, hex).
+    pub tag: String,
+    /// Its size in blocks.
+    pub blocks: u32,
+    /// Where each of its contents starts (block), by the content's offset
+    /// in the object pack.
+    pub placed: HashMap<u64, u32>,
+}
+
+/// A written layer data file: its digest, its size, and the block each
+/// content starts at, by the content's offset in the object pack.
+pub type LayerData = (Digest, u64, HashMap<u64, u32>);
+
+/// Writes a layer's data file for a layered EROFS image: every content of
+/// `contents` (a layer's files, in tar order) of a block or more, each from
+/// a block boundary, in order — so a layer gives the same file, byte for
+/// byte, in every image that has it. Returns its digest, size and where
+/// each content went, or `None` when the layer has no such content.
+pub fn write_layer_data(
+    contents: &[ContentRef],
+    objects: &ObjectDir,
+    output: &Path,
+) -> Result<Option<LayerData>> {
+    let mut placed = HashMap::new();
+    let mut next = 0u64;
+    let large = || contents.iter().filter(|c| c.size >= BLOCK);
+    if large().next().is_none() {
+        return Ok(None);
+    }
+    let mut emitter = Emitter::create(output)?;
+    for content in large() {
+        if placed.contains_key(&content.offset) {
+            continue;
+        }
+        let block = u32::try_from(next).map_err(|_| RootfsError::Unrepresentable {
+            path: "/".into(),
+            reason: "a layer of 16 TiB or more".into(),
+        })?;
+        placed.insert(content.offset, block);
+        emitter.copy(next * BLOCK, &mut objects.reader(content, 0), content.size)?;
+        next += content.size.div_ceil(BLOCK);
+    }
+    let (digest, size) = emitter.finish(next * BLOCK)?;
+    Ok(Some((digest, size, placed)))
 }
 
 /// Writes `tree` as an EROFS image at `output`; returns its digest and
@@ -77,7 +137,34 @@ pub fn write_erofs(
     output: &Path,
     identity: &[u8],
 ) -> Result<(Digest, u64)> {
+    write_erofs_layered(tree, objects, output, identity, &[])
+}
+
+/// [`write_erofs`] with the contents `devices` hold kept there: the image
+/// is the metadata (and the contents under a block), each larger file a
+/// chunk on the extra device of the layer that carried it (device table,
+/// chunk indexes; Linux 5.16+: `mount -t erofs -o device=D1,device=D2`).
+pub fn write_erofs_layered(
+    tree: &Tree,
+    objects: &ObjectDir,
+    output: &Path,
+    identity: &[u8],
+    devices: &[LayerDevice],
+) -> Result<(Digest, u64)> {
     let order = tree.order();
+    let extra = u16::try_from(devices.len())
+        .ok()
+        .filter(|n| *n < 256)
+        .ok_or_else(|| RootfsError::Unrepresentable {
+            path: "/".into(),
+            reason: format!("{} layer devices (kiln writes at most 255)", devices.len()),
+        })?;
+    let mut external: HashMap<u64, (u16, u32)> = HashMap::new();
+    for (index, device) in devices.iter().enumerate() {
+        for (&offset, &block) in &device.placed {
+            external.insert(offset, (index as u16 + 1, block));
+        }
+    }
     let unrepresentable = |id: InodeId, reason: String| RootfsError::Unrepresentable {
         path: order.path(id),
         reason,
@@ -96,7 +183,9 @@ pub fn write_erofs(
     // Inode records in the metadata area.
     let mut slot_of = vec![usize::MAX; tree.inodes.len()];
     let mut slots = Vec::with_capacity(order.inodes.len());
-    let mut offset = FIRST_INODE;
+    // The device table (128 bytes a device) sits between the superblock
+    // and the first inode.
+    let mut offset = FIRST_INODE + DEVICE_SLOT * u64::from(extra);
     for &id in &order.inodes {
         let inode = &tree.inodes[id];
         let xattrs = xattr_body(&inode.xattrs).map_err(|reason| unrepresentable(id, reason))?;
@@ -122,10 +211,22 @@ pub fn write_erofs(
         if head > BLOCK {
             return Err(unrepresentable(id, "its xattrs exceed a block".into()));
         }
+        let chunk = match &inode.kind {
+            Kind::File(content) if content.size >= BLOCK => {
+                external.get(&content.offset).and_then(|&(device, block)| {
+                    // One chunk holds the whole content (up to 8 TiB).
+                    let blocks = content.size.div_ceil(BLOCK);
+                    let bits = 64 - (blocks - 1).leading_zeros() as u16;
+                    (bits <= 31).then_some((device, block, bits | CHUNK_INDEXES))
+                })
+            }
+            _ => None,
+        };
         // Tail packing: the content's last partial block goes inline when it
         // is small, or when it fits in what is left of the current block.
         let partial = size % BLOCK;
-        let tail = if partial > 0
+        let tail = if chunk.is_none()
+            && partial > 0
             && head + partial <= BLOCK
             && (partial <= INLINE_MAX || offset % BLOCK + head + partial <= BLOCK)
         {
@@ -133,7 +234,11 @@ pub fn write_erofs(
         } else {
             0
         };
-        let record = head + tail;
+        let record = match chunk {
+            // The chunk index follows the xattrs, 8-byte aligned.
+            Some(_) => head.next_multiple_of(8) + CHUNK_INDEX,
+            None => head + tail,
+        };
         if offset % BLOCK + record > BLOCK {
             offset = offset.next_multiple_of(BLOCK);
         }
@@ -147,6 +252,7 @@ pub fn write_erofs(
             compact,
             nlink,
             blkaddr: 0,
+            chunk,
         });
         offset += record.next_multiple_of(32);
     }
@@ -156,7 +262,7 @@ pub fn write_erofs(
     let mut next_block = metadata_end / BLOCK;
     for slot in &mut slots {
         let full = slot.size - slot.tail;
-        if full == 0 {
+        if full == 0 || slot.chunk.is_some() {
             continue;
         }
         slot.blkaddr = u32::try_from(next_block)
@@ -192,6 +298,13 @@ pub fn write_erofs(
         }
         uuid_hasher.update(&order.names[slot.id]);
         uuid_hasher.update(&slot.xattrs);
+        if let Some((device, block, _)) = slot.chunk {
+            uuid_hasher.update(&device.to_le_bytes());
+            uuid_hasher.update(&block.to_le_bytes());
+        }
+    }
+    for device in devices {
+        uuid_hasher.update(device.tag.as_bytes());
     }
     let uuid = uuid_from(&uuid_hasher.finish());
     let mut superblock = [0u8; 128];
@@ -206,16 +319,37 @@ pub fn write_erofs(
     put32(&mut superblock, 40, 0); // meta_blkaddr
     superblock[48..64].copy_from_slice(&uuid);
     superblock[64..70].copy_from_slice(b"rootfs");
+    if extra > 0 {
+        put32(
+            &mut superblock,
+            80,
+            INCOMPAT_CHUNKED_FILE | INCOMPAT_DEVICE_TABLE,
+        );
+        put16(&mut superblock, 86, extra); // extra_devices
+        put16(&mut superblock, 88, (FIRST_INODE / DEVICE_SLOT) as u16); // devt_slotoff
+    }
 
     // Front to back: the superblock, the inode records (each built as it is
     // written, so memory does not grow with the tree), then the data blocks.
     let mut emitter = Emitter::create(output)?;
     emitter.bytes(SUPERBLOCK as u64, &superblock)?;
+    if extra > 0 {
+        let mut table = vec![0u8; DEVICE_SLOT as usize * devices.len()];
+        for (index, device) in devices.iter().enumerate() {
+            let slot = &mut table[index * DEVICE_SLOT as usize..][..DEVICE_SLOT as usize];
+            let tag = device.tag.as_bytes();
+            slot[..tag.len().min(64)].copy_from_slice(&tag[..tag.len().min(64)]);
+            put32(slot, 64, device.blocks);
+        }
+        emitter.bytes(FIRST_INODE, &table)?;
+    }
     let mut record = Vec::with_capacity(BLOCK as usize);
     let mut directory_heads: HashMap<InodeId, Vec<u8>> = HashMap::new();
     for slot in &slots {
         let inode = &tree.inodes[slot.id];
-        let layout = if slot.tail > 0 {
+        let layout = if slot.chunk.is_some() {
+            CHUNK_BASED
+        } else if slot.tail > 0 {
             FLAT_INLINE
         } else {
             FLAT_PLAIN
@@ -229,6 +363,8 @@ pub fn write_erofs(
             Kind::CharDevice { major, minor } | Kind::BlockDevice { major, minor } => {
                 encode_device(*major, *minor)
             }
+            // The chunk format (the reserved half stays 0).
+            _ if slot.chunk.is_some() => slot.chunk.map_or(0, |(_, _, format)| u32::from(format)),
             _ => slot.blkaddr,
         };
         let mode = (inode.type_bits() | inode.mode) as u16;
@@ -259,6 +395,13 @@ pub fn write_erofs(
             put32(&mut record, 44, slot.nlink);
         }
         record.extend_from_slice(&slot.xattrs);
+        if let Some((device, block, _)) = slot.chunk {
+            record.resize(record.len().next_multiple_of(8), 0);
+            let mut index = [0u8; CHUNK_INDEX as usize];
+            put16(&mut index, 2, device);
+            put32(&mut index, 4, block);
+            record.extend_from_slice(&index);
+        }
         if slot.tail > 0 {
             let from = slot.size - slot.tail;
             match &inode.kind {

@@ -58,7 +58,9 @@ pub use push::{
 pub use query::{Found, ImageDetails, ImageSummary, LayerDetails, RootfsDetails};
 pub use remove::RemoveReport;
 pub use root::resolve_root;
-pub use rootfs::{CONVERTER_VERSION, RootfsArtifact, RootfsFormat, copy_out};
+pub use rootfs::{
+    CONVERTER_VERSION, LayerData, LayeredRootfs, RootfsArtifact, RootfsFormat, copy_out,
+};
 pub use snapshot::Snapshot;
 pub use sources::{
     AvailableCatalogImage, AvailableRelease, CachedImage, CatalogSource, RECORD_MEDIA_TYPE,

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use kiln_rootfs::{
-    LayerPipe, ObjectDir, ParsedLayer, ReadAhead, Tree, layer_pipe, layer_reader_ahead,
-    parse_layer_unless, read_layers, write_erofs, write_ext4, write_initramfs,
+    ContentRef, LayerDevice, LayerPipe, ObjectDir, ParsedLayer, ReadAhead, Tree, layer_pipe,
+    layer_reader_ahead, parse_layer_unless, read_layers_with_contents, write_erofs,
+    write_erofs_layered, write_ext4, write_initramfs, write_layer_data,
 };
 use kiln_store::ArtifactRecord;
 use kiln_types::media_type;
@@ -209,7 +210,7 @@ impl Manager {
                 // Leased while the layers are read.
                 reading = crate::LeaseGuard::new(self)?;
                 own_scratch = Scratch::new(self)?;
-                let (tree, objects) =
+                let (tree, objects, _) =
                     self.image_tree(image.id, query, reading.lease(), &own_scratch.0)?;
                 (tree, Arc::new(objects), own_scratch.0.as_path())
             }
@@ -434,16 +435,228 @@ impl Manager {
     }
 }
 
+/// Artifact format of a layered EROFS image's metadata (options `layered`).
+const LAYERED_OPTIONS: &str = "layered";
+/// Artifact format of a layer's data file (options `layer=N`).
+const LAYER_DATA_FORMAT: &str = "erofs-layer";
+
+/// A layered EROFS root filesystem: a small metadata image (the root
+/// device) and one data file per layer that has files of a block or more
+/// (the extra devices, in order). A layer's data file is the same bytes in
+/// every image that has the layer, so images sharing layers share them on
+/// disk.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayeredRootfs {
+    /// Manifest digest of the image.
+    pub image: Digest,
+    /// The metadata image: what the VM mounts, with `device=` for each of
+    /// `devices` in order.
+    pub metadata: RootfsArtifact,
+    /// The layers' data files, in device order.
+    pub devices: Vec<LayerData>,
+    /// Whether everything came from the store.
+    pub cached: bool,
+}
+
+/// One layer's data file of a layered EROFS image.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerData {
+    /// The layer's position in the image (0: the base).
+    pub layer: usize,
+    /// Digest of the file.
+    pub digest: Digest,
+    /// Its size.
+    pub size: u64,
+    /// Where it is.
+    pub path: PathBuf,
+}
+
 impl Manager {
+    /// Builds (or finds) the layered EROFS root filesystem of the image
+    /// `query` names (see [`LayeredRootfs`]).
+    pub fn rootfs_layered(
+        &self,
+        query: &str,
+        platform: Option<&Platform>,
+    ) -> Result<LayeredRootfs> {
+        let image = self.one_image(query, platform)?;
+        if image.media_type == crate::RECORD_MEDIA_TYPE {
+            return Err(Error::NotConvertible {
+                image: query.to_string(),
+                detail: format!(
+                    "a layered EROFS is made from an OCI image's layers; a {} image has none",
+                    image.kind
+                ),
+            });
+        }
+        if let Some(found) = self.cached_layered(&image)? {
+            return Ok(found);
+        }
+        if !image.complete {
+            return Err(Error::ImageNotFound {
+                query: format!("{query} (incomplete: pull it again)"),
+            });
+        }
+        let catalog = self.store.catalog();
+        let content = self.store.content();
+        let reading = crate::LeaseGuard::new(self)?;
+        let scratch = Scratch::new(self)?;
+        let (tree, objects, contents) =
+            self.image_tree(image.id, query, reading.lease(), &scratch.0)?;
+        // Keeps the new blobs until the artifact rows hold them.
+        let mut guard = crate::LeaseGuard::new(self)?;
+        let mut devices = Vec::new();
+        let mut layer_devices = Vec::new();
+        for (layer, list) in contents.iter().enumerate() {
+            let output = scratch.0.join(format!("layer-{layer}"));
+            let Some((digest, size, placed)) = write_layer_data(list, &objects, &output)? else {
+                continue;
+            };
+            catalog.lease_blob(guard.lease(), &digest)?;
+            if content.blob_size(&digest)? != Some(size) {
+                content.adopt_file(&output, &digest, size)?;
+            }
+            layer_devices.push(LayerDevice {
+                tag: digest.hex().to_string(),
+                blocks: u32::try_from(size / 4096).unwrap_or(u32::MAX),
+                placed,
+            });
+            devices.push(LayerData {
+                layer,
+                path: content.blob_path(&digest),
+                digest,
+                size,
+            });
+        }
+        let output = scratch.0.join("metadata-erofs");
+        let identity = image.manifest_digest.to_string();
+        let (digest, size) = write_erofs_layered(
+            &tree,
+            &objects,
+            &output,
+            identity.as_bytes(),
+            &layer_devices,
+        )?;
+        catalog.lease_blob(guard.lease(), &digest)?;
+        if content.blob_size(&digest)? != Some(size) {
+            content.adopt_file(&output, &digest, size)?;
+        }
+        let record = |format: &str, options: String, digest: &Digest, size: u64| ArtifactRecord {
+            image_id: image.id,
+            format: format.to_string(),
+            options,
+            converter_version: CONVERTER_VERSION.to_string(),
+            digest: digest.clone(),
+            size,
+            created_at: kiln_store::fsutil::now(),
+        };
+        // The devices first: the metadata's row says the set is complete.
+        for device in &devices {
+            catalog.add_artifact(
+                &record(
+                    LAYER_DATA_FORMAT,
+                    format!("layer={}", device.layer),
+                    &device.digest,
+                    device.size,
+                ),
+                None,
+            )?;
+        }
+        catalog.add_artifact(
+            &record(
+                RootfsFormat::Erofs.as_str(),
+                LAYERED_OPTIONS.into(),
+                &digest,
+                size,
+            ),
+            guard.lease.take(),
+        )?;
+        catalog.touch_image(image.id)?;
+        Ok(LayeredRootfs {
+            image: image.manifest_digest.clone(),
+            metadata: RootfsArtifact {
+                image: image.manifest_digest.clone(),
+                format: RootfsFormat::Erofs,
+                path: content.blob_path(&digest),
+                digest,
+                size,
+                cached: false,
+                unpacked_while_pulling: false,
+            },
+            devices,
+            cached: false,
+        })
+    }
+
+    /// The layered EROFS of `image` in the store, if all its files are there.
+    fn cached_layered(&self, image: &kiln_store::ImageRecord) -> Result<Option<LayeredRootfs>> {
+        let catalog = self.store.catalog();
+        let content = self.store.content();
+        let Some(metadata) = catalog.artifact(
+            image.id,
+            RootfsFormat::Erofs.as_str(),
+            LAYERED_OPTIONS,
+            CONVERTER_VERSION,
+        )?
+        else {
+            return Ok(None);
+        };
+        let mut devices = Vec::new();
+        for row in catalog.artifacts_of(image.id)? {
+            let layer = row
+                .options
+                .strip_prefix("layer=")
+                .and_then(|n| n.parse().ok());
+            if let (LAYER_DATA_FORMAT, Some(layer), true) = (
+                row.format.as_str(),
+                layer,
+                row.converter_version == CONVERTER_VERSION,
+            ) {
+                devices.push(LayerData {
+                    layer,
+                    path: content.blob_path(&row.digest),
+                    digest: row.digest,
+                    size: row.size,
+                });
+            }
+        }
+        devices.sort_by_key(|d| d.layer);
+        for (digest, size) in devices
+            .iter()
+            .map(|d| (&d.digest, d.size))
+            .chain([(&metadata.digest, metadata.size)])
+        {
+            if content.blob_size(digest)? != Some(size) {
+                return Ok(None);
+            }
+        }
+        catalog.touch_image(image.id)?;
+        Ok(Some(LayeredRootfs {
+            image: image.manifest_digest.clone(),
+            metadata: RootfsArtifact {
+                image: image.manifest_digest.clone(),
+                format: RootfsFormat::Erofs,
+                path: content.blob_path(&metadata.digest),
+                digest: metadata.digest,
+                size: metadata.size,
+                cached: true,
+                unpacked_while_pulling: false,
+            },
+            devices,
+            cached: true,
+        }))
+    }
+
     /// The filesystem tree of an image: its layers applied in order, file
-    /// contents in `scratch/objects`. Layer blobs are leased while read.
+    /// contents in `scratch/objects`, and each layer's contents in tar
+    /// order. Layer blobs are leased while read.
     pub(crate) fn image_tree(
         &self,
         image_id: i64,
         query: &str,
         lease: &kiln_store::Lease,
         scratch: &Path,
-    ) -> Result<(Tree, ObjectDir)> {
+    ) -> Result<(Tree, ObjectDir, Vec<Vec<ContentRef>>)> {
         let catalog = self.store.catalog();
         let objects =
             ObjectDir::open(&scratch.join("objects")).map_err(kiln_store::StoreError::from)?;
@@ -466,8 +679,8 @@ impl Manager {
             blobs.push((self.store.content().open_blob(&layer.digest)?, compression));
         }
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        let tree = read_layers(blobs, &objects, workers)?;
-        Ok((tree, objects))
+        let (tree, contents) = read_layers_with_contents(blobs, &objects, workers)?;
+        Ok((tree, objects, contents))
     }
 }
 

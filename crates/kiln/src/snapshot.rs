@@ -92,7 +92,7 @@ impl Manager {
             disk: disk.to_string(),
             detail: error.to_string(),
         })?;
-        let (tree, objects) = self.image_tree(base.id, disk, guard.lease(), &scratch.0)?;
+        let (tree, objects, _) = self.image_tree(base.id, disk, guard.lease(), &scratch.0)?;
 
         // The layer: tar → (diff_id hash) → gzip → (blob hash) → file.
         let layer_path = scratch.0.join("layer.tar.gz");

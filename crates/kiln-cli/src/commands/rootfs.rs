@@ -22,6 +22,9 @@ pub fn run(manager: &Manager, args: RootfsArgs) -> anyhow::Result<ExitCode> {
     if args.size.is_some() && format != RootfsFormat::Ext4 {
         anyhow::bail!("--size applies to ext4 images only");
     }
+    if args.layered {
+        return layered(manager, &args, format, platform.as_ref());
+    }
     let mut fetched = None;
     if !args.no_referrers {
         // A rootfs another host converted and pushed as a referrer of this
@@ -74,6 +77,43 @@ pub fn run(manager: &Manager, args: RootfsArgs) -> anyhow::Result<ExitCode> {
             size(artifact.size)
         ));
         printer::out(path.display())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `--layered`: the metadata image's path, then each layer file's, in the
+/// order the VM's mount names them (`device=` options).
+fn layered(
+    manager: &Manager,
+    args: &RootfsArgs,
+    format: RootfsFormat,
+    platform: Option<&kiln::Platform>,
+) -> anyhow::Result<ExitCode> {
+    if format != RootfsFormat::Erofs {
+        anyhow::bail!("--layered applies to EROFS only (--format erofs)");
+    }
+    let built = manager.rootfs_layered(&args.reference, platform)?;
+    if args.json {
+        printer::json(&built)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let shared: u64 = built.devices.iter().map(|d| d.size).sum();
+    printer::status(format!(
+        "layered erofs of {} (metadata {}, {} layer file{} {}): {}",
+        built.image,
+        size(built.metadata.size),
+        built.devices.len(),
+        if built.devices.len() == 1 { "" } else { "s" },
+        size(shared),
+        if built.cached {
+            "from the store"
+        } else {
+            "built"
+        }
+    ));
+    printer::out(built.metadata.path.display())?;
+    for device in &built.devices {
+        printer::out(device.path.display())?;
     }
     Ok(ExitCode::SUCCESS)
 }
