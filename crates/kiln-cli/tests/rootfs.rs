@@ -811,7 +811,103 @@ fn layered_erofs_holds_the_same_tree_and_images_share_their_layer_files() {
         output.stderr
     );
 
+    // Several devices, numbered in order past layers without one: big:1
+    // (a device per layer), and a snapshot of busybox:multi with a large
+    // file on top (devices for layers 0 and 3; 1 and 2 have none).
+    let big = format!("{}/big:1", env.registry);
+    kiln.run(&["pull", "--insecure", "-q", &big]).ok();
+    let disk = kiln
+        .run(&[
+            "disk", "create", "gap", "--image", &multi, "--format", "raw",
+        ])
+        .ok()
+        .stdout;
+    let mnt = kiln.dir.path().join("gap-mnt");
+    support::mount(Path::new(disk.trim()), &mnt, "loop,rw", "ext4");
+    std::fs::write(mnt.join("top.bin"), vec![7u8; 300_000]).unwrap();
+    support::umount(&mnt);
+    kiln.run(&["snapshot", "gap", "localhost/gap:1"]).ok();
+    for (reference, layers) in [
+        (big.as_str(), vec![0, 1, 2, 3]),
+        ("localhost/gap:1", vec![0, 3]),
+    ] {
+        let built = kiln
+            .run(&[
+                "rootfs",
+                "--format",
+                "erofs",
+                "--layered",
+                "--json",
+                reference,
+            ])
+            .ok()
+            .json();
+        let devices: Vec<&Path> = built["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| Path::new(d["path"].as_str().unwrap()))
+            .collect();
+        let numbers: Vec<u64> = built["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["layer"].as_u64().unwrap())
+            .collect();
+        assert_eq!(numbers, layers, "{built}");
+        let flat = kiln.dir.path().join("flat-more.erofs");
+        kiln.run(&[
+            "rootfs",
+            "--format",
+            "erofs",
+            reference,
+            "-o",
+            flat.to_str().unwrap(),
+        ])
+        .ok();
+        assert_eq!(
+            layered_tree(
+                Path::new(built["metadata"]["path"].as_str().unwrap()),
+                &devices,
+                kiln.dir.path()
+            ),
+            tree_of("erofs", &flat, kiln.dir.path()),
+            "{reference}"
+        );
+        std::fs::remove_file(&flat).unwrap();
+    }
+
+    // A layer file fsck finds damaged and forgets is built again, not
+    // served incomplete from the store.
+    let damaged = built["devices"][0]["digest"].as_str().unwrap().to_string();
+    kiln.damage_blob(&damaged);
+    kiln.run(&["fsck", "--repair"]).fails(1);
+    let rebuilt = kiln
+        .run(&["rootfs", "--format", "erofs", "--layered", "--json", &multi])
+        .ok()
+        .json();
+    assert_eq!(rebuilt["cached"], false, "{rebuilt}");
+    assert_eq!(rebuilt["devices"], built["devices"]);
+    // shared:1 lost its row for that file too: it is rebuilt as well.
+    let again = kiln
+        .run(&[
+            "rootfs",
+            "--format",
+            "erofs",
+            "--layered",
+            "--json",
+            &shared,
+        ])
+        .ok()
+        .json();
+    assert_eq!(again["cached"], false, "{again}");
+    assert_eq!(again["devices"], other["devices"]);
+    kiln.run(&["fsck"]).ok();
+
     // The shared file stays while an image uses it.
+    kiln.run(&["disk", "rm", "gap"]).ok();
+    kiln.run(&["rmi", "localhost/gap:1"]).ok();
+    kiln.run(&["rmi", &big]).ok();
     kiln.run(&["rmi", &multi]).ok();
     assert!(base.exists(), "shared:1 still uses the base layer's file");
     assert!(!metadata.exists());

@@ -6,7 +6,8 @@
 //!
 //! Layout (the kernel's `erofs_fs.h`):
 //! - block 0: the superblock at byte 1024 (`meta_blkaddr` = 0), then the
-//!   metadata area: every inode breadth first from the root (nid 36), in the
+//!   metadata area (after the device table of a layered image, below):
+//!   every inode breadth first from the root (nid 36, or 36 + 4 × devices), in the
 //!   compact form (32 bytes) when its mtime is the superblock's build time
 //!   (the tree's most common mtime) and its ids and link count fit 16 bits,
 //!   else the extended form (64 bytes: 32-bit uid/gid, own mtime); each is
@@ -16,6 +17,12 @@
 //! - then the data area: the whole blocks of every content (`FLAT_PLAIN`,
 //!   or the head of a `FLAT_INLINE` one), in inode order.
 //! - directories: sorted `erofs_dirent` blocks (`.` and `..` included).
+//! - a layered image ([`write_erofs_layered`]): the device table (128-byte
+//!   slots at byte 1152: the data file's digest as the tag, its blocks, and
+//!   where it would start in a flat concatenation, `mapped_blkaddr`), then
+//!   the inodes; every file of a block or more is chunk-based (one chunk
+//!   covering it, one 8-byte index: device 1..N and block), its content in
+//!   that device; features `CHUNKED_FILE` and `DEVICE_TABLE`.
 //!
 //! The volume UUID is derived from the metadata and the caller's identity
 //! bytes (kiln passes the image's manifest digest), so the same image
@@ -92,6 +99,27 @@ pub struct LayerDevice {
     pub placed: HashMap<u64, u32>,
 }
 
+/// The tags of a layered EROFS image's device table, in device order
+/// (none for a plain image).
+pub fn erofs_device_tags(image: &Path) -> std::io::Result<Vec<String>> {
+    use std::io::{Seek, SeekFrom};
+    let mut file = std::fs::File::open(image)?;
+    let mut superblock = [0u8; 128];
+    file.seek(SeekFrom::Start(SUPERBLOCK as u64))?;
+    file.read_exact(&mut superblock)?;
+    let count = u16::from_le_bytes([superblock[86], superblock[87]]);
+    let table = u64::from(u16::from_le_bytes([superblock[88], superblock[89]])) * DEVICE_SLOT;
+    let mut tags = Vec::with_capacity(usize::from(count));
+    let mut slot = [0u8; DEVICE_SLOT as usize];
+    file.seek(SeekFrom::Start(table))?;
+    for _ in 0..count {
+        file.read_exact(&mut slot)?;
+        let end = slot[..64].iter().position(|b| *b == 0).unwrap_or(64);
+        tags.push(String::from_utf8_lossy(&slot[..end]).into_owned());
+    }
+    Ok(tags)
+}
+
 /// A written layer data file: its digest, its size, and the block each
 /// content starts at, by the content's offset in the object pack.
 pub type LayerData = (Digest, u64, HashMap<u64, u32>);
@@ -114,9 +142,6 @@ pub fn write_layer_data(
     }
     let mut emitter = Emitter::create(output)?;
     for content in large() {
-        if placed.contains_key(&content.offset) {
-            continue;
-        }
         let block = u32::try_from(next).map_err(|_| RootfsError::Unrepresentable {
             path: "/".into(),
             reason: "a layer of 16 TiB or more".into(),
@@ -239,6 +264,9 @@ pub fn write_erofs_layered(
             Some(_) => head.next_multiple_of(8) + CHUNK_INDEX,
             None => head + tail,
         };
+        if record > BLOCK {
+            return Err(unrepresentable(id, "its xattrs exceed a block".into()));
+        }
         if offset % BLOCK + record > BLOCK {
             offset = offset.next_multiple_of(BLOCK);
         }
@@ -310,8 +338,9 @@ pub fn write_erofs_layered(
     let mut superblock = [0u8; 128];
     put32(&mut superblock, 0, MAGIC);
     superblock[12] = 12; // blkszbits
-    // The root is the first inode: at FIRST_INODE unless its xattrs and
-    // inline tail pushed it to the next block (nid 128 then).
+    // The root is the first inode: right after the superblock (and the
+    // device table) unless its xattrs and inline tail pushed it to the next
+    // block.
     put16(&mut superblock, 14, (slots[0].offset / 32) as u16); // root nid
     put64(&mut superblock, 16, slots.len() as u64); // inos
     put64(&mut superblock, 24, build_time as u64); // the mtime of compact inodes
@@ -335,11 +364,24 @@ pub fn write_erofs_layered(
     emitter.bytes(SUPERBLOCK as u64, &superblock)?;
     if extra > 0 {
         let mut table = vec![0u8; DEVICE_SLOT as usize * devices.len()];
+        // Where each device would start in one flat file (the metadata
+        // image, then the devices in order): a kernel mounting the image
+        // with no device= reads there, never the metadata image's blocks.
+        let mut mapped = u64::from(blocks);
         for (index, device) in devices.iter().enumerate() {
             let slot = &mut table[index * DEVICE_SLOT as usize..][..DEVICE_SLOT as usize];
             let tag = device.tag.as_bytes();
             slot[..tag.len().min(64)].copy_from_slice(&tag[..tag.len().min(64)]);
             put32(slot, 64, device.blocks);
+            put32(
+                slot,
+                68,
+                u32::try_from(mapped).map_err(|_| RootfsError::Unrepresentable {
+                    path: "/".into(),
+                    reason: "layer devices of 16 TiB or more".into(),
+                })?,
+            );
+            mapped += u64::from(device.blocks);
         }
         emitter.bytes(FIRST_INODE, &table)?;
     }

@@ -38,7 +38,9 @@ pub use apply::{
     layer_reader_ahead, parse_layer, parse_layer_unless, read_layers, read_layers_with_contents,
 };
 pub use diff::{DiffStats, FsView, Stat, write_diff_layer};
-pub use erofs::{LayerDevice, write_erofs, write_erofs_layered, write_layer_data};
+pub use erofs::{
+    LayerDevice, erofs_device_tags, write_erofs, write_erofs_layered, write_layer_data,
+};
 pub use error::{Result, RootfsError};
 pub use ext4::{default_ext4_size, write_ext4};
 pub use ext4read::{Ext4Image, Ext4Inode, Ext4Reader};

@@ -1006,6 +1006,18 @@ impl Catalog {
         Ok(())
     }
 
+    /// Forgets the artifacts of `format` made from an image (their blobs
+    /// stay for garbage collection). Returns how many rows went.
+    pub fn remove_artifacts(&self, image_id: i64, format: &str) -> Result<usize> {
+        let connection = self.lock();
+        connection
+            .execute(
+                "DELETE FROM artifacts WHERE image_id = ?1 AND format = ?2",
+                params![image_id, format],
+            )
+            .map_err(self.wrap())
+    }
+
     /// The artifacts made from an image, by format, options and converter.
     pub fn artifacts_of(&self, image_id: i64) -> Result<Vec<ArtifactRecord>> {
         let connection = self.lock();

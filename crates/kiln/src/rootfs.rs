@@ -503,6 +503,19 @@ impl Manager {
         let scratch = Scratch::new(self)?;
         let (tree, objects, contents) =
             self.image_tree(image.id, query, reading.lease(), &scratch.0)?;
+        let with_devices = contents
+            .iter()
+            .filter(|list| list.iter().any(|c| c.size >= 4096))
+            .count();
+        if with_devices > 255 {
+            return Err(kiln_rootfs::RootfsError::Unrepresentable {
+                path: "/".into(),
+                reason: format!(
+                    "{with_devices} layers with files of a block or more (a layered EROFS takes 255)"
+                ),
+            }
+            .into());
+        }
         // Keeps the new blobs until the artifact rows hold them.
         let mut guard = crate::LeaseGuard::new(self)?;
         let mut devices = Vec::new();
@@ -518,7 +531,12 @@ impl Manager {
             }
             layer_devices.push(LayerDevice {
                 tag: digest.hex().to_string(),
-                blocks: u32::try_from(size / 4096).unwrap_or(u32::MAX),
+                blocks: u32::try_from(size / 4096).map_err(|_| {
+                    kiln_rootfs::RootfsError::Unrepresentable {
+                        path: "/".into(),
+                        reason: format!("layer {layer} holds 16 TiB or more"),
+                    }
+                })?,
                 placed,
             });
             devices.push(LayerData {
@@ -550,7 +568,9 @@ impl Manager {
             size,
             created_at: kiln_store::fsutil::now(),
         };
-        // The devices first: the metadata's row says the set is complete.
+        // The devices first (rows an earlier conversion left go), then the
+        // metadata, whose device table says which rows belong to it.
+        catalog.remove_artifacts(image.id, LAYER_DATA_FORMAT)?;
         for device in &devices {
             catalog.add_artifact(
                 &record(
@@ -621,6 +641,22 @@ impl Manager {
             }
         }
         devices.sort_by_key(|d| d.layer);
+        if content.blob_size(&metadata.digest)? != Some(metadata.size) {
+            return Ok(None);
+        }
+        // The metadata image's device table names its data files: rows that
+        // say otherwise (a file fsck forgot, an interrupted conversion) mean
+        // building it again.
+        let tags = kiln_rootfs::erofs_device_tags(&content.blob_path(&metadata.digest))
+            .map_err(kiln_store::StoreError::from)?;
+        if tags.len() != devices.len()
+            || tags
+                .iter()
+                .zip(&devices)
+                .any(|(tag, d)| tag != d.digest.hex())
+        {
+            return Ok(None);
+        }
         for (digest, size) in devices
             .iter()
             .map(|d| (&d.digest, d.size))
