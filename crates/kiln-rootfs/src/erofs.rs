@@ -134,24 +134,33 @@ pub fn write_layer_data(
     objects: &ObjectDir,
     output: &Path,
 ) -> Result<Option<LayerData>> {
+    let Some((placed, blocks)) = plan_layer_data(contents)? else {
+        return Ok(None);
+    };
+    let mut emitter = Emitter::create(output)?;
+    for content in contents.iter().filter(|c| c.size >= BLOCK) {
+        let at = u64::from(placed[&content.offset]) * BLOCK;
+        emitter.copy(at, &mut objects.reader(content, 0), content.size)?;
+    }
+    let (digest, size) = emitter.finish(blocks * BLOCK)?;
+    Ok(Some((digest, size, placed)))
+}
+
+/// Where [`write_layer_data`] puts each content (its block, by the
+/// content's offset in the object pack) and the file's size in blocks,
+/// without writing it: for a layer whose data file the store has.
+pub fn plan_layer_data(contents: &[ContentRef]) -> Result<Option<(HashMap<u64, u32>, u64)>> {
     let mut placed = HashMap::new();
     let mut next = 0u64;
-    let large = || contents.iter().filter(|c| c.size >= BLOCK);
-    if large().next().is_none() {
-        return Ok(None);
-    }
-    let mut emitter = Emitter::create(output)?;
-    for content in large() {
+    for content in contents.iter().filter(|c| c.size >= BLOCK) {
         let block = u32::try_from(next).map_err(|_| RootfsError::Unrepresentable {
             path: "/".into(),
             reason: "a layer of 16 TiB or more".into(),
         })?;
         placed.insert(content.offset, block);
-        emitter.copy(next * BLOCK, &mut objects.reader(content, 0), content.size)?;
         next += content.size.div_ceil(BLOCK);
     }
-    let (digest, size) = emitter.finish(next * BLOCK)?;
-    Ok(Some((digest, size, placed)))
+    Ok((next > 0).then_some((placed, next)))
 }
 
 /// Writes `tree` as an EROFS image at `output`; returns its digest and

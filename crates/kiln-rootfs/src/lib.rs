@@ -39,7 +39,8 @@ pub use apply::{
 };
 pub use diff::{DiffStats, FsView, Stat, write_diff_layer};
 pub use erofs::{
-    LayerDevice, erofs_device_tags, write_erofs, write_erofs_layered, write_layer_data,
+    LayerDevice, erofs_device_tags, plan_layer_data, write_erofs, write_erofs_layered,
+    write_layer_data,
 };
 pub use error::{Result, RootfsError};
 pub use ext4::{default_ext4_size, write_ext4};

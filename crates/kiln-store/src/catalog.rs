@@ -1006,6 +1006,30 @@ impl Catalog {
         Ok(())
     }
 
+    /// An artifact of `format` by this converter, made from any image,
+    /// whose options end with `suffix` (a layer's data file, which every
+    /// image with the layer shares).
+    pub fn artifact_ending(
+        &self,
+        format: &str,
+        suffix: &str,
+        converter_version: &str,
+    ) -> Result<Option<(Digest, u64)>> {
+        let connection = self.lock();
+        let row = connection
+            .query_row(
+                "SELECT digest, size FROM artifacts WHERE format = ?1 AND converter_version = ?2
+                 AND substr(options, -length(?3)) = ?3 LIMIT 1",
+                params![format, converter_version, suffix],
+                |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
+            )
+            .optional()
+            .map_err(self.wrap())?;
+        drop(connection);
+        row.map(|(digest, size)| Ok((self.digest("artifacts.digest", digest)?, size as u64)))
+            .transpose()
+    }
+
     /// Forgets the artifacts of `format` made from an image (their blobs
     /// stay for garbage collection). Returns how many rows went.
     pub fn remove_artifacts(&self, image_id: i64, format: &str) -> Result<usize> {

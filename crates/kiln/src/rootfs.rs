@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use kiln_rootfs::{
     ContentRef, LayerDevice, LayerPipe, ObjectDir, ParsedLayer, ReadAhead, Tree, layer_pipe,
-    layer_reader_ahead, parse_layer_unless, read_layers_with_contents, write_erofs,
-    write_erofs_layered, write_ext4, write_initramfs, write_layer_data,
+    layer_reader_ahead, parse_layer_unless, plan_layer_data, read_layers_with_contents,
+    write_erofs, write_erofs_layered, write_ext4, write_initramfs, write_layer_data,
 };
 use kiln_store::ArtifactRecord;
 use kiln_types::media_type;
@@ -437,7 +437,9 @@ impl Manager {
 
 /// Artifact format of a layered EROFS image's metadata (options `layered`).
 const LAYERED_OPTIONS: &str = "layered";
-/// Artifact format of a layer's data file (options `layer=N`).
+/// Artifact format of a layer's data file (options `layer=N blob=DIGEST`:
+/// its position in this image, and the layer blob, by which another image
+/// with the layer finds the file).
 const LAYER_DATA_FORMAT: &str = "erofs-layer";
 
 /// A layered EROFS root filesystem: a small metadata image (the root
@@ -520,15 +522,46 @@ impl Manager {
         let mut guard = crate::LeaseGuard::new(self)?;
         let mut devices = Vec::new();
         let mut layer_devices = Vec::new();
+        let layer_blobs: Vec<Digest> = catalog
+            .image_blobs(image.id)?
+            .into_iter()
+            .filter(|b| b.role == "layer")
+            .map(|b| b.digest)
+            .collect();
         for (layer, list) in contents.iter().enumerate() {
-            let output = scratch.0.join(format!("layer-{layer}"));
-            let Some((digest, size, placed)) = write_layer_data(list, &objects, &output)? else {
+            let Some((placed, blocks)) = plan_layer_data(list)? else {
                 continue;
             };
-            catalog.lease_blob(guard.lease(), &digest)?;
-            if content.blob_size(&digest)? != Some(size) {
-                content.adopt_file(&output, &digest, size)?;
-            }
+            // A layer another image has: its data file is in the store
+            // already (the same bytes), so only where things are is needed.
+            let key = format!(" blob={}", layer_blobs[layer]);
+            let known = catalog
+                .artifact_ending(LAYER_DATA_FORMAT, &key, CONVERTER_VERSION)?
+                .filter(|(digest, size)| {
+                    *size == blocks * 4096
+                        && content.blob_size(digest).ok().flatten() == Some(*size)
+                });
+            let (digest, size) = match known {
+                Some((digest, size)) => {
+                    catalog.lease_blob(guard.lease(), &digest)?;
+                    // Still there once leased: the lease keeps it.
+                    if content.blob_size(&digest)? != Some(size) {
+                        return Err(kiln_store::StoreError::BlobNotFound(digest).into());
+                    }
+                    (digest, size)
+                }
+                None => {
+                    let output = scratch.0.join(format!("layer-{layer}"));
+                    let Some((digest, size, _)) = write_layer_data(list, &objects, &output)? else {
+                        continue;
+                    };
+                    catalog.lease_blob(guard.lease(), &digest)?;
+                    if content.blob_size(&digest)? != Some(size) {
+                        content.adopt_file(&output, &digest, size)?;
+                    }
+                    (digest, size)
+                }
+            };
             layer_devices.push(LayerDevice {
                 tag: digest.hex().to_string(),
                 blocks: u32::try_from(size / 4096).map_err(|_| {
@@ -575,7 +608,7 @@ impl Manager {
             catalog.add_artifact(
                 &record(
                     LAYER_DATA_FORMAT,
-                    format!("layer={}", device.layer),
+                    format!("layer={} blob={}", device.layer, layer_blobs[device.layer]),
                     &device.digest,
                     device.size,
                 ),
@@ -626,6 +659,7 @@ impl Manager {
             let layer = row
                 .options
                 .strip_prefix("layer=")
+                .and_then(|rest| rest.split(' ').next())
                 .and_then(|n| n.parse().ok());
             if let (LAYER_DATA_FORMAT, Some(layer), true) = (
                 row.format.as_str(),
