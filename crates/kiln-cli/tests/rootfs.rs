@@ -827,9 +827,11 @@ fn layered_erofs_holds_the_same_tree_and_images_share_their_layer_files() {
     std::fs::write(mnt.join("top.bin"), vec![7u8; 300_000]).unwrap();
     support::umount(&mnt);
     kiln.run(&["snapshot", "gap", "localhost/gap:1"]).ok();
+    // gap:1 and shared:1 reuse busybox:multi's file for the base layer.
     for (reference, layers) in [
         (big.as_str(), vec![0, 1, 2, 3]),
         ("localhost/gap:1", vec![0, 3]),
+        (shared.as_str(), vec![0]),
     ] {
         let built = kiln
             .run(&[

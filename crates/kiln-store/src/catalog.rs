@@ -1006,28 +1006,34 @@ impl Catalog {
         Ok(())
     }
 
-    /// An artifact of `format` by this converter, made from any image,
+    /// The artifacts of `format` by this converter, made from any image,
     /// whose options end with `suffix` (a layer's data file, which every
-    /// image with the layer shares).
-    pub fn artifact_ending(
+    /// image with the layer shares): digest and size of each.
+    pub fn artifacts_ending(
         &self,
         format: &str,
         suffix: &str,
         converter_version: &str,
-    ) -> Result<Option<(Digest, u64)>> {
+    ) -> Result<Vec<(Digest, u64)>> {
         let connection = self.lock();
-        let row = connection
-            .query_row(
-                "SELECT digest, size FROM artifacts WHERE format = ?1 AND converter_version = ?2
-                 AND substr(options, -length(?3)) = ?3 LIMIT 1",
-                params![format, converter_version, suffix],
-                |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)),
+        let mut statement = connection
+            .prepare_cached(
+                "SELECT DISTINCT digest, size FROM artifacts WHERE format = ?1 AND converter_version = ?2
+                 AND substr(options, -length(?3)) = ?3 ORDER BY digest",
             )
-            .optional()
             .map_err(self.wrap())?;
+        let rows: Vec<(String, i64)> = statement
+            .query_map(params![format, converter_version, suffix], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .map_err(self.wrap())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.wrap())?;
+        drop(statement);
         drop(connection);
-        row.map(|(digest, size)| Ok((self.digest("artifacts.digest", digest)?, size as u64)))
-            .transpose()
+        rows.into_iter()
+            .map(|(digest, size)| Ok((self.digest("artifacts.digest", digest)?, size as u64)))
+            .collect()
     }
 
     /// Forgets the artifacts of `format` made from an image (their blobs

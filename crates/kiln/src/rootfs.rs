@@ -437,9 +437,9 @@ impl Manager {
 
 /// Artifact format of a layered EROFS image's metadata (options `layered`).
 const LAYERED_OPTIONS: &str = "layered";
-/// Artifact format of a layer's data file (options `layer=N blob=DIGEST`:
-/// its position in this image, and the layer blob, by which another image
-/// with the layer finds the file).
+/// Artifact format of a layer's data file (options `layer=N blob=DIGEST
+/// tar=COMPRESSION`: its position in this image, and the layer blob and how
+/// it is read, by which another image with the layer finds the file).
 const LAYER_DATA_FORMAT: &str = "erofs-layer";
 
 /// A layered EROFS root filesystem: a small metadata image (the root
@@ -522,11 +522,17 @@ impl Manager {
         let mut guard = crate::LeaseGuard::new(self)?;
         let mut devices = Vec::new();
         let mut layer_devices = Vec::new();
-        let layer_blobs: Vec<Digest> = catalog
+        // Each layer's key: its blob and how it is read (the same bytes
+        // could be declared gzip in one image and plain tar in another).
+        let layer_keys: Vec<String> = catalog
             .image_blobs(image.id)?
             .into_iter()
             .filter(|b| b.role == "layer")
-            .map(|b| b.digest)
+            .map(|b| {
+                let tar =
+                    media_type::layer_compression(&b.media_type).map_or("unknown", |c| c.as_str());
+                format!("blob={} tar={tar}", b.digest)
+            })
             .collect();
         for (layer, list) in contents.iter().enumerate() {
             let Some((placed, blocks)) = plan_layer_data(list)? else {
@@ -534,22 +540,25 @@ impl Manager {
             };
             // A layer another image has: its data file is in the store
             // already (the same bytes), so only where things are is needed.
-            let key = format!(" blob={}", layer_blobs[layer]);
-            let known = catalog
-                .artifact_ending(LAYER_DATA_FORMAT, &key, CONVERTER_VERSION)?
-                .filter(|(digest, size)| {
-                    *size == blocks * 4096
-                        && content.blob_size(digest).ok().flatten() == Some(*size)
-                });
-            let (digest, size) = match known {
-                Some((digest, size)) => {
-                    catalog.lease_blob(guard.lease(), &digest)?;
-                    // Still there once leased: the lease keeps it.
-                    if content.blob_size(&digest)? != Some(size) {
-                        return Err(kiln_store::StoreError::BlobNotFound(digest).into());
-                    }
-                    (digest, size)
+            let mut known = None;
+            for (digest, size) in catalog.artifacts_ending(
+                LAYER_DATA_FORMAT,
+                &format!(" {}", layer_keys[layer]),
+                CONVERTER_VERSION,
+            )? {
+                if size != blocks * 4096 {
+                    continue;
                 }
+                // Leased first, then checked: a prune or rmi running now
+                // either removed it already or leaves it alone.
+                catalog.lease_blob(guard.lease(), &digest)?;
+                if content.blob_size(&digest)? == Some(size) {
+                    known = Some((digest, size));
+                    break;
+                }
+            }
+            let (digest, size) = match known {
+                Some(found) => found,
                 None => {
                     let output = scratch.0.join(format!("layer-{layer}"));
                     let Some((digest, size, _)) = write_layer_data(list, &objects, &output)? else {
@@ -608,7 +617,7 @@ impl Manager {
             catalog.add_artifact(
                 &record(
                     LAYER_DATA_FORMAT,
-                    format!("layer={} blob={}", device.layer, layer_blobs[device.layer]),
+                    format!("layer={} {}", device.layer, layer_keys[device.layer]),
                     &device.digest,
                     device.size,
                 ),
