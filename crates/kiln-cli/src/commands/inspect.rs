@@ -83,10 +83,10 @@ fn print_image(image: &ImageDetails) -> anyhow::Result<()> {
             printer::out(format!(
                 "  {:<10} {:<16} {:>9}  {}{}",
                 rootfs.format,
-                if rootfs.options.is_empty() {
-                    "default"
-                } else {
-                    &rootfs.options
+                // A layer file's options also name its blob (JSON has them all).
+                match rootfs.options.split(' ').next() {
+                    Some("") | None => "default",
+                    Some(first) => first,
                 },
                 size(rootfs.size),
                 rootfs.path.display(),
