@@ -249,6 +249,11 @@ pub struct PullArgs {
     /// Size of the ext4 image `--rootfs ext4` builds (e.g. 512M, 2G) [default: content plus headroom]
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     pub rootfs_size: Option<u64>,
+    /// With `--rootfs erofs` alone: build it layered (a metadata image plus
+    /// one data file per layer, shared between images); the metadata path
+    /// and then each layer file's are printed after the digest
+    #[arg(long)]
+    pub layered: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

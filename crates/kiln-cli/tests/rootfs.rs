@@ -752,6 +752,69 @@ fn layered_erofs_holds_the_same_tree_and_images_share_their_layer_files() {
         tree_of("erofs", &flat, kiln.dir.path()),
     );
 
+    // Built while pulling (layers unpacked from the download), into
+    // another store: the same files, byte for byte.
+    let fresh = Kiln::new();
+    let pulled = fresh
+        .run(&[
+            "pull",
+            "--insecure",
+            "--rootfs",
+            "erofs",
+            "--layered",
+            "--format",
+            "json",
+            &multi,
+        ])
+        .ok()
+        .json();
+    assert_eq!(pulled["layered"]["cached"], false, "{pulled}");
+    assert_eq!(
+        pulled["layered"]["metadata"]["digest"],
+        built["metadata"]["digest"]
+    );
+    let digests = |value: &serde_json::Value| -> Vec<String> {
+        value["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["digest"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(digests(&pulled["layered"]), digests(&built));
+    let text = fresh
+        .run(&[
+            "pull",
+            "--insecure",
+            "-q",
+            "--rootfs",
+            "erofs",
+            "--layered",
+            &multi,
+        ])
+        .ok()
+        .stdout;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2 + devices.len(), "{text}");
+    assert_eq!(lines[0], pulled["manifest_digest"].as_str().unwrap());
+    let refused = fresh
+        .run(&[
+            "pull",
+            "--insecure",
+            "--rootfs",
+            "ext4",
+            "--layered",
+            &multi,
+        ])
+        .fails(1);
+    assert!(
+        refused
+            .stderr
+            .contains("--layered goes with --rootfs erofs alone"),
+        "{}",
+        refused.stderr
+    );
+
     // A second request comes from the store; the text form prints the
     // metadata image, then each layer file in device order.
     let again = kiln

@@ -499,12 +499,63 @@ impl Manager {
                 query: format!("{query} (incomplete: pull it again)"),
             });
         }
-        let catalog = self.store.catalog();
-        let content = self.store.content();
         let reading = crate::LeaseGuard::new(self)?;
         let scratch = Scratch::new(self)?;
         let (tree, objects, contents) =
             self.image_tree(image.id, query, reading.lease(), &scratch.0)?;
+        self.build_layered(&image, &tree, &objects, &contents, &scratch.0)
+    }
+
+    /// Pulls `reference` and builds its layered EROFS from the layers as
+    /// they download (as [`Manager::pull_rootfs`] does for the other
+    /// formats); an image already in the store is converted from its
+    /// stored layers, or its layered EROFS found.
+    pub async fn pull_rootfs_layered(
+        &self,
+        reference: &str,
+        options: &crate::PullOptions,
+        progress: std::sync::Arc<dyn crate::Progress>,
+    ) -> Result<(crate::PulledImage, LayeredRootfs)> {
+        let unpacker = Unpacker::new(self)?;
+        let (pulled, parsed) = self
+            .pull_unpacking(reference, options, progress, Some(&unpacker))
+            .await?;
+        let query = pulled.manifest_digest.to_string();
+        let platform = pulled.platform.parse::<Platform>().ok();
+        let image = self.one_image(&query, platform.as_ref())?;
+        let layered = match parsed {
+            Some(layers) if self.cached_layered(&image)?.is_none() => {
+                let contents: Vec<Vec<ContentRef>> =
+                    layers.iter().map(ParsedLayer::contents).collect();
+                let mut tree = Tree::new();
+                for layer in layers {
+                    layer.apply(&mut tree)?;
+                }
+                self.build_layered(
+                    &image,
+                    &tree,
+                    &unpacker.objects,
+                    &contents,
+                    &unpacker.scratch.0,
+                )?
+            }
+            _ => self.rootfs_layered(&query, platform.as_ref())?,
+        };
+        Ok((pulled, layered))
+    }
+
+    /// Writes the layered EROFS of `image` from its tree and each layer's
+    /// contents (in `objects`), working in `scratch`, and records it.
+    fn build_layered(
+        &self,
+        image: &kiln_store::ImageRecord,
+        tree: &Tree,
+        objects: &ObjectDir,
+        contents: &[Vec<ContentRef>],
+        scratch: &Path,
+    ) -> Result<LayeredRootfs> {
+        let catalog = self.store.catalog();
+        let content = self.store.content();
         let with_devices = contents
             .iter()
             .filter(|list| list.iter().any(|c| c.size >= 4096))
@@ -560,8 +611,8 @@ impl Manager {
             let (digest, size) = match known {
                 Some(found) => found,
                 None => {
-                    let output = scratch.0.join(format!("layer-{layer}"));
-                    let Some((digest, size, _)) = write_layer_data(list, &objects, &output)? else {
+                    let output = scratch.join(format!("layer-{layer}"));
+                    let Some((digest, size, _)) = write_layer_data(list, objects, &output)? else {
                         continue;
                     };
                     catalog.lease_blob(guard.lease(), &digest)?;
@@ -588,15 +639,10 @@ impl Manager {
                 size,
             });
         }
-        let output = scratch.0.join("metadata-erofs");
+        let output = scratch.join("metadata-erofs");
         let identity = image.manifest_digest.to_string();
-        let (digest, size) = write_erofs_layered(
-            &tree,
-            &objects,
-            &output,
-            identity.as_bytes(),
-            &layer_devices,
-        )?;
+        let (digest, size) =
+            write_erofs_layered(tree, objects, &output, identity.as_bytes(), &layer_devices)?;
         catalog.lease_blob(guard.lease(), &digest)?;
         if content.blob_size(&digest)? != Some(size) {
             content.adopt_file(&output, &digest, size)?;

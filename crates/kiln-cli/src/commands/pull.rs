@@ -39,6 +39,40 @@ pub fn run(manager: &Manager, args: PullArgs) -> anyhow::Result<ExitCode> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if args.layered {
+        if formats != [(RootfsFormat::Erofs, None)] {
+            anyhow::bail!("--layered goes with --rootfs erofs alone");
+        }
+        let (pulled, layered) =
+            runtime.block_on(manager.pull_rootfs_layered(&args.reference, &options, reporter))?;
+        if args.format == Format::Json {
+            let mut value = serde_json::to_value(&pulled)?;
+            value["layered"] = serde_json::to_value(&layered)?;
+            printer::json(&value)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !args.quiet {
+            printer::status(format!(
+                "pulled {} ({}), layered erofs (metadata {}, {} layer file{}): {}",
+                pulled.reference,
+                pulled.platform,
+                size(layered.metadata.size),
+                layered.devices.len(),
+                if layered.devices.len() == 1 { "" } else { "s" },
+                if layered.cached {
+                    "from the store"
+                } else {
+                    "built"
+                }
+            ));
+        }
+        printer::out(&pulled.manifest_digest)?;
+        printer::out(layered.metadata.path.display())?;
+        for device in &layered.devices {
+            printer::out(device.path.display())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let (pulled, artifacts) =
         runtime.block_on(manager.pull_rootfs(&args.reference, &options, &formats, reporter))?;
     if args.format == Format::Json {
