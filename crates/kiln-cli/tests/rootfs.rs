@@ -716,11 +716,20 @@ fn layered_erofs_holds_the_same_tree_and_images_share_their_layer_files() {
     let shared = format!("{}/shared:1", env.registry);
     kiln.run(&["pull", "--insecure", "-q", &multi]).ok();
     kiln.run(&["pull", "--insecure", "-q", &shared]).ok();
-
-    let built = kiln
-        .run(&["rootfs", "--format", "erofs", "--layered", "--json", &multi])
+    let layered = |reference: &str| {
+        kiln.run(&[
+            "rootfs",
+            "--format",
+            "erofs",
+            "--layered",
+            "--json",
+            reference,
+        ])
         .ok()
-        .json();
+        .json()
+    };
+
+    let built = layered(&multi);
     assert_eq!(built["cached"], false);
     let devices: Vec<&Path> = built["devices"]
         .as_array()
@@ -817,10 +826,7 @@ fn layered_erofs_holds_the_same_tree_and_images_share_their_layer_files() {
 
     // A second request comes from the store; the text form prints the
     // metadata image, then each layer file in device order.
-    let again = kiln
-        .run(&["rootfs", "--format", "erofs", "--layered", "--json", &multi])
-        .ok()
-        .json();
+    let again = layered(&multi);
     assert_eq!(again["cached"], true);
     assert_eq!(again["metadata"]["digest"], built["metadata"]["digest"]);
     let text = kiln
@@ -832,17 +838,7 @@ fn layered_erofs_holds_the_same_tree_and_images_share_their_layer_files() {
     assert_eq!(text.lines().collect::<Vec<_>>(), expected);
 
     // shared:1 has the same base layer: the same file, stored once.
-    let other = kiln
-        .run(&[
-            "rootfs",
-            "--format",
-            "erofs",
-            "--layered",
-            "--json",
-            &shared,
-        ])
-        .ok()
-        .json();
+    let other = layered(&shared);
     assert_eq!(other["devices"][0]["layer"], 0);
     assert_eq!(built["devices"][0]["layer"], 0);
     assert_eq!(other["devices"][0]["digest"], built["devices"][0]["digest"]);
@@ -896,17 +892,7 @@ fn layered_erofs_holds_the_same_tree_and_images_share_their_layer_files() {
         ("localhost/gap:1", vec![0, 3]),
         (shared.as_str(), vec![0]),
     ] {
-        let built = kiln
-            .run(&[
-                "rootfs",
-                "--format",
-                "erofs",
-                "--layered",
-                "--json",
-                reference,
-            ])
-            .ok()
-            .json();
+        let built = layered(reference);
         let devices: Vec<&Path> = built["devices"]
             .as_array()
             .unwrap()
@@ -947,24 +933,11 @@ fn layered_erofs_holds_the_same_tree_and_images_share_their_layer_files() {
     let damaged = built["devices"][0]["digest"].as_str().unwrap().to_string();
     kiln.damage_blob(&damaged);
     kiln.run(&["fsck", "--repair"]).fails(1);
-    let rebuilt = kiln
-        .run(&["rootfs", "--format", "erofs", "--layered", "--json", &multi])
-        .ok()
-        .json();
+    let rebuilt = layered(&multi);
     assert_eq!(rebuilt["cached"], false, "{rebuilt}");
     assert_eq!(rebuilt["devices"], built["devices"]);
     // shared:1 lost its row for that file too: it is rebuilt as well.
-    let again = kiln
-        .run(&[
-            "rootfs",
-            "--format",
-            "erofs",
-            "--layered",
-            "--json",
-            &shared,
-        ])
-        .ok()
-        .json();
+    let again = layered(&shared);
     assert_eq!(again["cached"], false, "{again}");
     assert_eq!(again["devices"], other["devices"]);
     kiln.run(&["fsck"]).ok();
