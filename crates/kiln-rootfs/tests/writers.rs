@@ -442,3 +442,83 @@ fn an_erofs_root_with_large_xattrs_mounts() {
     run(Command::new("umount").arg(target.path()));
     assert_eq!(read.unwrap(), b"hello");
 }
+
+#[test]
+fn a_layer_data_file_is_laid_out_as_planned_and_named_in_the_device_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
+    // Contents under a block stay out; the others go block-aligned, in order.
+    let sizes = [100u64, 4096, 9000, 5, 12288, 4097];
+    let contents: Vec<_> = sizes
+        .iter()
+        .enumerate()
+        .map(|(n, &size)| {
+            objects
+                .put(&mut Pattern(n as u64 * 7919).take(size), size)
+                .unwrap()
+        })
+        .collect();
+    let (placed, blocks) = kiln_rootfs::plan_layer_data(&contents).unwrap().unwrap();
+    let output = dir.path().join("layer");
+    let (digest, size, written) = kiln_rootfs::write_layer_data(&contents, &objects, &output)
+        .unwrap()
+        .unwrap();
+    assert_eq!(written, placed, "the plan is what is written");
+    assert_eq!(size, blocks * 4096);
+    let bytes = std::fs::read(&output).unwrap();
+    assert_eq!(digest, kiln_types::Digest::sha256_of(&bytes));
+    // 4096 → block 0, 9000 → blocks 1-3, 12288 → 4-6, 4097 → 7-8.
+    let expected: Vec<(u64, u32)> = vec![(4096, 0), (9000, 1), (12288, 4), (4097, 7)];
+    for (content, &(want_size, block)) in contents.iter().filter(|c| c.size >= 4096).zip(&expected)
+    {
+        assert_eq!(content.size, want_size);
+        assert_eq!(placed[&content.offset], block);
+        let at = block as usize * 4096;
+        assert_eq!(
+            bytes[at..at + content.size as usize],
+            objects.read(content).unwrap()[..]
+        );
+    }
+    assert_eq!(blocks, 9);
+    assert!(
+        contents
+            .iter()
+            .filter(|c| c.size < 4096)
+            .all(|c| !placed.contains_key(&c.offset))
+    );
+    // Nothing of a block or more: no file.
+    let small = [contents[0].clone(), contents[3].clone()];
+    assert!(kiln_rootfs::plan_layer_data(&small).unwrap().is_none());
+    assert!(
+        kiln_rootfs::write_layer_data(&small, &objects, &dir.path().join("none"))
+            .unwrap()
+            .is_none()
+    );
+
+    // The metadata image's device table names the file.
+    let mut tree = Tree::new();
+    add(
+        &mut tree,
+        ROOT,
+        "big",
+        inode(Kind::File(contents[2].clone())),
+    );
+    let device = kiln_rootfs::LayerDevice {
+        tag: digest.hex().to_string(),
+        blocks: blocks as u32,
+        placed,
+    };
+    let metadata = dir.path().join("metadata.erofs");
+    kiln_rootfs::write_erofs_layered(&tree, &objects, &metadata, b"test", &[device]).unwrap();
+    assert_eq!(
+        kiln_rootfs::erofs_device_tags(&metadata).unwrap(),
+        [digest.hex().to_string()]
+    );
+    assert_eq!(
+        kiln_rootfs::erofs_device_tags(&dir.path().join("flat.erofs")).ok(),
+        None
+    );
+    let flat = dir.path().join("flat.erofs");
+    write_erofs(&tree, &objects, &flat, b"test").unwrap();
+    assert!(kiln_rootfs::erofs_device_tags(&flat).unwrap().is_empty());
+}
