@@ -577,7 +577,17 @@ fn prune_clears_a_killed_conversion_at_once_and_never_a_live_one() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for(|| !scratch_dirs(&kiln).is_empty(), "a conversion's scratch");
+    // Stopped once it is unpacking (its catalog writes, the leases on the
+    // layers, are done by then: a process frozen inside a write would
+    // hold the catalog's lock).
+    wait_for(
+        || {
+            scratch_dirs(&kiln).iter().any(|dir| {
+                std::fs::metadata(dir.join("objects/pack")).is_ok_and(|m| m.len() > 1_000_000)
+            })
+        },
+        "a conversion unpacking",
+    );
     let pid = child.id().to_string();
     let signal = |name: &str| {
         let status = std::process::Command::new("kill")
