@@ -242,9 +242,6 @@ pub fn write_erofs_layered(
             && size <= u64::from(u32::MAX);
         let inode_size = if compact { COMPACT_SIZE } else { INODE_SIZE };
         let head = inode_size + xattrs.len() as u64;
-        if head > BLOCK {
-            return Err(unrepresentable(id, "its xattrs exceed a block".into()));
-        }
         let chunk = match &inode.kind {
             Kind::File(content) if content.size >= BLOCK => {
                 external.get(&content.offset).and_then(|&(device, block)| {
@@ -415,8 +412,9 @@ pub fn write_erofs_layered(
                 encode_device(*major, *minor)
             }
             // The chunk format (the reserved half stays 0).
-            _ if slot.chunk.is_some() => slot.chunk.map_or(0, |(_, _, format)| u32::from(format)),
-            _ => slot.blkaddr,
+            _ => slot
+                .chunk
+                .map_or(slot.blkaddr, |(_, _, format)| u32::from(format)),
         };
         let mode = (inode.type_bits() | inode.mode) as u16;
         let ino = slot_of[slot.id] as u32 + 1;

@@ -953,28 +953,12 @@ impl Catalog {
         options: &str,
         converter_version: &str,
     ) -> Result<Option<ArtifactRecord>> {
-        let connection = self.lock();
-        let row = connection
-            .query_row(
-                "SELECT digest, size, created_at FROM artifacts WHERE image_id = ?1 AND format = ?2 AND options = ?3 AND converter_version = ?4",
-                params![image_id, format, options, converter_version],
-                |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, i64>(2)?)),
-            )
-            .optional()
-            .map_err(self.wrap())?;
-        drop(connection);
-        row.map(|(digest, size, created_at)| {
-            Ok(ArtifactRecord {
-                image_id,
-                format: format.to_string(),
-                options: options.to_string(),
-                converter_version: converter_version.to_string(),
-                digest: self.digest("artifacts.digest", digest)?,
-                size: size as u64,
-                created_at,
-            })
-        })
-        .transpose()
+        Ok(self
+            .query_artifacts(
+                "WHERE image_id = ?1 AND format = ?2 AND options = ?3 AND converter_version = ?4",
+                &[&image_id, &format, &options, &converter_version],
+            )?
+            .pop())
     }
 
     /// Records an artifact (replacing one with the same key) and releases
@@ -1008,32 +992,24 @@ impl Catalog {
 
     /// The artifacts of `format` by this converter, made from any image,
     /// whose options end with `suffix` (a layer's data file, which every
-    /// image with the layer shares): digest and size of each.
+    /// image with the layer shares): digest and size of each, once.
     pub fn artifacts_ending(
         &self,
         format: &str,
         suffix: &str,
         converter_version: &str,
     ) -> Result<Vec<(Digest, u64)>> {
-        let connection = self.lock();
-        let mut statement = connection
-            .prepare_cached(
-                "SELECT DISTINCT digest, size FROM artifacts WHERE format = ?1 AND converter_version = ?2
-                 AND substr(options, -length(?3)) = ?3 ORDER BY digest",
-            )
-            .map_err(self.wrap())?;
-        let rows: Vec<(String, i64)> = statement
-            .query_map(params![format, converter_version, suffix], |row| {
-                Ok((row.get(0)?, row.get(1)?))
-            })
-            .map_err(self.wrap())?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.wrap())?;
-        drop(statement);
-        drop(connection);
-        rows.into_iter()
-            .map(|(digest, size)| Ok((self.digest("artifacts.digest", digest)?, size as u64)))
-            .collect()
+        let mut found: Vec<(Digest, u64)> = self
+            .query_artifacts(
+                "WHERE format = ?1 AND converter_version = ?2 AND substr(options, -length(?3)) = ?3",
+                &[&format, &converter_version, &suffix],
+            )?
+            .into_iter()
+            .map(|a| (a.digest, a.size))
+            .collect();
+        found.sort();
+        found.dedup();
+        Ok(found)
     }
 
     /// Forgets the artifacts of `format` made from an image (their blobs
@@ -1050,23 +1026,33 @@ impl Catalog {
 
     /// The artifacts made from an image, by format, options and converter.
     pub fn artifacts_of(&self, image_id: i64) -> Result<Vec<ArtifactRecord>> {
+        self.query_artifacts(
+            "WHERE image_id = ?1 ORDER BY format, options, converter_version",
+            &[&image_id],
+        )
+    }
+
+    fn query_artifacts(
+        &self,
+        tail: &str,
+        parameters: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<ArtifactRecord>> {
+        type Row = (i64, String, String, String, String, i64, i64);
         let connection = self.lock();
-        let mut statement = connection
-            .prepare_cached(
-                "SELECT format, options, converter_version, digest, size, created_at FROM artifacts
-                 WHERE image_id = ?1 ORDER BY format, options, converter_version",
-            )
-            .map_err(self.wrap())?;
-        type Row = (String, String, String, String, i64, i64);
+        let sql = format!(
+            "SELECT image_id, format, options, converter_version, digest, size, created_at FROM artifacts {tail}"
+        );
+        let mut statement = connection.prepare_cached(&sql).map_err(self.wrap())?;
         let rows: Vec<Row> = statement
-            .query_map(params![image_id], |row| {
+            .query_map(parameters, |r| {
                 Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                    row.get(5)?,
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
                 ))
             })
             .map_err(self.wrap())?
@@ -1076,7 +1062,7 @@ impl Catalog {
         drop(connection);
         rows.into_iter()
             .map(
-                |(format, options, converter_version, digest, size, created_at)| {
+                |(image_id, format, options, converter_version, digest, size, created_at)| {
                     Ok(ArtifactRecord {
                         image_id,
                         format,

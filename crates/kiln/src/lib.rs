@@ -122,6 +122,21 @@ impl LeaseGuard<'_> {
     pub(crate) fn lease(&self) -> &kiln_store::Lease {
         self.lease.as_ref().expect("lease is held until taken")
     }
+
+    /// Makes `path`, a file this process wrote and hashed to `digest`, the
+    /// store's blob (leased first; a blob already there with that digest
+    /// is kept and `path` left for its scratch to remove).
+    pub(crate) fn keep(&self, path: &std::path::Path, digest: &Digest, size: u64) -> Result<()> {
+        self.manager
+            .store
+            .catalog()
+            .lease_blob(self.lease(), digest)?;
+        let content = self.manager.store.content();
+        if content.blob_size(digest)? != Some(size) {
+            content.adopt_file(path, digest, size)?;
+        }
+        Ok(())
+    }
 }
 
 /// A scratch directory in the store, removed on every exit path; its lock

@@ -23,7 +23,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use kiln_oci::{BlobSource, Mount, RegistryClient, Repository};
-use kiln_store::ArtifactRecord;
 use kiln_types::media_type;
 use kiln_types::{Descriptor, Digest, ImageManifest, Platform, Reference};
 use serde::Serialize;
@@ -733,15 +732,13 @@ impl Manager {
             });
         }
         catalog.add_artifact(
-            &ArtifactRecord {
-                image_id: image.id,
-                format: format.as_str().to_string(),
-                options: options.to_string(),
-                converter_version: CONVERTER_VERSION.to_string(),
-                digest: layer.digest.clone(),
-                size: layer.size,
-                created_at: kiln_store::fsutil::now(),
-            },
+            &crate::rootfs::converted(
+                image.id,
+                format.as_str(),
+                options.to_string(),
+                &layer.digest,
+                layer.size,
+            ),
             guard.lease.take(),
         )?;
         Ok(RootfsArtifact {

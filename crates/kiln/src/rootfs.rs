@@ -202,30 +202,17 @@ impl Manager {
                 (tree, unpacker.objects.clone(), unpacker.scratch.0.as_path())
             }
             None => {
-                if !image.complete {
-                    return Err(Error::ImageNotFound {
-                        query: format!("{query} (incomplete: pull it again)"),
-                    });
-                }
                 // Leased while the layers are read.
                 reading = crate::LeaseGuard::new(self)?;
                 own_scratch = Scratch::new(self)?;
                 let (tree, objects, _) =
-                    self.image_tree(image.id, query, reading.lease(), &own_scratch.0)?;
+                    self.image_tree(image, query, reading.lease(), &own_scratch.0)?;
                 (tree, Arc::new(objects), own_scratch.0.as_path())
             }
         };
         for (artifact, &(format, size)) in artifacts.iter_mut().zip(formats) {
             if artifact.is_none() {
-                let mut built = self.build_rootfs(
-                    image,
-                    &tree,
-                    &objects,
-                    format,
-                    size,
-                    crate::LeaseGuard::new(self)?,
-                    scratch,
-                )?;
+                let mut built = self.build_rootfs(image, &tree, &objects, format, size, scratch)?;
                 built.unpacked_while_pulling = unpacked_while_pulling;
                 *artifact = Some(built);
             }
@@ -264,9 +251,8 @@ impl Manager {
     }
 
     /// Writes `tree` (contents in `objects`) as a `format` image in
-    /// `scratch`, then commits it as the artifact of `image`; `guard`'s
-    /// lease keeps the new blob until the artifact row holds it.
-    #[allow(clippy::too_many_arguments)]
+    /// `scratch`, then commits it as the artifact of `image` (a lease keeps
+    /// the new blob until the artifact row holds it).
     fn build_rootfs(
         &self,
         image: &kiln_store::ImageRecord,
@@ -274,9 +260,9 @@ impl Manager {
         objects: &ObjectDir,
         format: RootfsFormat,
         size: Option<u64>,
-        mut guard: crate::LeaseGuard<'_>,
         scratch: &Path,
     ) -> Result<RootfsArtifact> {
+        let mut guard = crate::LeaseGuard::new(self)?;
         let catalog = self.store.catalog();
         let output = scratch.join(format!("output-{}", format.as_str()));
         let identity = image.manifest_digest.to_string();
@@ -288,19 +274,14 @@ impl Manager {
             RootfsFormat::Erofs => write_erofs(tree, objects, &output, identity.as_bytes())?,
             RootfsFormat::Ext4 => write_ext4(tree, objects, &output, size, identity.as_bytes())?,
         };
-        catalog.lease_blob(guard.lease(), &digest)?;
-        if self.store.content().blob_size(&digest)? != Some(written) {
-            self.store.content().adopt_file(&output, &digest, written)?;
-        }
-        let record = ArtifactRecord {
-            image_id: image.id,
-            format: format.as_str().to_string(),
-            options: rootfs_options(format, size),
-            converter_version: CONVERTER_VERSION.to_string(),
-            digest: digest.clone(),
-            size: written,
-            created_at: kiln_store::fsutil::now(),
-        };
+        guard.keep(&output, &digest, written)?;
+        let record = converted(
+            image.id,
+            format.as_str(),
+            rootfs_options(format, size),
+            &digest,
+            written,
+        );
         catalog.add_artifact(&record, guard.lease.take())?;
         catalog.touch_image(image.id)?;
         Ok(RootfsArtifact {
@@ -494,15 +475,10 @@ impl Manager {
         if let Some(found) = self.cached_layered(&image)? {
             return Ok(found);
         }
-        if !image.complete {
-            return Err(Error::ImageNotFound {
-                query: format!("{query} (incomplete: pull it again)"),
-            });
-        }
         let reading = crate::LeaseGuard::new(self)?;
         let scratch = Scratch::new(self)?;
         let (tree, objects, contents) =
-            self.image_tree(image.id, query, reading.lease(), &scratch.0)?;
+            self.image_tree(&image, query, reading.lease(), &scratch.0)?;
         self.build_layered(&image, &tree, &objects, &contents, &scratch.0)
     }
 
@@ -523,8 +499,11 @@ impl Manager {
         let query = pulled.manifest_digest.to_string();
         let platform = pulled.platform.parse::<Platform>().ok();
         let image = self.one_image(&query, platform.as_ref())?;
+        if let Some(found) = self.cached_layered(&image)? {
+            return Ok((pulled, found));
+        }
         let layered = match parsed {
-            Some(layers) if self.cached_layered(&image)?.is_none() => {
+            Some(layers) => {
                 let contents: Vec<Vec<ContentRef>> =
                     layers.iter().map(ParsedLayer::contents).collect();
                 let mut tree = Tree::new();
@@ -615,10 +594,7 @@ impl Manager {
                     let Some((digest, size, _)) = write_layer_data(list, objects, &output)? else {
                         continue;
                     };
-                    catalog.lease_blob(guard.lease(), &digest)?;
-                    if content.blob_size(&digest)? != Some(size) {
-                        content.adopt_file(&output, &digest, size)?;
-                    }
+                    guard.keep(&output, &digest, size)?;
                     (digest, size)
                 }
             };
@@ -643,25 +619,14 @@ impl Manager {
         let identity = image.manifest_digest.to_string();
         let (digest, size) =
             write_erofs_layered(tree, objects, &output, identity.as_bytes(), &layer_devices)?;
-        catalog.lease_blob(guard.lease(), &digest)?;
-        if content.blob_size(&digest)? != Some(size) {
-            content.adopt_file(&output, &digest, size)?;
-        }
-        let record = |format: &str, options: String, digest: &Digest, size: u64| ArtifactRecord {
-            image_id: image.id,
-            format: format.to_string(),
-            options,
-            converter_version: CONVERTER_VERSION.to_string(),
-            digest: digest.clone(),
-            size,
-            created_at: kiln_store::fsutil::now(),
-        };
+        guard.keep(&output, &digest, size)?;
         // The devices first (rows an earlier conversion left go), then the
         // metadata, whose device table says which rows belong to it.
         catalog.remove_artifacts(image.id, LAYER_DATA_FORMAT)?;
         for device in &devices {
             catalog.add_artifact(
-                &record(
+                &converted(
+                    image.id,
                     LAYER_DATA_FORMAT,
                     format!("layer={} {}", device.layer, layer_keys[device.layer]),
                     &device.digest,
@@ -671,7 +636,8 @@ impl Manager {
             )?;
         }
         catalog.add_artifact(
-            &record(
+            &converted(
+                image.id,
                 RootfsFormat::Erofs.as_str(),
                 LAYERED_OPTIONS.into(),
                 &digest,
@@ -700,17 +666,16 @@ impl Manager {
     fn cached_layered(&self, image: &kiln_store::ImageRecord) -> Result<Option<LayeredRootfs>> {
         let catalog = self.store.catalog();
         let content = self.store.content();
-        let Some(metadata) = catalog.artifact(
-            image.id,
-            RootfsFormat::Erofs.as_str(),
-            LAYERED_OPTIONS,
-            CONVERTER_VERSION,
-        )?
-        else {
+        let rows = catalog.artifacts_of(image.id)?;
+        let Some(metadata) = rows.iter().find(|row| {
+            row.format == RootfsFormat::Erofs.as_str()
+                && row.options == LAYERED_OPTIONS
+                && row.converter_version == CONVERTER_VERSION
+        }) else {
             return Ok(None);
         };
         let mut devices = Vec::new();
-        for row in catalog.artifacts_of(image.id)? {
+        for row in &rows {
             let layer = row
                 .options
                 .strip_prefix("layer=")
@@ -724,7 +689,7 @@ impl Manager {
                 devices.push(LayerData {
                     layer,
                     path: content.blob_path(&row.digest),
-                    digest: row.digest,
+                    digest: row.digest.clone(),
                     size: row.size,
                 });
             }
@@ -746,12 +711,8 @@ impl Manager {
         {
             return Ok(None);
         }
-        for (digest, size) in devices
-            .iter()
-            .map(|d| (&d.digest, d.size))
-            .chain([(&metadata.digest, metadata.size)])
-        {
-            if content.blob_size(digest)? != Some(size) {
+        for device in &devices {
+            if content.blob_size(&device.digest)? != Some(device.size) {
                 return Ok(None);
             }
         }
@@ -762,7 +723,7 @@ impl Manager {
                 image: image.manifest_digest.clone(),
                 format: RootfsFormat::Erofs,
                 path: content.blob_path(&metadata.digest),
-                digest: metadata.digest,
+                digest: metadata.digest.clone(),
                 size: metadata.size,
                 cached: true,
                 unpacked_while_pulling: false,
@@ -777,11 +738,17 @@ impl Manager {
     /// order. Layer blobs are leased while read.
     pub(crate) fn image_tree(
         &self,
-        image_id: i64,
+        image: &kiln_store::ImageRecord,
         query: &str,
         lease: &kiln_store::Lease,
         scratch: &Path,
     ) -> Result<(Tree, ObjectDir, Vec<Vec<ContentRef>>)> {
+        if !image.complete {
+            return Err(Error::ImageNotFound {
+                query: format!("{query} (incomplete: pull it again)"),
+            });
+        }
+        let image_id = image.id;
         let catalog = self.store.catalog();
         let objects =
             ObjectDir::open(&scratch.join("objects")).map_err(kiln_store::StoreError::from)?;
@@ -806,6 +773,26 @@ impl Manager {
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let (tree, contents) = read_layers_with_contents(blobs, &objects, workers)?;
         Ok((tree, objects, contents))
+    }
+}
+
+/// The catalog row of a root filesystem this kiln's converter made (or
+/// fetched) from image `image_id`, now.
+pub(crate) fn converted(
+    image_id: i64,
+    format: &str,
+    options: String,
+    digest: &Digest,
+    size: u64,
+) -> ArtifactRecord {
+    ArtifactRecord {
+        image_id,
+        format: format.to_string(),
+        options,
+        converter_version: CONVERTER_VERSION.to_string(),
+        digest: digest.clone(),
+        size,
+        created_at: kiln_store::fsutil::now(),
     }
 }
 

@@ -92,7 +92,7 @@ impl Manager {
             disk: disk.to_string(),
             detail: error.to_string(),
         })?;
-        let (tree, objects, _) = self.image_tree(base.id, disk, guard.lease(), &scratch.0)?;
+        let (tree, objects, _) = self.image_tree(&base, disk, guard.lease(), &scratch.0)?;
 
         // The layer: tar → (diff_id hash) → gzip → (blob hash) → file.
         let layer_path = scratch.0.join("layer.tar.gz");
@@ -122,12 +122,7 @@ impl Manager {
             compressed.size,
         );
         drop(compressed.inner);
-        catalog.lease_blob(guard.lease(), &layer_digest)?;
-        if self.store.content().blob_size(&layer_digest)?.is_none() {
-            self.store
-                .content()
-                .adopt_file(&layer_path, &layer_digest, layer_size)?;
-        }
+        guard.keep(&layer_path, &layer_digest, layer_size)?;
         catalog.record_blob(&layer_digest, layer_size)?;
 
         // Config and manifest: the base's, extended by one layer.

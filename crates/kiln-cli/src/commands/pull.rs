@@ -52,25 +52,10 @@ pub fn run(manager: &Manager, args: PullArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         if !args.quiet {
-            printer::status(format!(
-                "pulled {} ({}), layered erofs (metadata {}, {} layer file{}): {}",
-                pulled.reference,
-                pulled.platform,
-                size(layered.metadata.size),
-                layered.devices.len(),
-                if layered.devices.len() == 1 { "" } else { "s" },
-                if layered.cached {
-                    "from the store"
-                } else {
-                    "built"
-                }
-            ));
+            printer::status(format!("pulled {} ({})", pulled.reference, pulled.platform));
         }
         printer::out(&pulled.manifest_digest)?;
-        printer::out(layered.metadata.path.display())?;
-        for device in &layered.devices {
-            printer::out(device.path.display())?;
-        }
+        super::rootfs::print_layered(&layered, args.quiet)?;
         return Ok(ExitCode::SUCCESS);
     }
     let (pulled, artifacts) =

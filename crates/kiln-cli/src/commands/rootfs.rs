@@ -97,23 +97,32 @@ fn layered(
         printer::json(&built)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let shared: u64 = built.devices.iter().map(|d| d.size).sum();
-    printer::status(format!(
-        "layered erofs of {} (metadata {}, {} layer file{} {}): {}",
-        built.image,
-        size(built.metadata.size),
-        built.devices.len(),
-        if built.devices.len() == 1 { "" } else { "s" },
-        size(shared),
-        if built.cached {
-            "from the store"
-        } else {
-            "built"
-        }
-    ));
+    print_layered(&built, false)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A layered EROFS on the terminal: a status line (unless `quiet`), then
+/// the metadata image's path and each layer file's, in device order.
+pub fn print_layered(built: &kiln::LayeredRootfs, quiet: bool) -> anyhow::Result<()> {
+    if !quiet {
+        let shared: u64 = built.devices.iter().map(|d| d.size).sum();
+        printer::status(format!(
+            "layered erofs of {} (metadata {}, {} layer file{} {}): {}",
+            built.image,
+            size(built.metadata.size),
+            built.devices.len(),
+            if built.devices.len() == 1 { "" } else { "s" },
+            size(shared),
+            if built.cached {
+                "from the store"
+            } else {
+                "built"
+            }
+        ));
+    }
     printer::out(built.metadata.path.display())?;
     for device in &built.devices {
         printer::out(device.path.display())?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
