@@ -482,18 +482,10 @@ impl ParsedLayer {
 /// contents stored in `objects`), and applied in order as they come. A
 /// worker reads at most `workers` layers past the last applied one, so few
 /// parsed layers wait in memory; once a layer fails, the others stop
-/// between entries and the first error in layer order is returned.
-pub fn read_layers<R: Read + Send + 'static>(
-    layers: Vec<(R, kiln_types::media_type::Compression)>,
-    objects: &ObjectDir,
-    workers: usize,
-) -> Result<Tree> {
-    Ok(read_layers_with_contents(layers, objects, workers)?.0)
-}
-
-/// [`read_layers`], also returning each layer's file contents in the order
-/// its tar holds them (every regular file the layer carries, also those a
-/// later layer removes): what a per-layer image of the layer holds.
+/// between entries and the first error in layer order is returned. Also
+/// returns each layer's file contents in the order its tar holds them
+/// (every regular file the layer carries, also those a later layer
+/// removes): what a per-layer image of the layer holds.
 pub fn read_layers_with_contents<R: Read + Send + 'static>(
     layers: Vec<(R, kiln_types::media_type::Compression)>,
     objects: &ObjectDir,

@@ -224,9 +224,8 @@ impl Emitter {
             self.buffer.push_zeros(pad);
         }
         let next = self.recycled.try_recv().unwrap_or_else(|_| Aligned::new());
-        let mut buffer = std::mem::replace(&mut self.buffer, next);
+        let buffer = std::mem::replace(&mut self.buffer, next);
         self.buffer.len = 0;
-        buffer.len = length.next_multiple_of(ALIGN);
         self.send(Write::Buffer {
             buffer,
             start,

@@ -35,7 +35,7 @@ pub mod tree;
 
 pub use apply::{
     LayerPipe, MAX_LAYER_ENTRIES, ParsedLayer, ReadAhead, apply_layer, layer_pipe, layer_reader,
-    layer_reader_ahead, parse_layer, parse_layer_unless, read_layers, read_layers_with_contents,
+    layer_reader_ahead, parse_layer, parse_layer_unless, read_layers_with_contents,
 };
 pub use diff::{DiffStats, FsView, Stat, write_diff_layer};
 pub use erofs::{

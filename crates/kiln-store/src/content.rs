@@ -217,10 +217,16 @@ impl ContentStore {
         let ingest = self.dir.join("ingest");
         let making = ingest.join(format!("{}.making", name.trim_end_matches(".tmp")));
         fs::create_dir_all(&making)?;
-        let lock = LockFile::acquire(&making.join(SCRATCH_LOCK), LockMode::Exclusive)?;
         let dir = ingest.join(name);
-        fs::rename(&making, &dir)?;
-        Ok((dir, lock))
+        let locked = LockFile::acquire(&making.join(SCRATCH_LOCK), LockMode::Exclusive)
+            .and_then(|lock| fs::rename(&making, &dir).map(|()| lock));
+        match locked {
+            Ok(lock) => Ok((dir, lock)),
+            Err(error) => {
+                let _ = std::fs::remove_dir_all(&making);
+                Err(error.into())
+            }
+        }
     }
 
     /// Makes `path`, a file kiln wrote inside the store (a conversion's
@@ -371,37 +377,38 @@ impl ContentStore {
                 let metadata = entry.metadata()?;
                 let path = entry.path();
                 let lock = path.join(SCRATCH_LOCK);
-                let dead = || -> std::io::Result<Option<LockFile>> {
-                    if name.ends_with(".tmp")
-                        && metadata.is_dir()
-                        && metadata.mtime() < fsutil::now() - DEAD_SCRATCH_AGE
-                        && lock.exists()
-                    {
-                        LockFile::try_acquire(&lock, LockMode::Exclusive)
-                    } else {
-                        Ok(None)
+                // A scratch with its lock goes when nobody holds the lock
+                // (whatever its age: a live one is never taken); anything
+                // else once it is older than `older_than`.
+                let held = if name.ends_with(".tmp") && metadata.is_dir() && lock.exists() {
+                    if metadata.mtime() >= fsutil::now() - DEAD_SCRATCH_AGE {
+                        continue;
                     }
-                };
-                let held = dead()?;
-                if metadata.mtime() >= older_than && held.is_none() {
+                    match LockFile::try_acquire(&lock, LockMode::Exclusive)? {
+                        Some(held) => Some(held),
+                        None => continue,
+                    }
+                } else if metadata.mtime() < older_than {
+                    None
+                } else {
                     continue;
-                }
+                };
                 let size = if metadata.is_dir() {
                     tree_size(&path)
                 } else {
                     metadata.len()
                 };
                 let removed = if metadata.is_dir() {
-                    std::fs::remove_dir_all(&path)
+                    fs::remove_dir_all(&path)
                 } else {
-                    std::fs::remove_file(&path)
+                    fs::remove_file(&path)
                 };
                 drop(held);
                 match removed {
                     Ok(()) => freed += size,
                     // Another prune was first.
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(fs_error("remove", &path, e).into()),
+                    Err(e) => return Err(e.into()),
                 }
             }
         }
@@ -422,14 +429,6 @@ fn tree_size(path: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
-}
-
-/// An I/O error naming what was done to which path.
-fn fs_error(action: &str, path: &Path, error: std::io::Error) -> std::io::Error {
-    std::io::Error::new(
-        error.kind(),
-        format!("failed to {action} {}: {error}", path.display()),
-    )
 }
 
 /// Hashes everything `reader` yields.

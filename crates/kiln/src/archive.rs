@@ -374,8 +374,7 @@ impl EntrySink for Loader<'_> {
         });
         let store = &self.manager.store;
         if self.scratch.is_none() {
-            let (dir, lock) = other!(store.content().scratch_dir())?;
-            self.scratch = Some(Scratch(dir, lock));
+            self.scratch = Some(other!(Scratch::new(self.manager))?);
         }
         let dir: PathBuf = self
             .scratch
