@@ -358,6 +358,49 @@ fn snapshot_round_trip() {
     );
 }
 
+/// A sandbox can make a sparse file far larger than its disk; a layer would
+/// store it in full. `snapshot` refuses, naming the file, and records
+/// nothing; once the file is gone, the snapshot goes through.
+#[test]
+fn a_sparse_file_larger_than_the_disk_is_refused_by_snapshot() {
+    let env = env();
+    let kiln = Kiln::new();
+    let reference = format!("{}/busybox:1", env.registry);
+    kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
+    let disk = kiln
+        .run(&[
+            "disk", "create", "work", "--image", &reference, "--format", "raw",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let mnt = kiln.dir.path().join("mnt");
+    mount(Path::new(&disk), &mnt, "loop,rw");
+    let huge = std::fs::File::create(mnt.join("huge")).unwrap();
+    huge.set_len(64 << 30).unwrap();
+    drop(huge);
+    umount(&mnt);
+
+    let refused = kiln.run(&["snapshot", "work", "localhost/huge:1"]).fails(1);
+    refused.assert_one_error();
+    assert!(
+        refused.stderr.starts_with("error: /huge: ")
+            && refused.stderr.contains("sparse")
+            && refused.stderr.contains("hint: remove that file"),
+        "{}",
+        refused.stderr
+    );
+    let images = kiln.run(&["images", "-q"]).ok().stdout;
+    assert_eq!(images.lines().count(), 1, "nothing recorded: {images}");
+    kiln.run(&["fsck"]).ok();
+
+    mount(Path::new(&disk), &mnt, "loop,rw");
+    std::fs::remove_file(mnt.join("huge")).unwrap();
+    umount(&mnt);
+    kiln.run(&["snapshot", "work", "localhost/huge:1"]).ok();
+}
+
 #[test]
 fn an_ordinary_user_snapshots_a_disk_without_root() {
     let env = env();

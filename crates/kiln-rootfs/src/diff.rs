@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 
-use crate::error::Result;
+use crate::error::{Result, RootfsError};
 use crate::ext4read::Ext4Image;
 use crate::objects::ObjectDir;
 use crate::tree::{InodeId, Kind, ROOT, Tree};
@@ -74,6 +74,12 @@ pub trait FsView {
     fn xattrs(&self, node: &Self::Node) -> std::io::Result<BTreeMap<Vec<u8>, Vec<u8>>>;
     /// A regular file's content.
     fn open(&self, node: &Self::Node) -> std::io::Result<Box<dyn Read + '_>>;
+    /// What the view's files can hold in all, if bounded: a diff that
+    /// would write more file data than that is refused (see
+    /// [`write_diff_layer`]).
+    fn capacity(&self) -> Option<u64> {
+        None
+    }
 }
 
 impl FsView for Ext4Image {
@@ -115,6 +121,10 @@ impl FsView for Ext4Image {
 
     fn open(&self, node: &u32) -> std::io::Result<Box<dyn Read + '_>> {
         Ok(Box::new(self.reader(&self.inode(*node)?)?))
+    }
+
+    fn capacity(&self) -> Option<u64> {
+        Some(Ext4Image::capacity(self))
     }
 }
 
@@ -167,6 +177,12 @@ fn carried(name: &[u8]) -> bool {
 
 /// Writes, as an uncompressed tar to `output`, how the tree `view` shows
 /// differs from `base`. `lost+found` at the top is ignored.
+///
+/// Files are written out in full, holes as zeros: a layer has no holes
+/// that every reader understands. So that a disk cannot make a layer far
+/// larger than itself (a sparse file of a terabyte on a 1 GiB disk), the
+/// file data written is bounded by the view's [`FsView::capacity`], and
+/// going past it is an error naming the file.
 pub fn write_diff_layer<V: FsView>(
     base: &Tree,
     objects: &ObjectDir,
@@ -183,6 +199,7 @@ pub fn write_diff_layer<V: FsView>(
         directories: HashSet::new(),
         held: 0,
         visited: 0,
+        data: 0,
         stats: &mut stats,
     };
     let root = view.root()?;
@@ -207,6 +224,8 @@ struct Walker<'a, V: FsView> {
     /// memory), and entries seen in all.
     held: usize,
     visited: usize,
+    /// File data written so far, in bytes.
+    data: u64,
     stats: &'a mut DiffStats,
 }
 
@@ -218,6 +237,21 @@ const MAX_HELD: usize = 4 << 20;
 const MAX_VISITED: usize = 16 << 20;
 
 impl<V: FsView> Walker<'_, V> {
+    /// Counts `size` bytes of file data for `path`, refusing more than the
+    /// view holds.
+    fn count_data(&mut self, path: &[Vec<u8>], size: u64) -> Result<()> {
+        self.data = self.data.saturating_add(size);
+        match self.view.capacity() {
+            Some(capacity) if self.data > capacity => Err(RootfsError::DiffTooLarge {
+                path: format!("/{}", String::from_utf8_lossy(&path.join(&b'/'))),
+                size,
+                total: self.data,
+                capacity,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn walk<W: Write>(
         &mut self,
         base_dir: Option<InodeId>,
@@ -276,7 +310,12 @@ impl<V: FsView> Walker<'_, V> {
             if !same {
                 match self.links.get(&stat.key).filter(|_| linked) {
                     Some(target) => append(builder, &child, Entry::<V>::Link(target, &stat))?,
-                    None => append(builder, &child, Entry::Node(self.view, node, &stat))?,
+                    None => {
+                        if stat.file_type() == S_IFREG {
+                            self.count_data(&child, stat.size)?;
+                        }
+                        append(builder, &child, Entry::Node(self.view, node, &stat))?
+                    }
                 }
                 self.stats.changed += 1;
             }

@@ -23,6 +23,18 @@ pub enum RootfsError {
     /// The tree holds something the output format cannot carry.
     #[error("{path}: cannot be written: {reason}")]
     Unrepresentable { path: String, reason: String },
+    /// A diff would store more file data than the filesystem it reads can
+    /// hold (sparse files: a layer stores files in full).
+    #[error(
+        "{path}: its {size} bytes bring the files to store to {total} bytes, more than the \
+         disk's {capacity} bytes (a sparse file? a layer stores files in full)"
+    )]
+    DiffTooLarge {
+        path: String,
+        size: u64,
+        total: u64,
+        capacity: u64,
+    },
     /// Local I/O (object store, output file).
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -36,6 +48,7 @@ impl RootfsError {
             RootfsError::Unrepresentable { .. } | RootfsError::TooSmall { .. } => {
                 ErrorKind::InvalidArgument
             }
+            RootfsError::DiffTooLarge { .. } => ErrorKind::FailedPrecondition,
             RootfsError::Io(error) => ErrorKind::of_io(error),
         }
     }
@@ -49,6 +62,10 @@ impl RootfsError {
                 "pass a larger --size (kiln's default for this image is {}M), or leave --size out",
                 needed >> 20
             )),
+            RootfsError::DiffTooLarge { .. } => Some(
+                "remove that file or make it smaller inside the sandbox, then snapshot again"
+                    .into(),
+            ),
             _ => None,
         }
     }

@@ -46,6 +46,8 @@ pub struct Ext4Image {
     file: fs::File,
     path: PathBuf,
     block: u64,
+    /// The filesystem's size in bytes (its block count).
+    size: u64,
     inodes_per_group: u64,
     inode_size: u64,
     descriptors: Vec<u8>,
@@ -164,12 +166,19 @@ impl Ext4Image {
             file,
             path: path.to_path_buf(),
             block,
+            size: blocks * block,
             inodes_per_group,
             inode_size,
             descriptors,
             descriptor_size,
             wide,
         })
+    }
+
+    /// The filesystem's size in bytes: what all its files' data fits in,
+    /// unless some are sparse.
+    pub fn capacity(&self) -> u64 {
+        self.size
     }
 
     /// An error about this image: `PATH: what`.

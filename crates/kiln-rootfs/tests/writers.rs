@@ -7,6 +7,9 @@
 //! read back through them (`debugfs rdump`, `fsck.erofs --extract`) and
 //! through the kernel (a read-only loop mount: the suite runs as root).
 
+mod support;
+use support::Rng;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
@@ -521,4 +524,188 @@ fn a_layer_data_file_is_laid_out_as_planned_and_named_in_the_device_table() {
     let flat = dir.path().join("flat.erofs");
     write_erofs(&tree, &objects, &flat, b"test").unwrap();
     assert!(kiln_rootfs::erofs_device_tags(&flat).unwrap().is_empty());
+}
+
+/// An output that refuses more than `left` bytes: a diff of a small disk
+/// that streams gigabytes is a failure the test reports as an error.
+struct Capped {
+    left: u64,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = bytes.len() as u64;
+        if n > self.left {
+            return Err(std::io::Error::other("more output than the disk holds"));
+        }
+        self.left -= n;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A sandbox's disk is untrusted input to `kiln snapshot`, which reads it
+/// with kiln's own ext4 reader. Seeded random damage to the metadata of a
+/// real image (superblock, group descriptors, bitmaps, inodes, directory,
+/// extent and xattr blocks: every block that is not all zeros) must give an
+/// error or a diff, and never a panic or a hang.
+#[test]
+fn randomly_damaged_ext4_disks_give_an_error_or_a_diff_never_a_panic_or_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
+    let mut tree = Tree::new();
+    let etc = add(&mut tree, ROOT, "etc", Inode::implicit_directory());
+    for n in 0..40 {
+        let body = format!("line {n}\n").repeat(n * 20);
+        let content = objects
+            .put(&mut body.as_bytes(), body.len() as u64)
+            .unwrap();
+        add(
+            &mut tree,
+            etc,
+            &format!("file-{n}"),
+            inode(Kind::File(content)),
+        );
+    }
+    let nested = add(&mut tree, etc, "nested", Inode::implicit_directory());
+    add(
+        &mut tree,
+        nested,
+        "short",
+        inode(Kind::Symlink(b"../file-1".to_vec())),
+    );
+    add(
+        &mut tree,
+        nested,
+        "long",
+        inode(Kind::Symlink(vec![b'l'; 300])),
+    );
+    add(
+        &mut tree,
+        ROOT,
+        "null",
+        inode(Kind::CharDevice { major: 1, minor: 3 }),
+    );
+    let content = objects.put(&mut &b"attrs"[..], 5).unwrap();
+    let mut attrs = inode(Kind::File(content));
+    attrs.xattrs.insert(b"user.big".to_vec(), vec![b'v'; 1500]);
+    attrs.xattrs.insert(b"user.small".to_vec(), b"s".to_vec());
+    let linked = add(&mut tree, ROOT, "attrs", attrs);
+    let Kind::Directory(entries) = &mut tree.inodes[nested].kind else {
+        panic!()
+    };
+    entries.insert(
+        b"hardlink".to_vec(),
+        DirEntry {
+            inode: linked,
+            layer: 0,
+        },
+    );
+    let content = objects.put(&mut Pattern(0).take(300_000), 300_000).unwrap();
+    add(&mut tree, ROOT, "large", inode(Kind::File(content)));
+
+    let image = dir.path().join("disk.ext4");
+    write_ext4(&tree, &objects, &image, None, b"t").unwrap();
+    let pristine = std::fs::read(&image).unwrap();
+    // Damage goes where the reader looks: the superblock and the group
+    // descriptors, the inode of every path, the xattr block, and the
+    // directories' blocks (`debugfs` says where each is).
+    let block = 1024usize << u32::from_le_bytes(pristine[1048..1052].try_into().unwrap());
+    let mut targets = vec![(1024, 1024), (block.max(2048), 64)];
+    let mut requests = String::new();
+    for (path, id) in tree.walk() {
+        let path = String::from_utf8(path.join(&b'/')).unwrap();
+        requests.push_str(&format!("imap /{path}\nstat /{path}\n"));
+        if matches!(tree.inodes[id].kind, Kind::Directory(_)) {
+            let listed = run(Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("blocks /{path}"))
+                .arg(&image));
+            for number in listed
+                .split_whitespace()
+                .filter_map(|w| w.parse::<usize>().ok())
+            {
+                targets.push((number * block, block));
+            }
+        }
+    }
+    let script = dir.path().join("requests");
+    std::fs::write(&script, requests).unwrap();
+    let listed = run(Command::new("debugfs").arg("-f").arg(&script).arg(&image));
+    for line in listed.lines().map(str::trim) {
+        if let Some(place) = line.strip_prefix("located at block ") {
+            let (number, offset) = place.split_once(", offset 0x").unwrap();
+            let at = number.parse::<usize>().unwrap() * block
+                + usize::from_str_radix(offset, 16).unwrap();
+            targets.push((at, 256));
+        } else if let Some(acl) = line.strip_prefix("File ACL: ") {
+            let number: usize = acl.split_whitespace().next().unwrap().parse().unwrap();
+            if number != 0 {
+                targets.push((number * block, block));
+            }
+        }
+    }
+    assert!(targets.len() > 50, "{targets:?}");
+    let cap = 4 * pristine.len() as u64;
+    let (tree, objects) = (std::sync::Arc::new(tree), std::sync::Arc::new(objects));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
+
+    let cases = support::damage_cases(2000);
+    let mut refused = 0;
+    for seed in 0..cases {
+        use std::os::unix::fs::FileExt;
+        let mut rng = Rng(seed);
+        let mut damaged = Vec::new();
+        for _ in 0..=rng.below(4) {
+            let (start, length) = targets[rng.below(targets.len())];
+            let at = start + rng.below(length - 4);
+            let mut value = pristine[at..at + 4].to_vec();
+            match rng.below(3) {
+                0 => value[0] = rng.next() as u8,
+                // A count, size or block number gone wild or gone.
+                1 => {
+                    value = [0u32, 1, 0xffff_ffff, 0x7fff_ffff][rng.below(4)]
+                        .to_le_bytes()
+                        .to_vec()
+                }
+                _ => value[0] ^= 1 << rng.below(8),
+            }
+            file.write_all_at(&value, at as u64).unwrap();
+            damaged.push(at);
+        }
+        let (done, outcome) = std::sync::mpsc::channel();
+        let (tree, objects, image) = (tree.clone(), objects.clone(), image.clone());
+        std::thread::spawn(move || {
+            let result = std::panic::catch_unwind(|| {
+                let view = kiln_rootfs::Ext4Image::open(&image)?;
+                kiln_rootfs::write_diff_layer(&tree, &objects, &view, Capped { left: cap })
+                    .map_err(std::io::Error::other)
+            });
+            let _ = done.send(result.map(|r| r.map_err(|e| e.to_string())));
+        });
+        match outcome.recv_timeout(std::time::Duration::from_secs(30)) {
+            Ok(Ok(Ok(_))) => {}
+            Ok(Ok(Err(error))) => {
+                refused += 1;
+                assert!(
+                    !error.contains("more output than the disk holds"),
+                    "seed {seed}: a diff of a {} byte disk ran past {cap} bytes",
+                    pristine.len()
+                );
+            }
+            Ok(Err(_)) => panic!("seed {seed}: the ext4 reader panicked"),
+            Err(_) => panic!("seed {seed}: the ext4 reader hung (30 s)"),
+        }
+        for at in damaged.into_iter().rev() {
+            file.write_all_at(&pristine[at..at + 4], at as u64).unwrap();
+        }
+    }
+    eprintln!("{refused} of {cases} damaged disks refused");
+    assert!(refused > 0, "the damage reaches the reader's checks");
 }
