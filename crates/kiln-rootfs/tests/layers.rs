@@ -476,9 +476,10 @@ fn damage(layer: &[u8], rng: &mut Rng) -> Vec<u8> {
                 2 => b'/',
                 _ => 0,
             };
-            for offset in at..(at + 1 + rng.below(12)).min(header + 500) {
+            let end = (at + 1 + rng.below(12)).min(header + 500);
+            for (offset, byte) in out.iter_mut().enumerate().take(end).skip(at) {
                 if !(148..156).contains(&(offset - header)) {
-                    out[offset] = fill;
+                    *byte = fill;
                 }
             }
             reseal(&mut out, header);
