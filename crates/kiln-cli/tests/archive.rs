@@ -669,6 +669,16 @@ fn bad_archives_are_refused_and_leave_nothing() {
         assert_store_empty(&kiln);
     }
 
+    // A name that pins a digest the image does not have.
+    let pinned = format!("localhost/pinned@sha256:{}", "b".repeat(64));
+    let kiln = Kiln::new();
+    let run = kiln
+        .run(&["load", "-q", "-i", good.to_str().unwrap(), "-t", &pinned])
+        .fails(1);
+    run.assert_one_error();
+    assert!(run.stderr.contains("pins another digest"), "{}", run.stderr);
+    assert_store_empty(&kiln);
+
     // A link that leaves the archive (python writes it raw).
     let linked = work.path().join("link.tar");
     let status = Command::new("python3")

@@ -268,6 +268,15 @@ fn snapshot_round_trip() {
         .ok()
         .json();
     assert_eq!(snapshot["changed"], 3, "{snapshot}");
+    // Named by a digest it cannot have: refused, as `docker commit` does.
+    let pinned = format!("localhost/work-snap@sha256:{}", "a".repeat(64));
+    let refused = kiln.run(&["snapshot", "work", &pinned]).fails(1);
+    refused.assert_one_error();
+    assert!(
+        refused.stderr.contains("cannot be named by a digest"),
+        "{}",
+        refused.stderr
+    );
     assert_eq!(snapshot["removed"], 1, "{snapshot}");
     let image = &kiln
         .run(&["inspect", "--format", "json", "localhost/work-snap:1"])

@@ -550,6 +550,18 @@ impl Manager {
                 candidate.names = vec![tag.clone()];
                 candidate.note = None;
             }
+            if let Some(name) = candidate.names.iter().find(|name| {
+                name.digest()
+                    .is_some_and(|pinned| *pinned != candidate.digest)
+            }) {
+                return Err(Error::NameDigest {
+                    name: name.to_string(),
+                    detail: format!(
+                        "the name pins another digest than the image's ({})",
+                        candidate.digest
+                    ),
+                });
+            }
             match self.check(&loader, candidate, options) {
                 Ok(Ok(image)) => checked.push(image),
                 Ok(Err(platform)) => skipped.push(platform),

@@ -169,6 +169,9 @@ pub enum Error {
     /// `push` to a reference that pins another digest.
     #[error("cannot push image {image} to {destination}: the destination pins another digest")]
     PushDigest { destination: String, image: Digest },
+    /// A name for a new image that pins a digest the image does not have.
+    #[error("{name}: {detail}")]
+    NameDigest { name: String, detail: String },
     /// An OCI artifact kiln cannot use.
     #[error("{reference}: {detail}")]
     Artifact { reference: String, detail: String },
@@ -243,6 +246,7 @@ impl Error {
             | Error::OriginMissing { .. }
             | Error::NotConvertible { .. } => ErrorKind::FailedPrecondition,
             Error::PushDestination { .. } | Error::PushDigest { .. } => ErrorKind::InvalidArgument,
+            Error::NameDigest { .. } => ErrorKind::InvalidArgument,
             Error::Artifact { .. } => ErrorKind::DataLoss,
             Error::Archive { source, .. } => source.kind(),
             Error::TerminalArchive { .. } => ErrorKind::InvalidArgument,
@@ -283,6 +287,7 @@ impl Error {
             },
             Error::PushDestination { .. } => Some("name the destination: `kiln push IMAGE REGISTRY/REPOSITORY:TAG`".into()),
             Error::PushDigest { .. } => Some("name the destination by tag, or by the image's own digest".into()),
+            Error::NameDigest { .. } => Some("name it by a tag (REPOSITORY:TAG): a digest in a name must be the image's own".into()),
             Error::NotCached { reference } => Some(format!("run `kiln pull {reference}` while the registry is reachable")),
             Error::ImageNotFound { .. } => Some(
                 "`kiln images` lists what the store holds; `kiln pull REF` fetches an image (`--rootfs FORMAT` also builds its root filesystem as it downloads)"

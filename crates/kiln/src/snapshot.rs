@@ -60,6 +60,13 @@ impl Manager {
     /// Makes disk `disk`'s content the image `new_reference`.
     pub fn snapshot(&self, disk: &str, new_reference: &str) -> Result<Snapshot> {
         let reference: Reference = new_reference.parse()?;
+        if reference.digest().is_some() {
+            // As `docker commit`: the snapshot's digest is known only once it is made.
+            return Err(Error::NameDigest {
+                name: reference.to_string(),
+                detail: "a snapshot cannot be named by a digest: its digest is known only once it is made".into(),
+            });
+        }
         crate::disk::validate_disk_name(disk)?;
         let catalog = self.store.catalog();
         let record = catalog.disk(disk)?.ok_or_else(|| Error::DiskNotFound {
