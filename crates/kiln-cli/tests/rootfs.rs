@@ -425,10 +425,45 @@ fn rootfs_is_cached_identical_for_any_user_and_collected_with_its_image() {
         .ok()
         .json();
     assert_eq!(sized["size"], 64 << 20);
+    // -o copies the image's data and keeps its free space as holes.
+    let copied = kiln.dir.path().join("sized.ext4");
+    kiln.run(&[
+        "rootfs",
+        "--format",
+        "ext4",
+        "--size",
+        "64M",
+        &reference,
+        "-o",
+        copied.to_str().unwrap(),
+    ])
+    .ok();
+    let cached = Path::new(sized["path"].as_str().unwrap());
+    assert_eq!(sha256(&copied), sha256(cached), "the same bytes");
+    use std::os::unix::fs::MetadataExt;
+    let (copy, original) = (
+        std::fs::metadata(&copied).unwrap(),
+        std::fs::metadata(cached).unwrap(),
+    );
+    assert_eq!(copy.len(), 64 << 20);
+    assert!(
+        copy.blocks() * 512 < 16 << 20 && copy.blocks() <= original.blocks() + 8,
+        "a sparse copy: {} bytes allocated of {} ({} in the store)",
+        copy.blocks() * 512,
+        copy.len(),
+        original.blocks() * 512
+    );
     let tiny = kiln
         .run(&["rootfs", "--format", "ext4", "--size", "1M", &reference])
         .fails(1);
-    assert!(tiny.stderr.starts_with("error:"), "{}", tiny.stderr);
+    tiny.assert_one_error();
+    assert!(
+        tiny.stderr
+            .contains("does not fit in an ext4 image of 1048576 bytes")
+            && tiny.stderr.contains("hint: pass a larger --size"),
+        "{}",
+        tiny.stderr
+    );
 
     // inspect lists what the store holds for the image, where it is.
     let details = kiln

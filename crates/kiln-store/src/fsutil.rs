@@ -143,3 +143,53 @@ pub fn reflink(source: &std::fs::File, target: &std::fs::File) -> bool {
         false
     }
 }
+
+/// Copies `source` into `target` (both open, `target` empty) leaving holes
+/// as holes, as `cp --sparse=auto` does: SEEK_DATA/SEEK_HOLE walk the
+/// source's data, which is all that is read and written. A filesystem that
+/// cannot tell its holes gets a plain copy of everything.
+pub fn copy_sparse(source: &std::fs::File, target: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    let length = source.metadata()?.len();
+    target.set_len(length)?;
+    let fd = source.as_raw_fd();
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut offset = 0u64;
+    while offset < length {
+        // SAFETY: lseek on a descriptor open for the duration of the call.
+        let data = unsafe { libc::lseek(fd, offset as i64, libc::SEEK_DATA) };
+        let (start, end) = if data < 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::ENXIO) => break, // only holes remain
+                _ => (offset, length),      // holes unknown: copy it all
+            }
+        } else {
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+            (
+                data as u64,
+                if hole < 0 {
+                    length
+                } else {
+                    (hole as u64).min(length)
+                },
+            )
+        };
+        let mut at = start;
+        while at < end {
+            let want = (end - at).min(buffer.len() as u64) as usize;
+            let n = source.read_at(&mut buffer[..want], at)?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file got shorter while being copied",
+                ));
+            }
+            target.write_all_at(&buffer[..n], at)?;
+            at += n as u64;
+        }
+        offset = end;
+    }
+    Ok(())
+}

@@ -288,41 +288,11 @@ fn reflink(from: &Path, to: &Path) -> Result<bool> {
     Ok(clone().map_err(kiln_store::StoreError::from)?)
 }
 
-/// Copies only the data of `from` (holes stay holes), as `cp --sparse=always`
-/// does for a file that is mostly holes: SEEK_DATA/SEEK_HOLE walk the extents.
+/// Copies only the data of `from` (holes stay holes).
 fn sparse_copy(from: &Path, to: &Path) -> std::io::Result<()> {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    use std::os::fd::AsRawFd;
-    let mut source = fs_err::File::open(from)?;
-    let length = source.metadata()?.len();
-    let mut target = fs_err::File::create(to)?;
-    target.set_len(length)?;
-    let fd = source.as_raw_fd();
-    let mut offset: i64 = 0;
-    let mut buffer = vec![0u8; 1 << 20];
-    while (offset as u64) < length {
-        // SAFETY: lseek on a valid descriptor.
-        let data = unsafe { libc::lseek(fd, offset, libc::SEEK_DATA) };
-        if data < 0 {
-            break; // only holes remain
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { length as i64 } else { hole };
-        source.seek(SeekFrom::Start(data as u64))?;
-        target.seek(SeekFrom::Start(data as u64))?;
-        let mut remaining = (end - data) as u64;
-        while remaining > 0 {
-            let want = remaining.min(buffer.len() as u64) as usize;
-            let n = source.read(&mut buffer[..want])?;
-            if n == 0 {
-                break;
-            }
-            target.write_all(&buffer[..n])?;
-            remaining -= n as u64;
-        }
-        offset = end;
-    }
+    let source = fs_err::File::open(from)?;
+    let target = fs_err::File::create(to)?;
+    kiln_store::fsutil::copy_sparse(source.file(), target.file())?;
     use std::os::unix::fs::PermissionsExt;
     target.set_permissions(std::fs::Permissions::from_mode(0o644))?;
     target.sync_all()

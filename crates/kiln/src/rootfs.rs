@@ -813,7 +813,8 @@ fn write_output(
 }
 
 /// Copies `from` to `to`: a reflink (copy-on-write clone) where the
-/// filesystem supports it, else an ordinary copy. Atomic: temp + rename.
+/// filesystem supports it, else a copy of its data that keeps its holes
+/// (an ext4 image's free space stays unallocated). Atomic: temp + rename.
 pub fn copy_out(from: &Path, to: &Path) -> std::io::Result<()> {
     let directory = to
         .parent()
@@ -824,7 +825,7 @@ pub fn copy_out(from: &Path, to: &Path) -> std::io::Result<()> {
         let source = fs_err::File::open(from)?;
         let target = fs_err::File::create(&temp)?;
         if !kiln_store::fsutil::reflink(source.file(), target.file()) {
-            std::io::copy(&mut &source, &mut &target)?;
+            kiln_store::fsutil::copy_sparse(source.file(), target.file())?;
         }
         use std::os::unix::fs::PermissionsExt;
         target.set_permissions(std::fs::Permissions::from_mode(0o644))?;
