@@ -1,6 +1,8 @@
 //! `snapshot`: a sandbox disk's current content becomes a new image — the
 //! disk's image plus one layer holding what changed (whiteouts for what was
 //! removed) — listed by `images`, usable by `disk create` and `rootfs`.
+//! A disk of a non-OCI source image (no layers) becomes a one-layer OCI
+//! image holding the whole disk.
 //!
 //! The disk is read directly as an ext4 image (kiln's own reader: no mount,
 //! so no root is needed; a qcow2 overlay is first flattened with `qemu-img
@@ -132,31 +134,71 @@ impl Manager {
         guard.keep(&layer_path, &layer_digest, layer_size)?;
         catalog.record_blob(&layer_digest, layer_size)?;
 
-        // Config and manifest: the base's, extended by one layer.
+        // Config and manifest: the base's, extended by one layer. An image
+        // from a non-OCI source (a release bundle's, a catalog's or an image
+        // server's root filesystem) has neither and no layers: the snapshot
+        // is then a new OCI image whose one layer is the whole disk.
         let blobs = catalog.image_blobs(base.id)?;
-        let manifest_blob =
-            blobs
-                .iter()
-                .find(|b| b.role == "manifest")
-                .ok_or_else(|| Error::ImageNotFound {
-                    query: disk.to_string(),
-                })?;
-        let config_blob =
-            blobs
-                .iter()
-                .find(|b| b.role == "config")
-                .ok_or_else(|| Error::ImageNotFound {
-                    query: disk.to_string(),
-                })?;
         let malformed = |what: &str| {
             Error::Task(format!(
                 "stored {what} of {} is not what kiln wrote",
                 base.manifest_digest
             ))
         };
-        let mut config: Value =
-            serde_json::from_slice(&self.store.content().read_blob(&config_blob.digest)?)
-                .map_err(|_| malformed("config"))?;
+        let stored = |role: &str| blobs.iter().find(|b| b.role == role);
+        let (mut config, config_media_type, mut manifest, manifest_media_type) =
+            match (stored("manifest"), stored("config")) {
+                (Some(manifest), Some(config))
+                    if matches!(base.kind.as_str(), "oci" | "snapshot") =>
+                {
+                    (
+                        serde_json::from_slice::<Value>(
+                            &self.store.content().read_blob(&config.digest)?,
+                        )
+                        .map_err(|_| malformed("config"))?,
+                        config.media_type.clone(),
+                        serde_json::from_slice::<Value>(
+                            &self.store.content().read_blob(&manifest.digest)?,
+                        )
+                        .map_err(|_| malformed("manifest"))?,
+                        manifest.media_type.clone(),
+                    )
+                }
+                _ if !matches!(base.kind.as_str(), "oci" | "snapshot") => {
+                    let platform = base
+                        .platform
+                        .as_deref()
+                        .and_then(|p| p.parse::<kiln_types::Platform>().ok())
+                        .unwrap_or_else(kiln_types::Platform::host);
+                    let mut config = serde_json::json!({
+                        "architecture": platform.architecture,
+                        "os": platform.os,
+                        "config": {},
+                        "rootfs": { "type": "layers", "diff_ids": [] },
+                        "history": [],
+                    });
+                    if let Some(variant) = &platform.variant {
+                        config["variant"] = Value::String(variant.clone());
+                    }
+                    let manifest = serde_json::json!({
+                        "schemaVersion": 2,
+                        "mediaType": media_type::OCI_MANIFEST,
+                        "config": {},
+                        "layers": [],
+                    });
+                    (
+                        config,
+                        media_type::OCI_CONFIG.to_string(),
+                        manifest,
+                        media_type::OCI_MANIFEST.to_string(),
+                    )
+                }
+                _ => {
+                    return Err(Error::ImageNotFound {
+                        query: format!("{disk}'s image (incomplete: pull it again)"),
+                    });
+                }
+            };
         let now = rfc3339(kiln_store::fsutil::now());
         config["created"] = Value::String(now.clone());
         config["rootfs"]["diff_ids"]
@@ -174,15 +216,13 @@ impl Manager {
             .put_blob(&config_digest, &config_bytes)?;
         catalog.record_blob(&config_digest, config_bytes.len() as u64)?;
 
-        let mut manifest: Value =
-            serde_json::from_slice(&self.store.content().read_blob(&manifest_blob.digest)?)
-                .map_err(|_| malformed("manifest"))?;
-        let docker = manifest_blob.media_type == media_type::DOCKER_MANIFEST;
+        let docker = manifest_media_type == media_type::DOCKER_MANIFEST;
         let layer_media_type = if docker {
             media_type::DOCKER_LAYER_GZIP
         } else {
             media_type::OCI_LAYER_GZIP
         };
+        manifest["config"]["mediaType"] = Value::String(config_media_type.clone());
         manifest["config"]["digest"] = Value::String(config_digest.to_string());
         manifest["config"]["size"] = Value::from(config_bytes.len());
         manifest["layers"].as_array_mut().ok_or_else(|| malformed("manifest"))?.push(serde_json::json!({
@@ -200,7 +240,7 @@ impl Manager {
             role: "config".into(),
             position: 0,
             digest: config_digest.clone(),
-            media_type: config_blob.media_type.clone(),
+            media_type: config_media_type,
             size: config_bytes.len() as u64,
         }];
         let mut layers = Vec::new();
@@ -229,7 +269,7 @@ impl Manager {
                 role: "manifest".into(),
                 position: 0,
                 digest: manifest_digest.clone(),
-                media_type: manifest_blob.media_type.clone(),
+                media_type: manifest_media_type,
                 size: manifest_bytes.len() as u64,
             },
             kind: "snapshot".into(),

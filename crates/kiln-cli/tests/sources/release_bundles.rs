@@ -659,6 +659,36 @@ fn a_sandbox_disk_from_a_bundle_holds_its_rootfs_with_the_kernel_beside_it() {
         "the marker is gone from sb2"
     );
     assert_file(&rootfs, &sbx.bundle.rootfs, "the bundle rootfs");
+
+    // A bundle's root filesystem has no layers: a snapshot of its disk is
+    // an OCI image whose one layer is the whole disk.
+    let snapshot = kiln
+        .run(&["snapshot", "sb1", "localhost/from-bundle:1", "--json"])
+        .ok()
+        .json();
+    assert_eq!(snapshot["removed"], 0, "{snapshot}");
+    let made = inspect(&kiln, "localhost/from-bundle:1");
+    assert_eq!(made["kind"], "snapshot", "{made}");
+    assert_eq!(made["layers"].as_array().unwrap().len(), 1, "{made}");
+    let from_snapshot = kiln
+        .run(&[
+            "disk",
+            "create",
+            "sb3",
+            "--image",
+            "localhost/from-bundle:1",
+            "--format",
+            "raw",
+            "--json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        ext4_cat(&path_of(&from_snapshot["path"]), "/bin/marker"),
+        "sbx bundle rootfs\n"
+    );
+    kiln.run(&["disk", "rm", "sb3"]).ok();
+    kiln.run(&["rmi", "localhost/from-bundle:1"]).ok();
     kiln.run(&["fsck"]).ok();
     kiln.run(&["disk", "rm", "sb2"]).ok();
 
