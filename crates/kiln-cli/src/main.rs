@@ -30,7 +30,7 @@ fn main() -> ExitCode {
 
 /// Prints `error:` / `caused by:` / `hint:` and picks the exit code: 1 for
 /// what the user can fix, 2 for the unexpected.
-fn report(error: &anyhow::Error) -> ExitCode {
+pub(crate) fn report(error: &anyhow::Error) -> ExitCode {
     let kiln_error = error
         .chain()
         .find_map(|cause| cause.downcast_ref::<kiln::Error>());

@@ -1,6 +1,6 @@
-//! The flow a microVM user runs: pull → rootfs → boot. QEMU (`-M microvm`)
-//! with Debian's kernel boots the initramfs, and the ext4 disk as the root
-//! device (through Debian's initrd, which loads virtio-blk and ext4), to the
+//! The flow a microVM user runs: pull → rootfs → disk → boot. QEMU (`-M
+//! microvm`) with Debian's kernel boots the initramfs, and the ext4 image
+//! and a sandbox disk made from it as the root device (through Debian's initrd, which loads virtio-blk and ext4), to the
 //! marker the image's /init prints; and the EROFS image as the root device
 //! (through a small initramfs of its own that loads virtio and EROFS). TCG only: /dev/kvm exists on the CI
 //! machines but a KVM guest hangs there, and `-accel kvm -accel tcg` does
@@ -29,7 +29,8 @@ fn newest(prefix: &str) -> PathBuf {
 }
 
 /// Boots with `disks` as virtio disks (vda, vdb, ... in that order;
-/// read-only unless `writable`) and returns the console output.
+/// read-only unless `writable`; qcow2 when named `*.qcow2`, else raw) and
+/// returns the console output.
 fn boot(initrd: &Path, disks: &[&Path], writable: bool, append: &str) -> String {
     let mut command = Command::new("timeout");
     command.args([
@@ -50,8 +51,13 @@ fn boot(initrd: &Path, disks: &[&Path], writable: bool, append: &str) -> String 
         .arg("-initrd")
         .arg(initrd);
     for (index, disk) in disks.iter().enumerate() {
+        let format = if disk.extension().is_some_and(|e| e == "qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
         command.arg("-drive").arg(format!(
-            "id=disk{index},file={},format=raw,if=none,readonly={}",
+            "id=disk{index},file={},format={format},if=none,readonly={}",
             disk.display(),
             if writable { "off" } else { "on" }
         ));
@@ -111,6 +117,38 @@ fn pulled_images_boot_as_initramfs_and_as_ext4_root() {
         console.contains("KILN-BOOT-OK from-the-image"),
         "ext4 root boot:\n{console}"
     );
+
+    // A sandbox's own disk (here a qcow2 overlay on the cached image: the
+    // store's ext4 has no reflink) boots read-write, and what the VM
+    // writes (its journal, at least) stays out of the cached image.
+    let sandbox = kiln
+        .run(&["disk", "create", "vm1", "--image", &reference, "--json"])
+        .ok()
+        .json();
+    let sandbox_disk = PathBuf::from(sandbox["path"].as_str().unwrap());
+    let cached = PathBuf::from(
+        kiln.run(&["rootfs", "--format", "ext4", &reference])
+            .ok()
+            .stdout
+            .trim(),
+    );
+    let before = std::fs::read(&cached).unwrap();
+    let console = boot(
+        &newest("initrd.img-"),
+        &[&sandbox_disk],
+        true,
+        "root=/dev/vda rw init=/init",
+    );
+    assert!(
+        console.contains("KILN-BOOT-OK from-the-image"),
+        "boot of the sandbox disk {}:\n{console}",
+        sandbox_disk.display()
+    );
+    assert!(
+        std::fs::read(&cached).unwrap() == before,
+        "the VM's writes stayed in its disk"
+    );
+    kiln.run(&["fsck"]).ok();
 }
 
 /// A minimal initramfs for an EROFS root with Debian's modular kernel: a

@@ -196,18 +196,31 @@ fn disk_names_and_errors() {
             run.stderr
         );
     }
-    kiln.run(&["disk", "create", "ok.name_1-2", "--image", &reference])
+    let created = kiln
+        .run(&["disk", "create", "ok.name_1-2", "--image", &reference])
         .ok();
+    if created.stderr.contains("(qcow2, overlay") {
+        assert!(
+            created.stderr.contains("for Firecracker") && created.stderr.contains("--format raw"),
+            "an overlay chosen for the user says what opens it: {}",
+            created.stderr
+        );
+    }
     let again = kiln
         .run(&["disk", "create", "ok.name_1-2", "--image", &reference])
         .fails(1);
     assert!(again.stderr.contains("exists already"), "{}", again.stderr);
-    let missing = kiln.run(&["disk", "rm", "nope"]).fails(1);
+    // As `docker rm`: one missing disk does not keep the others.
+    kiln.run(&["disk", "create", "gone", "--image", &reference])
+        .ok();
+    let missing = kiln.run(&["disk", "rm", "nope", "gone"]).fails(1);
+    missing.assert_one_error();
     assert!(
         missing.stderr.contains("no disk \"nope\""),
         "{}",
         missing.stderr
     );
+    assert_eq!(missing.stdout.trim(), "Removed: gone");
     let no_image = kiln
         .run(&["disk", "create", "x", "--image", "127.0.0.1:1/none:1"])
         .fails(1);

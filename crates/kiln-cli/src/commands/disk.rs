@@ -35,6 +35,13 @@ pub fn run(manager: &Manager, command: DiskCommand) -> anyhow::Result<ExitCode> 
                 if let Some(kernel) = &disk.kernel {
                     printer::status(format!("kernel: {}", kernel.display()));
                 }
+                if disk.method == "overlay" && args.format == DiskFormatArg::Auto {
+                    printer::status(
+                        "note: a qcow2 overlay, as the store's filesystem has no reflink: QEMU \
+                         and cloud-hypervisor open it; for Firecracker, which opens raw disks \
+                         only, pass --format raw",
+                    );
+                }
                 printer::out(disk.path.display())?;
             }
         }
@@ -64,9 +71,17 @@ pub fn run(manager: &Manager, command: DiskCommand) -> anyhow::Result<ExitCode> 
         }
         DiskCommand::Path { name } => printer::out(manager.disk(&name)?.path.display())?,
         DiskCommand::Rm { names } => {
+            // As `docker rm`: a disk that cannot go does not keep the
+            // others; each failure is reported, and the exit says so.
+            let mut failed = None;
             for name in names {
-                manager.remove_disk(&name)?;
-                printer::out(format!("Removed: {name}"))?;
+                match manager.remove_disk(&name) {
+                    Ok(()) => printer::out(format!("Removed: {name}"))?,
+                    Err(error) => failed = Some(crate::report(&error.into())),
+                }
+            }
+            if let Some(code) = failed {
+                return Ok(code);
             }
         }
     }
