@@ -423,6 +423,64 @@ fn a_sparse_file_larger_than_the_disk_is_refused_by_snapshot() {
     kiln.run(&["snapshot", "work", "localhost/huge:1"]).ok();
 }
 
+/// A qcow2 disk that a VM still has open is refused by `snapshot` with
+/// QEMU's lock named and a hint to stop the VM; once it stops, it works.
+#[test]
+fn a_disk_a_running_vm_holds_is_refused_by_snapshot() {
+    let env = env();
+    let kiln = Kiln::new();
+    let reference = format!("{}/busybox:1", env.registry);
+    kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
+    let disk = kiln
+        .run(&[
+            "disk", "create", "busy", "--image", &reference, "--format", "qcow2",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    // A VM that holds the disk and never runs (-S: stopped before its
+    // first instruction).
+    let mut vm = Command::new("qemu-system-x86_64")
+        .args(["-M", "microvm", "-accel", "tcg", "-S", "-display", "none"])
+        .args(["-serial", "none", "-monitor", "none", "-drive"])
+        .arg(format!("id=d,file={disk},format=qcow2,if=none"))
+        .args(["-device", "virtio-blk-device,drive=d"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 (.ci/run installs qemu-system-x86)");
+    let held = (0..100).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        !Command::new("qemu-img")
+            .args(["info", &disk])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    });
+    let refused = kiln.run(&["snapshot", "busy", "localhost/busy:1"]);
+    vm.kill().unwrap();
+    vm.wait().unwrap();
+    assert!(held, "the VM took the disk's lock");
+    let refused = refused.fails(1);
+    refused.assert_one_error();
+    assert!(
+        refused.stderr.contains("lock")
+            && refused
+                .stderr
+                .contains("hint: a VM still has the disk open"),
+        "{}",
+        refused.stderr
+    );
+    let images = kiln.run(&["images", "-q"]).ok().stdout;
+    assert_eq!(images.lines().count(), 1, "nothing recorded: {images}");
+    let done = kiln
+        .run(&["snapshot", "busy", "localhost/busy:1", "--json"])
+        .ok()
+        .json();
+    assert_eq!(done["changed"], 0, "{done}");
+}
+
 #[test]
 fn an_ordinary_user_snapshots_a_disk_without_root() {
     let env = env();

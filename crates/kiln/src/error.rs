@@ -295,7 +295,13 @@ impl Error {
             ),
             Error::DiskExists { .. } => Some("choose another name, or `kiln disk rm` the old disk first".into()),
             Error::DiskNotFound { .. } => Some("`kiln disk ls` lists the disks".into()),
-            Error::DiskTool { .. } => Some("install qemu-utils, or pass --format raw".into()),
+            Error::DiskTool { detail, .. } if detail.contains("lock") => Some(
+                "a VM still has the disk open: stop it first".into(),
+            ),
+            Error::DiskTool { .. } => Some(
+                "qemu-img is in the Debian package qemu-utils; raw disks (`disk create --format raw`) need none"
+                    .into(),
+            ),
             Error::DiskUnreadable { .. } => Some(
                 "stop the VM using the disk first; if none is, `e2fsck -p` on the disk's path replays its journal"
                     .into(),

@@ -41,7 +41,11 @@ pub struct Snapshot {
 fn run(tool: &str, command: &mut Command) -> Result<()> {
     let output = command.output().map_err(|e| Error::DiskTool {
         tool: tool.into(),
-        detail: e.to_string(),
+        detail: if e.kind() == std::io::ErrorKind::NotFound {
+            "not installed (Debian package qemu-utils)".into()
+        } else {
+            e.to_string()
+        },
     })?;
     if !output.status.success() {
         let detail = String::from_utf8_lossy(&output.stderr)
