@@ -225,11 +225,16 @@ fn disk_names_and_errors() {
         .run(&["disk", "create", "x", "--image", "127.0.0.1:1/none:1"])
         .fails(1);
     assert!(no_image.stderr.contains("no image"), "{}", no_image.stderr);
-    assert_eq!(
+    let published = || -> Vec<String> {
         std::fs::read_dir(kiln.root().join("disks-v1"))
             .unwrap()
-            .count(),
-        1,
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name != ".lock")
+            .collect()
+    };
+    assert_eq!(
+        published(),
+        ["ok.name_1-2"],
         "failed creates leave nothing behind"
     );
     // A create that died after publishing its directory but before recording
@@ -242,6 +247,24 @@ fn disk_names_and_errors() {
         kiln.run(&["disk", "ls", "-q"]).ok().stdout.lines().count(),
         2
     );
+    // An orphan of a name nobody creates again goes with the next prune.
+    std::fs::create_dir_all(kiln.root().join("disks-v1/stray")).unwrap();
+    std::fs::write(
+        kiln.root().join("disks-v1/stray/disk.raw"),
+        vec![7u8; 1 << 20],
+    )
+    .unwrap();
+    let pruned = kiln.run(&["prune", "--yes"]).ok();
+    assert!(
+        pruned
+            .stdout
+            .contains("1 disk directories a killed disk create left"),
+        "{}",
+        pruned.stdout
+    );
+    let mut left = published();
+    left.sort();
+    assert_eq!(left, ["ok.name_1-2", "orphan"]);
 }
 
 #[test]

@@ -61,12 +61,17 @@ pub struct GcReport {
     pub leases_expired: u64,
     /// Derived artifacts of superseded converter versions dropped.
     pub artifacts_removed: u64,
+    /// Disk directories no catalog row names (left by a killed `disk
+    /// create`; counted by the disk manager's prune, not by the store's).
+    pub orphans_removed: u64,
+    /// Bytes of those directories.
+    pub orphan_bytes: u64,
 }
 
 impl GcReport {
     /// Everything reclaimed.
     pub fn bytes_reclaimed(&self) -> u64 {
-        self.blob_bytes + self.ingest_bytes
+        self.blob_bytes + self.ingest_bytes + self.orphan_bytes
     }
 }
 

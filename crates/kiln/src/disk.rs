@@ -8,6 +8,12 @@
 //! in the catalog's `disks` table; the image they came from cannot be removed
 //! (without `--force`, which removes only its name) and the raw image an
 //! overlay reads stays until its last disk goes.
+//!
+//! A disk is made inside a locked scratch directory (a killed `disk create`
+//! leaves it to the next `prune`), then published: under `disks-v1/.lock`,
+//! its directory is renamed into place and its catalog row added. `disk rm`
+//! takes the same lock to remove both, and `prune` takes it to remove a
+//! directory that has no row (a create killed between the two steps).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -82,6 +88,45 @@ impl Manager {
         self.store.root().join("disks-v1")
     }
 
+    /// The lock under which disks are published and removed.
+    fn lock_disks(&self) -> Result<kiln_store::lock::LockFile> {
+        let directory = self.disks_dir();
+        fs_err::create_dir_all(&directory).map_err(kiln_store::StoreError::from)?;
+        Ok(kiln_store::lock::LockFile::acquire(
+            &directory.join(".lock"),
+            kiln_store::lock::LockMode::Exclusive,
+        )
+        .map_err(kiln_store::StoreError::from)?)
+    }
+
+    /// Removes the disk directories that no catalog row names (a create
+    /// killed between publishing and recording): their number and bytes.
+    pub(crate) fn remove_orphan_disks(&self, dry_run: bool) -> Result<(u64, u64)> {
+        let directory = self.disks_dir();
+        if !directory.exists() {
+            return Ok((0, 0));
+        }
+        let _lock = self.lock_disks()?;
+        let catalog = self.store.catalog();
+        let (mut count, mut bytes) = (0, 0);
+        for entry in fs_err::read_dir(&directory).map_err(kiln_store::StoreError::from)? {
+            let entry = entry.map_err(kiln_store::StoreError::from)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || validate_disk_name(&name).is_err() {
+                continue;
+            }
+            if catalog.disk(&name)?.is_some() {
+                continue;
+            }
+            count += 1;
+            bytes += allocated_bytes(&entry.path());
+            if !dry_run {
+                fs_err::remove_dir_all(entry.path()).map_err(kiln_store::StoreError::from)?;
+            }
+        }
+        Ok((count, bytes))
+    }
+
     /// Creates disk `name` from the image `query` names.
     pub fn create_disk(
         &self,
@@ -105,12 +150,13 @@ impl Manager {
                 query: query.to_string(),
             })?;
         let directory = self.disks_dir().join(name);
-        let staging = self.disks_dir().join(kiln_store::fsutil::temp_name(name));
+        let scratch = crate::Scratch::new(self)?;
+        let staging = scratch.0.join("disk");
         fs_err::create_dir_all(&staging).map_err(kiln_store::StoreError::from)?;
-        let cleanup = StagingGuard(staging.clone());
         let (file_name, disk_format, method) = make_disk(&base.path, &staging, format)?;
         // Publish: the directory appears whole, then the catalog row; a
         // concurrent create of the same name loses at the unique key.
+        let _lock = self.lock_disks()?;
         if directory.exists() {
             if catalog.disk(name)?.is_some() {
                 return Err(Error::DiskExists {
@@ -122,7 +168,6 @@ impl Manager {
             fs_err::remove_dir_all(&directory).map_err(kiln_store::StoreError::from)?;
         }
         fs_err::rename(&staging, &directory).map_err(kiln_store::StoreError::from)?;
-        std::mem::forget(cleanup);
         let path = directory.join(file_name);
         let record = DiskRecord {
             name: name.to_string(),
@@ -142,6 +187,14 @@ impl Manager {
                 {
                     Error::DiskExists {
                         name: name.to_string(),
+                    }
+                }
+                // `rmi` took the image while the disk was being made.
+                kiln_store::StoreError::Catalog { .. }
+                    if catalog.image(image.id).ok().flatten().is_none() =>
+                {
+                    Error::ImageNotFound {
+                        query: format!("{query} (removed while the disk was made)"),
                     }
                 }
                 other => other.into(),
@@ -170,12 +223,7 @@ impl Manager {
             .into_iter()
             .map(|t| t.name)
             .collect();
-        let allocated = {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata(&record.path)
-                .map(|m| m.blocks() * 512)
-                .unwrap_or(0)
-        };
+        let allocated = allocated_bytes(&record.path);
         let kernel = match &image {
             Some(image) => self.source_kernel(image)?,
             None => None,
@@ -213,6 +261,7 @@ impl Manager {
                 name: name.to_string(),
             });
         }
+        let _lock = self.lock_disks()?;
         catalog.remove_disk(name)?;
         let directory = self.disks_dir().join(name);
         match std::fs::remove_dir_all(&directory) {
@@ -224,11 +273,20 @@ impl Manager {
     }
 }
 
-struct StagingGuard(PathBuf);
-
-impl Drop for StagingGuard {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+/// Bytes allocated to `path` (a file, or a directory's files), 0 if gone.
+fn allocated_bytes(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| allocated_bytes(&e.path()))
+                    .sum()
+            })
+            .unwrap_or(0),
+        Ok(meta) => meta.blocks() * 512,
+        Err(_) => 0,
     }
 }
 

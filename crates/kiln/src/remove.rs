@@ -136,14 +136,22 @@ impl Manager {
 
     /// Removes images nothing references (`all`: every image no holder
     /// uses), root filesystems an older kiln converted (a disk made from
-    /// one keeps its file), unreferenced blobs and ingests abandoned for a day.
+    /// one keeps its file), unreferenced blobs, ingests abandoned for a day,
+    /// killed conversions' and disk creates' scratch, and disk directories
+    /// no catalog row names.
     pub fn prune(&self, all: bool, dry_run: bool) -> Result<GcReport> {
-        Ok(self.store.collect_garbage(&GcOptions {
+        // Disk directories nothing records go first: a disk row, once
+        // there, holds its image through the collection below.
+        let (orphans, orphan_bytes) = self.remove_orphan_disks(dry_run)?;
+        let mut report = self.store.collect_garbage(&GcOptions {
             dry_run,
             all_unused: all,
             converter_versions: vec![crate::rootfs::CONVERTER_VERSION.to_string()],
             ..GcOptions::default()
-        })?)
+        })?;
+        report.orphans_removed = orphans;
+        report.orphan_bytes = orphan_bytes;
+        Ok(report)
     }
 
     /// Re-hashes every blob and checks the catalog; see [`kiln_store::Store::fsck`].

@@ -46,6 +46,12 @@ pub fn run(manager: &Manager, args: PruneArgs) -> anyhow::Result<ExitCode> {
     for digest in &report.images_removed {
         printer::out(format!("{verb}: {digest}"))?;
     }
+    if report.orphans_removed > 0 {
+        printer::out(format!(
+            "{verb}: {} disk directories a killed disk create left",
+            report.orphans_removed
+        ))?;
+    }
     if report.artifacts_removed > 0 {
         printer::out(format!(
             "{verb}: {} root filesystems an older kiln converted",
