@@ -173,6 +173,68 @@ fn disks_hold_their_image_and_overlays_keep_their_backing_file() {
     kiln.run(&["fsck"]).ok();
 }
 
+/// fsck checks the disks too: an overlay whose cached image went bad, and a
+/// disk whose file is gone, are named (and left to the user: a disk is the
+/// sandbox's).
+#[test]
+fn fsck_names_the_disks_a_bad_or_missing_file_breaks() {
+    let env = env();
+    let kiln = Kiln::new();
+    let reference = format!("{}/busybox:1", env.registry);
+    kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
+    for (name, format) in [("over", "qcow2"), ("copy", "raw")] {
+        kiln.run(&[
+            "disk", "create", name, "--image", &reference, "--format", format,
+        ])
+        .ok();
+    }
+    let clean = kiln.run(&["fsck"]).ok();
+    assert!(
+        clean.stderr.contains("and 2 disks: 0 problem(s)"),
+        "{}",
+        clean.stderr
+    );
+
+    let base = kiln
+        .run(&["rootfs", "--format", "ext4", "--json", &reference])
+        .ok()
+        .json();
+    kiln.damage_blob(base["digest"].as_str().unwrap());
+    let found = kiln.run(&["fsck"]).fails(1);
+    let broken: Vec<&str> = found
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("broken_disk:"))
+        .collect();
+    assert_eq!(broken.len(), 1, "{}", found.stdout);
+    assert!(
+        broken[0].contains("disk \"over\" is a qcow2 overlay"),
+        "{}",
+        broken[0]
+    );
+    let repaired = kiln.run(&["fsck", "--repair"]).fails(1);
+    assert!(
+        repaired.stdout.contains("corrupt and now in quarantine"),
+        "the report names the disk the repair broke: {}",
+        repaired.stdout
+    );
+
+    let copy = kiln.run(&["disk", "path", "copy"]).ok().stdout;
+    std::fs::remove_file(copy.trim()).unwrap();
+    let gone = kiln.run(&["fsck"]).fails(1);
+    assert!(
+        gone.stdout.contains("disk \"copy\": its file") && gone.stdout.contains("is gone"),
+        "{}",
+        gone.stdout
+    );
+    for name in ["over", "copy"] {
+        kiln.run(&["disk", "rm", name]).ok();
+    }
+    kiln.run(&["rmi", &reference]).ok();
+    kiln.run(&["prune", "--yes"]).ok();
+    kiln.run(&["fsck"]).ok();
+}
+
 #[test]
 fn disk_names_and_errors() {
     let env = env();

@@ -11,7 +11,7 @@ use crate::lock::{LockFile, LockMode};
 /// One thing `fsck` found wrong.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Problem {
-    /// `corrupt_blob`, `missing_blob`, `incomplete_image`.
+    /// `corrupt_blob`, `missing_blob`, `incomplete_image`, `broken_disk`.
     pub kind: &'static str,
     /// The blob or image (manifest digest) concerned.
     pub digest: Digest,
@@ -31,6 +31,8 @@ pub struct FsckReport {
     pub bytes_checked: u64,
     /// Images checked.
     pub images_checked: u64,
+    /// Sandbox disks checked.
+    pub disks_checked: u64,
     /// Everything wrong.
     pub problems: Vec<Problem>,
 }
@@ -145,6 +147,40 @@ impl Store {
                 digest: image.manifest_digest,
                 detail,
                 repaired: repair.then(|| "marked incomplete: pull it again".to_string()),
+            });
+        }
+        // Sandbox disks: each one's file, and for a qcow2 overlay the
+        // cached image it reads (never repaired: a disk is the sandbox's).
+        for disk in self.catalog.disks()? {
+            report.disks_checked += 1;
+            let detail = if !disk.path.exists() {
+                format!(
+                    "disk {:?}: its file {} is gone; `kiln disk rm {}` forgets it",
+                    disk.name,
+                    disk.path.display(),
+                    disk.name
+                )
+            } else if disk.method == "overlay" && !good.contains(&disk.backing) {
+                format!(
+                    "disk {:?} is a qcow2 overlay of {}, which is {}: the disk reads wrong \
+                     bytes or cannot open; `kiln disk rm {}` and create it again",
+                    disk.name,
+                    self.content.blob_path(&disk.backing).display(),
+                    if quarantined.contains(&disk.backing) {
+                        "corrupt and now in quarantine"
+                    } else {
+                        "missing or corrupt"
+                    },
+                    disk.name
+                )
+            } else {
+                continue;
+            };
+            report.problems.push(Problem {
+                kind: "broken_disk",
+                digest: disk.backing,
+                detail,
+                repaired: None,
             });
         }
         Ok(report)

@@ -32,10 +32,11 @@ pub fn run(manager: &Manager, args: FsckArgs) -> anyhow::Result<ExitCode> {
         }
         if !args.quiet {
             printer::status(format!(
-                "checked {} blobs ({}) and {} images: {} problem(s)",
+                "checked {} blobs ({}), {} images and {} disks: {} problem(s)",
                 report.blobs_checked,
                 size(report.bytes_checked),
                 report.images_checked,
+                report.disks_checked,
                 report.problems.len()
             ));
         }
