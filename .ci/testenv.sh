@@ -143,6 +143,31 @@ build_fixtures() {
   chmod 755 "$src/boot/init"; mkdir -p "$src/boot/etc" "$src/boot/proc" "$src/boot/dev" "$src/boot/sys"
   echo "from-the-image" >"$src/boot/etc/kiln-marker"
 
+  # symlinked:1: a usrmerge-style layer (lib -> usr/lib, an absolute and a
+  # climbing symlink), then a layer written by hand, as tools other than
+  # docker write them, whose paths go through those symlinks: a file, a new
+  # directory, a whiteout, a climb that must stay inside, a hardlink target.
+  local merged=$src/usrmerge
+  mkdir -p "$merged/usr/lib"; echo old >"$merged/usr/lib/old"; echo keep >"$merged/usr/lib/keep"
+  ln -s usr/lib "$merged/lib"; ln -s /usr/lib "$merged/abs"; ln -s ../../.. "$merged/up"
+  chown -R 0:0 "$merged"
+  python3 - "$src/through.tar" <<'PY'
+import io, sys, tarfile
+out = tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT)
+def add(name, data=None, kind=tarfile.REGTYPE, link=""):
+    info = tarfile.TarInfo(name); info.type = kind; info.linkname = link
+    info.mtime = 1700000000; info.mode = 0o644
+    body = io.BytesIO(data) if data is not None else None
+    info.size = len(data) if data is not None else 0
+    out.addfile(info, body)
+add("lib/added", b"added through lib\n")
+add("lib/.wh.old", b"")
+add("abs/sub/deeper", b"through an absolute symlink\n")
+add("up/climbed", b"stays inside\n")
+add("hard", kind=tarfile.LNKTYPE, link="lib/added")
+out.close()
+PY
+
   # arch marker layers.
   for arch in amd64 arm64; do mkdir -p "$src/arch-$arch"; echo "$arch" >"$src/arch-$arch/arch"; done
 
@@ -154,6 +179,7 @@ build_fixtures() {
   build_image "$L" shared-1 amd64 gzip "$base" "$src/shared" >/dev/null
   build_image "$L" big-1 amd64 gzip "$base" "$src/big1" "$src/big2" "$src/big3" >/dev/null
   build_image "$L" boot-1 amd64 gzip "$base" "$src/boot" >/dev/null
+  build_image "$L" symlinked-1 amd64 gzip "$base" "$merged" "$src/through.tar" >/dev/null
 
   # A two-platform index.
   local M=$layouts/multiarch
@@ -205,7 +231,7 @@ describe() {
   rm -f "$body" "$body.config" "$headers"
 }
 
-fixtures="busybox:1 busybox:multi busybox:zstd busybox:plain busybox:docker multiarch:1 shared:1 big:1 boot:1"
+fixtures="busybox:1 busybox:multi busybox:zstd busybox:plain busybox:docker multiarch:1 shared:1 big:1 boot:1 symlinked:1"
 
 # write_digests REGISTRY: $dir/digests.json, {"repo:tag": describe, ...}
 write_digests() {
@@ -281,6 +307,7 @@ up() {
   push "$L:shared-1" "$R/shared:1"
   push "$L:big-1" "$R/big:1"
   push "$L:boot-1" "$R/boot:1"
+  push "$L:symlinked-1" "$R/symlinked:1"
   skopeo copy --quiet --all --dest-tls-verify=false "oci:$dir/layouts/multiarch:multiarch" "docker://$R/multiarch:1" >/dev/null
   push "$L:busybox-1" "127.0.0.1:$auth/busybox:1" --dest-creds kilnuser:kilnpass
   push "$L:busybox-1" "127.0.0.1:$token/busybox:1" --dest-creds kilnuser:kilnpass

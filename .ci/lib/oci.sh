@@ -36,14 +36,15 @@ media_of() {
   esac
 }
 
-# build_image LAYOUT TAG ARCH KIND LAYERDIR... -> writes manifest, adds it to
-# LAYOUT/index.json under TAG, prints "sha256:<hex> <size>" of the manifest
+# build_image LAYOUT TAG ARCH KIND LAYER... -> writes manifest, adds it to
+# LAYOUT/index.json under TAG, prints "sha256:<hex> <size>" of the manifest.
+# A LAYER is a directory (tarred by layer_tar) or a ready tar file.
 build_image() {
   local layout=$1 tag=$2 arch=$3 kind=$4; shift 4
   local work; work=$(mktemp -d "${dir:-/tmp}/work.XXXX")
   local layers_json="[]" diff_ids="[]" i=0
   for layer_dir in "$@"; do
-    layer_tar "$layer_dir" "$work/layer$i.tar"
+    if [ -f "$layer_dir" ]; then cp "$layer_dir" "$work/layer$i.tar"; else layer_tar "$layer_dir" "$work/layer$i.tar"; fi
     local diff_id; diff_id="sha256:$(sha256sum "$work/layer$i.tar" | cut -d' ' -f1)"
     local blob; blob=$(compress "$work/layer$i.tar" "$kind")
     read -r digest size < <(add_blob "$layout" "$blob")

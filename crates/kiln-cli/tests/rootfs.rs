@@ -244,6 +244,7 @@ fn initramfs_ext4_and_erofs_hold_exactly_the_tree_umoci_unpacks() {
         ("busybox:zstd", "busybox-multi"),
         ("busybox:plain", "busybox-multi"),
         ("shared:1", "shared-1"),
+        ("symlinked:1", "symlinked-1"),
     ] {
         let reference = format!("{}/{tag}", env.registry);
         kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
@@ -286,6 +287,17 @@ fn initramfs_ext4_and_erofs_hold_exactly_the_tree_umoci_unpacks() {
                 .collect();
             assert!(extra.is_empty(), "{tag} {format}: extra entries {extra:?}");
             assert_eq!(our_links, their_links, "{tag} {format}: hardlink groups");
+            if tag == "symlinked:1" {
+                // Paths through symlinks land where the symlinks point, inside the root.
+                for path in ["usr/lib/added", "usr/lib/sub/deeper", "climbed", "hard"] {
+                    assert!(our_entries.contains_key(path), "{format}: {path}");
+                }
+                assert!(
+                    !our_entries.contains_key("usr/lib/old"),
+                    "{format}: whiteout"
+                );
+                assert_eq!(our_entries["lib"].kind, "symlink");
+            }
             if tag == "busybox:multi" {
                 assert!(
                     our_entries["data/suid"].mode & 0o4000 != 0,

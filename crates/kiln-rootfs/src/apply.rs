@@ -430,7 +430,7 @@ impl ParsedLayer {
                 Op::HardLink { target, raw } => {
                     let directory = resolve_directory(tree, parents, layer, true)
                         .map_err(|reason| refuse(&reason))?;
-                    let found = lookup(tree, &target).ok_or_else(|| {
+                    let found = lookup(tree, &target, layer).ok_or_else(|| {
                         refuse(&format!(
                             "hardlink to {:?}, which does not exist",
                             String::from_utf8_lossy(&raw)
@@ -662,52 +662,89 @@ fn split_path(path: &[u8]) -> std::result::Result<Vec<Vec<u8>>, &'static str> {
     Ok(components)
 }
 
+/// Symlinks followed while resolving one path, at most (Linux's MAXSYMLINKS).
+const MAX_SYMLINK_HOPS: usize = 40;
+
 /// The directory at `path`, creating missing ones (0755, root) when `create`.
+/// A symlink on the way is followed inside the tree, as containerd and umoci
+/// do: an absolute target starts again at the root and `..` stops there, so
+/// no path leads outside the root filesystem.
 fn resolve_directory(
     tree: &mut Tree,
     path: &[Vec<u8>],
     layer: usize,
     create: bool,
 ) -> std::result::Result<InodeId, String> {
-    let mut current = ROOT;
-    for component in path {
+    let mut chain = vec![ROOT];
+    let mut queue: std::collections::VecDeque<Vec<u8>> = path.iter().cloned().collect();
+    let mut hops = 0;
+    while let Some(component) = queue.pop_front() {
+        match component.as_slice() {
+            b"" | b"." => continue,
+            b".." => {
+                if chain.len() > 1 {
+                    chain.pop();
+                }
+                continue;
+            }
+            name if name.contains(&0) => {
+                return Err("a symlink on the path holds a NUL byte".into());
+            }
+            _ => {}
+        }
+        let current = *chain.last().expect("the root stays");
         let existing = tree
             .entries(current)
-            .and_then(|e| e.get(component))
+            .and_then(|e| e.get(&component))
             .map(|e| e.inode);
-        current = match existing {
-            Some(inode) => match tree.inodes[inode].kind {
-                Kind::Directory(_) => inode,
-                Kind::Symlink(_) => {
-                    return Err(format!(
-                        "path goes through the symlink {:?}",
-                        String::from_utf8_lossy(component)
-                    ));
+        match existing {
+            Some(inode) => match &tree.inodes[inode].kind {
+                Kind::Directory(_) => chain.push(inode),
+                Kind::Symlink(target) => {
+                    hops += 1;
+                    if hops > MAX_SYMLINK_HOPS {
+                        return Err(format!(
+                            "path goes through more than {MAX_SYMLINK_HOPS} symlinks (a loop at {:?}?)",
+                            String::from_utf8_lossy(&component)
+                        ));
+                    }
+                    if target.is_empty() {
+                        return Err(format!(
+                            "path goes through the empty symlink {:?}",
+                            String::from_utf8_lossy(&component)
+                        ));
+                    }
+                    if target.starts_with(b"/") {
+                        chain.truncate(1);
+                    }
+                    for part in target.split(|b| *b == b'/').rev() {
+                        queue.push_front(part.to_vec());
+                    }
                 }
                 _ => {
                     return Err(format!(
                         "path goes through {:?}, which is not a directory",
-                        String::from_utf8_lossy(component)
+                        String::from_utf8_lossy(&component)
                     ));
                 }
             },
             None if create => {
                 let inode = tree.add(Inode::implicit_directory());
-                insert(tree, current, component.clone(), inode, layer);
-                inode
+                insert(tree, current, component, inode, layer);
+                chain.push(inode);
             }
             None => return Err("no such directory".into()),
-        };
+        }
     }
-    Ok(current)
+    Ok(*chain.last().expect("the root stays"))
 }
 
-fn lookup(tree: &Tree, path: &[Vec<u8>]) -> Option<InodeId> {
-    let mut current = ROOT;
-    for component in path {
-        current = tree.entries(current)?.get(component)?.inode;
-    }
-    Some(current)
+/// The entry at `path`: its directory resolved as [`resolve_directory`]
+/// does (symlinks on the way followed), its last component not followed.
+fn lookup(tree: &mut Tree, path: &[Vec<u8>], layer: usize) -> Option<InodeId> {
+    let (name, parents) = path.split_last()?;
+    let directory = resolve_directory(tree, parents, layer, false).ok()?;
+    Some(tree.entries(directory)?.get(name)?.inode)
 }
 
 fn insert(tree: &mut Tree, directory: InodeId, name: Vec<u8>, inode: InodeId, layer: usize) {

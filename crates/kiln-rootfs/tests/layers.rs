@@ -260,12 +260,21 @@ fn hostile_layers_are_refused_with_the_layer_and_entry_named() {
             "'..'",
         ),
         (
-            "write through a symlink",
+            "a symlink loop on the path",
             Layer::new()
-                .link(tar::EntryType::Symlink, "etc", "/host/etc")
-                .file("etc/passwd", b"owned", 0o644, (0, 0))
+                .link(tar::EntryType::Symlink, "a", "b")
+                .link(tar::EntryType::Symlink, "b", "a")
+                .file("a/x", b"x", 0o644, (0, 0))
                 .bytes(),
-            "through the symlink",
+            "more than 40 symlinks",
+        ),
+        (
+            "an empty symlink on the path",
+            Layer::new()
+                .link(tar::EntryType::Symlink, "e", "")
+                .file("e/x", b"x", 0o644, (0, 0))
+                .bytes(),
+            "symlink without a target",
         ),
         (
             "write under a file",
@@ -325,6 +334,74 @@ fn hostile_layers_are_refused_with_the_layer_and_entry_named() {
         for entry in std::fs::read_dir(dir.path()).unwrap() {
             assert_eq!(entry.unwrap().file_name(), "objects", "{name}");
         }
+    }
+}
+
+/// A path through a symlink goes where the symlink points inside the root,
+/// as containerd and umoci apply it (a usrmerge `lib -> usr/lib` base under
+/// a layer that writes `lib/...`): an absolute target starts at the root,
+/// `..` stops there, hardlink targets and whiteouts resolve the same way,
+/// and the entry itself replaces a symlink of its own name.
+#[test]
+fn symlinks_on_the_way_are_followed_inside_the_root() {
+    let base = Layer::new()
+        .dir("usr/lib/", 0o755)
+        .file("usr/lib/old", b"old", 0o644, (0, 0))
+        .link(tar::EntryType::Symlink, "lib", "usr/lib")
+        .link(tar::EntryType::Symlink, "etc", "/host/etc")
+        .link(tar::EntryType::Symlink, "up", "../../..")
+        .link(tar::EntryType::Symlink, "hop", "lib")
+        .link(tar::EntryType::Symlink, "replaced", "usr/lib/old")
+        .bytes();
+    let upper = Layer::new()
+        .file("lib/added", b"added", 0o644, (0, 0))
+        .file("lib/.wh.old", b"", 0o644, (0, 0))
+        .file("hop/sub/deeper", b"deeper", 0o600, (0, 0))
+        .file("etc/passwd", b"root", 0o644, (0, 0))
+        .file("up/escaped", b"stays inside", 0o644, (0, 0))
+        .link(tar::EntryType::Link, "hard", "lib/added")
+        .file("replaced", b"a file now", 0o644, (0, 0))
+        .bytes();
+    let layers = vec![base, upper];
+    let piped = build_piped(layers.clone()).unwrap();
+    let (dir, tree, objects, result) = build(layers);
+    result.unwrap();
+    assert_eq!(paths(&tree), paths(&piped), "the same tree through a pipe");
+    let all = paths(&tree);
+    for expected in [
+        "usr/lib/added",
+        "usr/lib/sub/deeper",
+        "host/etc/passwd",
+        "escaped",
+        "hard",
+    ] {
+        assert!(all.contains(&expected.to_string()), "{expected}: {all:?}");
+    }
+    assert!(
+        !all.contains(&"usr/lib/old".to_string()),
+        "whiteout through lib: {all:?}"
+    );
+    for link in ["lib", "etc", "up", "hop"] {
+        assert!(
+            matches!(
+                tree.inodes[find(&tree, link).unwrap()].kind,
+                Kind::Symlink(_)
+            ),
+            "{link} stays a symlink"
+        );
+    }
+    assert_eq!(
+        find(&tree, "hard"),
+        find(&tree, "usr/lib/added"),
+        "one inode"
+    );
+    let replaced = &tree.inodes[find(&tree, "replaced").unwrap()];
+    let Kind::File(content) = &replaced.kind else {
+        panic!("the entry replaces the symlink of its name, not what it points to")
+    };
+    assert_eq!(objects.read(content).unwrap(), b"a file now");
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        assert_eq!(entry.unwrap().file_name(), "objects");
     }
 }
 
