@@ -168,6 +168,16 @@ add("hard", kind=tarfile.LNKTYPE, link="lib/added")
 out.close()
 PY
 
+  # hostile:1: a layer, as an attacker writes it, that climbs out of the root.
+  python3 - "$src/hostile.tar" <<'PY'
+import io, sys, tarfile
+out = tarfile.open(sys.argv[1], "w", format=tarfile.PAX_FORMAT)
+for name, data in [("fine", b"fine\n"), ("../kiln-escape", b"escaped\n")]:
+    info = tarfile.TarInfo(name); info.size = len(data); info.mtime = 1700000000
+    out.addfile(info, io.BytesIO(data))
+out.close()
+PY
+
   # arch marker layers.
   for arch in amd64 arm64; do mkdir -p "$src/arch-$arch"; echo "$arch" >"$src/arch-$arch/arch"; done
 
@@ -180,6 +190,7 @@ PY
   build_image "$L" big-1 amd64 gzip "$base" "$src/big1" "$src/big2" "$src/big3" >/dev/null
   build_image "$L" boot-1 amd64 gzip "$base" "$src/boot" >/dev/null
   build_image "$L" symlinked-1 amd64 gzip "$base" "$merged" "$src/through.tar" >/dev/null
+  build_image "$L" hostile-1 amd64 gzip "$base" "$src/hostile.tar" >/dev/null
 
   # A two-platform index.
   local M=$layouts/multiarch
@@ -231,7 +242,7 @@ describe() {
   rm -f "$body" "$body.config" "$headers"
 }
 
-fixtures="busybox:1 busybox:multi busybox:zstd busybox:plain busybox:docker multiarch:1 shared:1 big:1 boot:1 symlinked:1"
+fixtures="busybox:1 busybox:multi busybox:zstd busybox:plain busybox:docker multiarch:1 shared:1 big:1 boot:1 symlinked:1 hostile:1"
 
 # write_digests REGISTRY: $dir/digests.json, {"repo:tag": describe, ...}
 write_digests() {
@@ -308,6 +319,7 @@ up() {
   push "$L:big-1" "$R/big:1"
   push "$L:boot-1" "$R/boot:1"
   push "$L:symlinked-1" "$R/symlinked:1"
+  push "$L:hostile-1" "$R/hostile:1"
   skopeo copy --quiet --all --dest-tls-verify=false "oci:$dir/layouts/multiarch:multiarch" "docker://$R/multiarch:1" >/dev/null
   push "$L:busybox-1" "127.0.0.1:$auth/busybox:1" --dest-creds kilnuser:kilnpass
   push "$L:busybox-1" "127.0.0.1:$token/busybox:1" --dest-creds kilnuser:kilnpass

@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use support::{Kiln, env};
@@ -999,4 +999,98 @@ fn layered_erofs_holds_the_same_tree_and_images_share_their_layer_files() {
     kiln.run(&["rmi", &shared]).ok();
     assert!(!base.exists());
     kiln.run(&["fsck"]).ok();
+}
+
+/// An image whose second layer climbs out of the root (`../kiln-escape`):
+/// every way of converting it fails with one error naming the image and
+/// the layer's digest, the entry as the cause, and a hint; nothing is
+/// written anywhere, no scratch is left, and the store stays consistent.
+#[test]
+fn a_hostile_layer_fails_every_conversion_naming_the_image_and_the_layer() {
+    let env = env();
+    let reference = format!("{}/hostile:1", env.registry);
+    let digests: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            Path::new(&std::env::var("KILN_TEST_ENV_DIR").unwrap()).join("digests.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let layer = digests["hostile:1"]["layers"][1]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let check = |run: support::Run, what: &str| {
+        let run = run.fails(1);
+        run.assert_one_error();
+        assert!(
+            run.stderr.starts_with(&format!(
+                "error: cannot unpack layer 1 ({layer}) of {reference}\n"
+            )) && run
+                .stderr
+                .contains("caused by: layer 1, entry \"../kiln-escape\": path contains '..'")
+                && run.stderr.contains("hint: the layer is malformed"),
+            "{what}: {}",
+            run.stderr
+        );
+    };
+    let kiln = Kiln::new();
+    kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
+    for format in ["ext4", "erofs", "initramfs"] {
+        check(
+            kiln.run(&["rootfs", "--format", format, &reference]),
+            format,
+        );
+    }
+    check(
+        kiln.run(&["rootfs", "--format", "erofs", "--layered", &reference]),
+        "layered",
+    );
+    assert!(kiln.no_scratch(), "no scratch left");
+    kiln.run(&["fsck"]).ok();
+
+    let pulling = Kiln::new();
+    check(
+        pulling.run(&["pull", "--insecure", "-q", "--rootfs", "ext4", &reference]),
+        "pull --rootfs",
+    );
+    assert!(pulling.no_scratch(), "no scratch left");
+    pulling.run(&["fsck"]).ok();
+    let layered = Kiln::new();
+    check(
+        layered.run(&[
+            "pull",
+            "--insecure",
+            "-q",
+            "--rootfs",
+            "erofs",
+            "--layered",
+            &reference,
+        ]),
+        "pull --rootfs erofs --layered",
+    );
+    assert!(layered.no_scratch(), "no scratch left");
+    for root in [kiln.dir.path(), pulling.dir.path(), layered.dir.path()] {
+        let escaped: Vec<_> = walk(root)
+            .into_iter()
+            .filter(|p| p.file_name().is_some_and(|n| n == "kiln-escape"))
+            .collect();
+        assert!(escaped.is_empty(), "{escaped:?}");
+    }
+}
+
+/// Every path under `root`.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(path.clone());
+            }
+            found.push(path);
+        }
+    }
+    found
 }

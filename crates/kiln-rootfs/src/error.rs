@@ -55,6 +55,14 @@ impl RootfsError {
 }
 
 impl RootfsError {
+    /// The index of the layer at fault (base first), when one is.
+    pub fn layer(&self) -> Option<usize> {
+        match self {
+            RootfsError::Entry { layer, .. } | RootfsError::Tar { layer, .. } => Some(*layer),
+            _ => None,
+        }
+    }
+
     /// A suggestion for the user.
     pub fn hint(&self) -> Option<String> {
         match self {

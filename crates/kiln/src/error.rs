@@ -90,6 +90,16 @@ pub enum Error {
     /// A layer could not be turned into a filesystem tree.
     #[error(transparent)]
     Rootfs(#[from] kiln_rootfs::RootfsError),
+    /// One layer of an image (by position, base first, and digest) could
+    /// not be turned into a filesystem tree.
+    #[error("cannot unpack layer {index} ({digest}) of {image}")]
+    Layer {
+        image: String,
+        index: usize,
+        digest: Digest,
+        #[source]
+        source: kiln_rootfs::RootfsError,
+    },
     /// A disk name kiln refuses.
     #[error(
         "invalid disk name {name:?}: use letters, digits, '_', '.', '-' (at most 128, starting with a letter or digit, no '..')"
@@ -226,7 +236,7 @@ impl Error {
                 ErrorKind::DataLoss
             }
             Error::InUse { .. } | Error::MultipleNames { .. } => ErrorKind::FailedPrecondition,
-            Error::Rootfs(error) => error.kind(),
+            Error::Rootfs(error) | Error::Layer { source: error, .. } => error.kind(),
             Error::InvalidDiskName { .. } => ErrorKind::InvalidArgument,
             Error::DiskExists { .. } => ErrorKind::AlreadyExists,
             Error::DiskNotFound { .. } => ErrorKind::NotFound,
@@ -270,6 +280,9 @@ impl Error {
         match self {
             Error::Store(error) => error.hint(),
             Error::Rootfs(error) => error.hint(),
+            Error::Layer { .. } => Some(
+                "the layer is malformed or was made to escape the root filesystem: tell the image's publisher".into(),
+            ),
             Error::Registry(error) => error.hint(),
             Error::Source(error) => error.hint(),
             Error::Credentials(error) => error.hint(),

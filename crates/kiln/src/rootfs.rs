@@ -197,7 +197,9 @@ impl Manager {
             Some((layers, unpacker)) => {
                 let mut tree = Tree::new();
                 for layer in layers {
-                    layer.apply(&mut tree)?;
+                    layer
+                        .apply(&mut tree)
+                        .map_err(|e| self.layer_error(image, query, e))?;
                 }
                 (tree, unpacker.objects.clone(), unpacker.scratch.0.as_path())
             }
@@ -321,7 +323,9 @@ impl Manager {
         let query = pulled.manifest_digest.to_string();
         let platform = pulled.platform.parse::<Platform>().ok();
         let image = self.one_image(&query, platform.as_ref())?;
-        let artifacts = self.rootfs_of(&query, &image, formats, parsed.zip(unpacker.as_ref()))?;
+        // (The user's reference, not the digest, in what errors say.)
+        let artifacts =
+            self.rootfs_of(reference, &image, formats, parsed.zip(unpacker.as_ref()))?;
         Ok((pulled, artifacts))
     }
 
@@ -508,7 +512,9 @@ impl Manager {
                     layers.iter().map(ParsedLayer::contents).collect();
                 let mut tree = Tree::new();
                 for layer in layers {
-                    layer.apply(&mut tree)?;
+                    layer
+                        .apply(&mut tree)
+                        .map_err(|e| self.layer_error(&image, reference, e))?;
                 }
                 self.build_layered(
                     &image,
@@ -771,8 +777,35 @@ impl Manager {
             blobs.push((self.store.content().open_blob(&layer.digest)?, compression));
         }
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
-        let (tree, contents) = read_layers_with_contents(blobs, &objects, workers)?;
+        let (tree, contents) = read_layers_with_contents(blobs, &objects, workers)
+            .map_err(|e| self.layer_error(image, query, e))?;
         Ok((tree, objects, contents))
+    }
+
+    /// A layer's error, naming the image and the layer's digest.
+    pub(crate) fn layer_error(
+        &self,
+        image: &kiln_store::ImageRecord,
+        query: &str,
+        error: kiln_rootfs::RootfsError,
+    ) -> Error {
+        let digest = error.layer().and_then(|index| {
+            let blobs = self.store.catalog().image_blobs(image.id).ok()?;
+            blobs
+                .into_iter()
+                .filter(|b| b.role == "layer")
+                .nth(index)
+                .map(|b| (index, b.digest))
+        });
+        match digest {
+            Some((index, digest)) => Error::Layer {
+                image: query.to_string(),
+                index,
+                digest,
+                source: error,
+            },
+            None => Error::Rootfs(error),
+        }
     }
 }
 
