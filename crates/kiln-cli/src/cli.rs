@@ -458,7 +458,7 @@ pub struct RootfsArgs {
     /// What to build
     #[arg(long, value_enum)]
     pub format: RootfsFormatArg,
-    /// Copy the result here (a reflink where the filesystem can); without it, print the path in the store
+    /// Copy the result here (a reflink where the filesystem can; with --layered, a directory); without it, print the path in the store
     #[arg(short, long, value_name = "PATH")]
     pub output: Option<PathBuf>,
     /// The image for this platform
@@ -469,8 +469,8 @@ pub struct RootfsArgs {
     pub size: Option<u64>,
     /// EROFS only: a small metadata image plus one data file per layer,
     /// shared by every image with that layer (mount with device= for each,
-    /// in the order printed)
-    #[arg(long, conflicts_with_all = ["output", "size"])]
+    /// in the order printed; -o DIR copies them into DIR)
+    #[arg(long, conflicts_with = "size")]
     pub layered: bool,
     /// Print the result as JSON
     #[arg(long)]

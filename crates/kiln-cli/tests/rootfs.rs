@@ -871,6 +871,57 @@ fn layered_erofs_holds_the_same_tree_and_images_share_their_layer_files() {
         refused.stderr
     );
 
+    // -o DIR: copies of the metadata image and the layer files, named by
+    // role, with the same tree; a directory with something in it is refused.
+    let out = kiln.dir.path().join("layered-out");
+    let copied = kiln
+        .run(&[
+            "rootfs",
+            "--format",
+            "erofs",
+            "--layered",
+            "--json",
+            &multi,
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .ok()
+        .json();
+    assert_eq!(
+        copied["metadata"]["path"],
+        out.join("metadata.erofs").to_str().unwrap()
+    );
+    let copies: Vec<PathBuf> = copied["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| PathBuf::from(d["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(copies.len(), devices.len());
+    for (copy, original) in copies.iter().zip(&devices) {
+        assert!(copy.starts_with(&out), "{}", copy.display());
+        assert_eq!(sha256(copy), sha256(original));
+    }
+    let copy_refs: Vec<&Path> = copies.iter().map(PathBuf::as_path).collect();
+    assert_eq!(
+        layered_tree(&out.join("metadata.erofs"), &copy_refs, kiln.dir.path()),
+        tree_of("erofs", &flat, kiln.dir.path()),
+    );
+    let taken = kiln
+        .run(&[
+            "rootfs",
+            "--format",
+            "erofs",
+            "--layered",
+            &multi,
+            "-o",
+            out.to_str().unwrap(),
+        ])
+        .fails(1);
+    taken.assert_one_error();
+    assert!(taken.stderr.contains("not empty"), "{}", taken.stderr);
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1 + devices.len());
+
     // A second request comes from the store; the text form prints the
     // metadata image, then each layer file in device order.
     let again = layered(&multi);
@@ -900,21 +951,21 @@ fn layered_erofs_holds_the_same_tree_and_images_share_their_layer_files() {
         "{}",
         ext4.stderr
     );
-    let output = kiln
+    let sized = kiln
         .run(&[
             "rootfs",
             "--format",
             "erofs",
             "--layered",
-            "-o",
-            "x",
+            "--size",
+            "1G",
             &multi,
         ])
         .fails(1);
     assert!(
-        output.stderr.contains("cannot be used with"),
+        sized.stderr.contains("cannot be used with"),
         "{}",
-        output.stderr
+        sized.stderr
     );
 
     // Several devices, numbered in order past layers without one: big:1

@@ -59,7 +59,8 @@ pub use query::{Found, ImageDetails, ImageSummary, LayerDetails, RootfsDetails};
 pub use remove::RemoveReport;
 pub use root::resolve_root;
 pub use rootfs::{
-    CONVERTER_VERSION, LayerData, LayeredRootfs, RootfsArtifact, RootfsFormat, copy_out,
+    CONVERTER_VERSION, LayerData, LayeredRootfs, RootfsArtifact, RootfsFormat, copy_layered_out,
+    copy_out,
 };
 pub use snapshot::Snapshot;
 pub use sources::{

@@ -871,6 +871,53 @@ pub fn copy_out(from: &Path, to: &Path) -> std::io::Result<()> {
     result
 }
 
+/// Copies a layered EROFS image into the directory `to` (made, or empty):
+/// `metadata.erofs` and `layer-N.erofs` for each layer file (N its
+/// position in the image), each as [`copy_out`] copies. Atomic: the files
+/// are copied into a temporary directory beside `to`, which then takes its
+/// name. Returns the image with the copies' paths.
+pub fn copy_layered_out(built: &LayeredRootfs, to: &Path) -> std::io::Result<LayeredRootfs> {
+    if let Ok(mut entries) = std::fs::read_dir(to)
+        && entries.next().is_some()
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} is a directory that is not empty", to.display()),
+        ));
+    }
+    if to.exists() && !to.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a directory", to.display()),
+        ));
+    }
+    let parent = to
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let temp = parent.join(kiln_store::fsutil::temp_name("kiln-out"));
+    let result = (|| {
+        fs_err::create_dir(&temp)?;
+        let mut copied = built.clone();
+        copy_out(&built.metadata.path, &temp.join("metadata.erofs"))?;
+        copied.metadata.path = to.join("metadata.erofs");
+        for device in &mut copied.devices {
+            let name = format!("layer-{}.erofs", device.layer);
+            copy_out(&device.path, &temp.join(&name))?;
+            device.path = to.join(name);
+        }
+        kiln_store::fsutil::sync_dir(&temp)?;
+        // rename(2) replaces an empty directory.
+        fs_err::rename(&temp, to)?;
+        kiln_store::fsutil::sync_dir(parent)?;
+        Ok(copied)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&temp);
+    }
+    result
+}
+
 /// Whether `path` starts with an ext2/3/4 superblock (magic 0xEF53 at byte 1080).
 fn is_ext4(path: &std::path::Path) -> bool {
     use std::io::{Read, Seek, SeekFrom};

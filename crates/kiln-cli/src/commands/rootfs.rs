@@ -82,7 +82,8 @@ pub fn run(manager: &Manager, args: RootfsArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `--layered`: the metadata image's path, then each layer file's, in the
-/// order the VM's mount names them (`device=` options).
+/// order the VM's mount names them (`device=` options); with `-o DIR`,
+/// copies in DIR.
 fn layered(
     manager: &Manager,
     args: &RootfsArgs,
@@ -92,7 +93,11 @@ fn layered(
     if format != RootfsFormat::Erofs {
         anyhow::bail!("--layered applies to EROFS only (--format erofs)");
     }
-    let built = manager.rootfs_layered(&args.reference, platform)?;
+    let mut built = manager.rootfs_layered(&args.reference, platform)?;
+    if let Some(output) = &args.output {
+        built = kiln::copy_layered_out(&built, output)
+            .with_context(|| format!("cannot write {}", output.display()))?;
+    }
     if args.json {
         printer::json(&built)?;
         return Ok(ExitCode::SUCCESS);
