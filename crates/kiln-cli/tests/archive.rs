@@ -447,6 +447,38 @@ fn multi_platform_layouts_and_names() {
         mine[0]["manifest_digest"],
         platforms["linux/arm64/v8"]["digest"]
     );
+    // A name may pin the index the image came through (a layout that lists
+    // only the index).
+    let only_index = work.path().join("only-index");
+    sh(&format!(
+        "cp -r {src} {dst} && jq '.manifests |= map(select(.mediaType | test(\"index\")))' {src}/index.json > {dst}/index.json && tar -C {dst} -cf {dst}.tar .",
+        src = fixtures().join("multiarch").display(),
+        dst = only_index.display()
+    ));
+    let pinned = format!(
+        "localhost/pinned@{}",
+        digests["multiarch:1"]["digest"].as_str().unwrap()
+    );
+    let by_index = Kiln::new();
+    by_index
+        .run(&[
+            "load",
+            "-q",
+            "-i",
+            &format!("{}.tar", only_index.display()),
+            "--platform",
+            "linux/arm64",
+            "-t",
+            &pinned,
+        ])
+        .ok();
+    assert_eq!(
+        by_index
+            .run(&["inspect", &pinned, "--format", "json"])
+            .ok()
+            .json()[0]["manifest_digest"],
+        platforms["linux/arm64/v8"]["digest"]
+    );
 
     // Without --platform: the host's from the index, every plain image.
     let kiln = Kiln::new();

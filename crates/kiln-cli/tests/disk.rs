@@ -299,6 +299,7 @@ fn disk_names_and_errors() {
         ["ok.name_1-2"],
         "failed creates leave nothing behind"
     );
+    assert!(kiln.no_scratch(), "nor scratch");
     // A create that died after publishing its directory but before recording
     // it leaves an orphan directory: the next create of that name replaces it.
     std::fs::create_dir_all(kiln.root().join("disks-v1/orphan")).unwrap();
@@ -309,7 +310,16 @@ fn disk_names_and_errors() {
         kiln.run(&["disk", "ls", "-q"]).ok().stdout.lines().count(),
         2
     );
-    // An orphan of a name nobody creates again goes with the next prune.
+    // An orphan of a name nobody creates again goes with the next prune,
+    // and so does the scratch of a create killed while it copied.
+    let killed = kiln.root().join("disks-v1/.making-1-2-3.tmp");
+    std::fs::create_dir_all(killed.join("disk")).unwrap();
+    std::fs::write(killed.join(".lock"), b"").unwrap();
+    std::fs::write(killed.join("disk/disk.raw"), vec![7u8; 1 << 20]).unwrap();
+    std::fs::File::open(&killed)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
+        .unwrap();
     std::fs::create_dir_all(kiln.root().join("disks-v1/stray")).unwrap();
     std::fs::write(
         kiln.root().join("disks-v1/stray/disk.raw"),
@@ -326,7 +336,11 @@ fn disk_names_and_errors() {
     );
     let mut left = published();
     left.sort();
-    assert_eq!(left, ["ok.name_1-2", "orphan"]);
+    assert_eq!(
+        left,
+        ["ok.name_1-2", "orphan"],
+        "the stray and the killed scratch are gone"
+    );
 }
 
 #[test]
@@ -526,27 +540,37 @@ fn a_disk_a_running_vm_holds_is_refused_by_snapshot() {
         .to_string();
     // A VM that holds the disk and never runs (-S: stopped before its
     // first instruction).
-    let mut vm = Command::new("qemu-system-x86_64")
+    /// The VM, killed however the test ends.
+    struct Vm(std::process::Child);
+    impl Drop for Vm {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let vm = Vm(Command::new("qemu-system-x86_64")
         .args(["-M", "microvm", "-accel", "tcg", "-S", "-display", "none"])
         .args(["-serial", "none", "-monitor", "none", "-drive"])
         .arg(format!("id=d,file={disk},format=qcow2,if=none"))
         .args(["-device", "virtio-blk-device,drive=d"])
         .stdin(std::process::Stdio::null())
         .spawn()
-        .expect("qemu-system-x86_64 (.ci/run installs qemu-system-x86)");
-    let held = (0..100).any(|_| {
+        .expect("qemu-system-x86_64 (.ci/run installs qemu-system-x86)"));
+    // Wait for QEMU's locks on the file (open file description locks, no
+    // pid), read from /proc/locks: taking a lock to test for them could
+    // race QEMU's own and make it give up.
+    use std::os::unix::fs::MetadataExt;
+    let inode = format!(":{} ", std::fs::metadata(&disk).unwrap().ino());
+    let held = (0..200).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(100));
-        !Command::new("qemu-img")
-            .args(["info", &disk])
-            .output()
+        std::fs::read_to_string("/proc/locks")
             .unwrap()
-            .status
-            .success()
+            .lines()
+            .any(|l| l.contains("OFDLCK") && l.contains(&inode))
     });
-    let refused = kiln.run(&["snapshot", "busy", "localhost/busy:1"]);
-    vm.kill().unwrap();
-    vm.wait().unwrap();
     assert!(held, "the VM took the disk's lock");
+    let refused = kiln.run(&["snapshot", "busy", "localhost/busy:1"]);
+    drop(vm);
     let refused = refused.fails(1);
     refused.assert_one_error();
     assert!(

@@ -287,7 +287,13 @@ fn parse_into(
         }
         let mut entry = entry.map_err(|source| RootfsError::Tar { layer, source })?;
         let raw_path = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        // (A hostile name is shown cut short: errors stay one line.)
+        let shown = match raw_path.get(..200) {
+            Some(start) if raw_path.len() > 200 => {
+                format!("{}…", String::from_utf8_lossy(start))
+            }
+            _ => String::from_utf8_lossy(&raw_path).into_owned(),
+        };
         let refuse = |reason: &str| RootfsError::Entry {
             layer,
             entry: shown.clone(),
@@ -349,6 +355,9 @@ fn parse_into(
                         .link_name_bytes()
                         .ok_or_else(|| refuse("symlink without a target"))?
                         .into_owned();
+                    if target.len() >= PATH_MAX {
+                        return Err(refuse("symlink target longer than 4095 bytes"));
+                    }
                     Op::Node(metadata, Kind::Symlink(target))
                 } else if entry_type.is_character_special() || entry_type.is_block_special() {
                     let major = header
@@ -648,14 +657,25 @@ fn parse_pax_number(value: &[u8]) -> Option<u32> {
     std::str::from_utf8(value).ok()?.trim().parse().ok()
 }
 
-/// Splits a tar path into components, refusing `..` and empty names.
+/// Linux's limits: a path (or a symlink's target) under `PATH_MAX` bytes,
+/// each name at most `NAME_MAX`. Longer ones no kernel can create, and a
+/// hostile layer would use them to make every lookup costly.
+const PATH_MAX: usize = 4096;
+const NAME_MAX: usize = 255;
+
+/// Splits a tar path into components, refusing `..`, NUL bytes, and paths
+/// and names longer than Linux allows.
 fn split_path(path: &[u8]) -> std::result::Result<Vec<Vec<u8>>, &'static str> {
+    if path.len() >= PATH_MAX {
+        return Err("path longer than 4095 bytes");
+    }
     let mut components = Vec::new();
     for component in path.split(|b| *b == b'/') {
         match component {
             b"" | b"." => continue,
             b".." => return Err("path contains '..'"),
             name if name.contains(&0) => return Err("path contains a NUL byte"),
+            name if name.len() > NAME_MAX => return Err("a name longer than 255 bytes"),
             name => components.push(name.to_vec()),
         }
     }

@@ -97,6 +97,32 @@ impl Layer {
         self.file(name, b"capable", 0o755, (0, 0))
     }
 
+    /// A file whose name (PAX `path`) is longer than a ustar header holds.
+    fn long_name(mut self, name: &str) -> Layer {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(1);
+        header.set_mode(0o644);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Regular);
+        self.0.append_data(&mut header, name, &b"x"[..]).unwrap();
+        self
+    }
+
+    /// A symlink whose target is longer than a ustar header holds.
+    fn long_symlink(mut self, name: &str, target: &str) -> Layer {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(0);
+        header.set_mode(0o777);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header.set_entry_type(tar::EntryType::Symlink);
+        self.0.append_link(&mut header, name, target).unwrap();
+        self
+    }
+
     fn bytes(self) -> Vec<u8> {
         self.0.into_inner().unwrap()
     }
@@ -267,6 +293,18 @@ fn hostile_layers_are_refused_with_the_layer_and_entry_named() {
                 .file("a/x", b"x", 0o644, (0, 0))
                 .bytes(),
             "more than 40 symlinks",
+        ),
+        (
+            "a name longer than Linux allows",
+            Layer::new().long_name(&"n".repeat(300)).bytes(),
+            "a name longer than 255 bytes",
+        ),
+        (
+            "a symlink target longer than Linux allows",
+            Layer::new()
+                .long_symlink("s", &format!("a/{}", "b/".repeat(3000)))
+                .bytes(),
+            "symlink target longer than 4095 bytes",
         ),
         (
             "an empty symlink on the path",
@@ -608,8 +646,15 @@ fn randomly_damaged_layers_are_refused_or_give_a_valid_tree_never_a_panic() {
         .file("bin/tool", b"#!/bin/sh\n", 0o4755, (0, 0))
         .device("dev/null", tar::EntryType::Char, 1, 3)
         .link(tar::EntryType::Fifo, "run/fifo", "")
+        .dir("usr/lib/", 0o755)
+        .file("usr/lib/old", b"old", 0o644, (0, 0))
+        .link(tar::EntryType::Symlink, "lib", "usr/lib")
+        .link(tar::EntryType::Symlink, "abs", "/usr/lib")
         .bytes();
     let upper = Layer::new()
+        .file("lib/added", b"through a symlink", 0o644, (0, 0))
+        .file("abs/.wh.old", b"", 0o644, (0, 0))
+        .link(tar::EntryType::Link, "lib/hard", "abs/added")
         .file("etc/.wh.passwd", b"", 0o644, (0, 0))
         .file("data/dir/.wh..wh..opq", b"", 0o644, (0, 0))
         .file("data/dir/z", &big[..700], 0o644, (1000, 1000))

@@ -213,20 +213,7 @@ impl ContentStore {
     /// is made and locked under another name, then renamed, so no prune
     /// ever sees it unlocked.
     pub fn scratch_dir(&self) -> Result<(PathBuf, LockFile)> {
-        let name = fsutil::temp_name("work");
-        let ingest = self.dir.join("ingest");
-        let making = ingest.join(format!("{}.making", name.trim_end_matches(".tmp")));
-        fs::create_dir_all(&making)?;
-        let dir = ingest.join(name);
-        let locked = LockFile::acquire(&making.join(SCRATCH_LOCK), LockMode::Exclusive)
-            .and_then(|lock| fs::rename(&making, &dir).map(|()| lock));
-        match locked {
-            Ok(lock) => Ok((dir, lock)),
-            Err(error) => {
-                let _ = std::fs::remove_dir_all(&making);
-                Err(error.into())
-            }
-        }
+        locked_scratch(&self.dir.join("ingest"), "work")
     }
 
     /// Makes `path`, a file kiln wrote inside the store (a conversion's
@@ -363,57 +350,90 @@ impl ContentStore {
             self.dir.join("blobs/sha256"),
             self.dir.join("blobs/sha512"),
         ] {
-            for entry in fs::read_dir(&dir)? {
-                let entry = entry?;
-                let name = entry.file_name();
-                let name = name.to_string_lossy();
-                // A scratch directory being made (see `scratch_dir`) goes
-                // only once it is old.
-                let is_temp =
-                    name.starts_with('.') && (name.ends_with(".tmp") || name.ends_with(".making"));
-                if !is_temp {
-                    continue;
-                }
-                let metadata = entry.metadata()?;
-                let path = entry.path();
-                let lock = path.join(SCRATCH_LOCK);
-                // A scratch with its lock goes when nobody holds the lock
-                // (whatever its age: a live one is never taken); anything
-                // else once it is older than `older_than`.
-                let held = if name.ends_with(".tmp") && metadata.is_dir() && lock.exists() {
-                    if metadata.mtime() >= fsutil::now() - DEAD_SCRATCH_AGE {
-                        continue;
-                    }
-                    match LockFile::try_acquire(&lock, LockMode::Exclusive)? {
-                        Some(held) => Some(held),
-                        None => continue,
-                    }
-                } else if metadata.mtime() < older_than {
-                    None
-                } else {
-                    continue;
-                };
-                let size = if metadata.is_dir() {
-                    tree_size(&path)
-                } else {
-                    metadata.len()
-                };
-                let removed = if metadata.is_dir() {
-                    fs::remove_dir_all(&path)
-                } else {
-                    fs::remove_file(&path)
-                };
-                drop(held);
-                match removed {
-                    Ok(()) => freed += size,
-                    // Another prune was first.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            freed += remove_stale_temps_in(&dir, older_than)?;
         }
         Ok(freed)
     }
+}
+
+/// A scratch directory in `parent` (named `.PREFIX-….tmp`), for a process
+/// to work in, with its lock (`.lock` inside it) held for as long as the
+/// directory is used: [`remove_stale_temps_in`] removes the scratch of a
+/// process that died (its lock is free) without waiting for it to age. The
+/// directory is made and locked under another name (`….making`), then
+/// renamed, so no sweep ever sees it unlocked.
+pub fn locked_scratch(parent: &Path, prefix: &str) -> Result<(PathBuf, LockFile)> {
+    let name = fsutil::temp_name(prefix);
+    let making = parent.join(format!("{}.making", name.trim_end_matches(".tmp")));
+    fs::create_dir_all(&making)?;
+    let dir = parent.join(name);
+    let locked = LockFile::acquire(&making.join(SCRATCH_LOCK), LockMode::Exclusive)
+        .and_then(|lock| fs::rename(&making, &dir).map(|()| lock));
+    match locked {
+        Ok(lock) => Ok((dir, lock)),
+        Err(error) => {
+            let _ = std::fs::remove_dir_all(&making);
+            Err(error.into())
+        }
+    }
+}
+
+/// Removes from `dir` the leftover temporary files and directories
+/// (`.….tmp`, `.….making`) of writers that died: those older than
+/// `older_than`, and at once the scratch directories (see
+/// [`locked_scratch`]) whose lock no live process holds. Returns the bytes
+/// freed.
+pub fn remove_stale_temps_in(dir: &Path, older_than: i64) -> Result<u64> {
+    let mut freed = 0;
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        // A scratch directory being made (see `scratch_dir`) goes
+        // only once it is old.
+        let is_temp =
+            name.starts_with('.') && (name.ends_with(".tmp") || name.ends_with(".making"));
+        if !is_temp {
+            continue;
+        }
+        let metadata = entry.metadata()?;
+        let path = entry.path();
+        let lock = path.join(SCRATCH_LOCK);
+        // A scratch with its lock goes when nobody holds the lock
+        // (whatever its age: a live one is never taken); anything
+        // else once it is older than `older_than`.
+        let held = if name.ends_with(".tmp") && metadata.is_dir() && lock.exists() {
+            if metadata.mtime() >= fsutil::now() - DEAD_SCRATCH_AGE {
+                continue;
+            }
+            match LockFile::try_acquire(&lock, LockMode::Exclusive)? {
+                Some(held) => Some(held),
+                None => continue,
+            }
+        } else if metadata.mtime() < older_than {
+            None
+        } else {
+            continue;
+        };
+        let size = if metadata.is_dir() {
+            tree_size(&path)
+        } else {
+            metadata.len()
+        };
+        let removed = if metadata.is_dir() {
+            fs::remove_dir_all(&path)
+        } else {
+            fs::remove_file(&path)
+        };
+        drop(held);
+        match removed {
+            Ok(()) => freed += size,
+            // Another prune was first.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(freed)
 }
 
 /// Bytes of the files under `path` (what removing it frees).

@@ -17,6 +17,9 @@ pub struct Problem {
     pub digest: Digest,
     /// What exactly.
     pub detail: String,
+    /// The sandbox disk concerned (`broken_disk`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk: Option<String>,
     /// What `--repair` did about it, if anything.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repaired: Option<String>,
@@ -73,6 +76,7 @@ impl Store {
                     self.content.blob_path(&file.digest).display()
                 ),
                 digest: file.digest.clone(),
+                disk: None,
                 repaired: None,
             };
             if repair {
@@ -103,6 +107,7 @@ impl Store {
                 kind: "missing_blob",
                 detail: "the catalog records it but its file is gone".into(),
                 digest: digest.clone(),
+                disk: None,
                 repaired: None,
             };
             if repair {
@@ -145,6 +150,7 @@ impl Store {
             report.problems.push(Problem {
                 kind: "incomplete_image",
                 digest: image.manifest_digest,
+                disk: None,
                 detail,
                 repaired: repair.then(|| "marked incomplete: pull it again".to_string()),
             });
@@ -179,6 +185,7 @@ impl Store {
             report.problems.push(Problem {
                 kind: "broken_disk",
                 digest: disk.backing,
+                disk: Some(disk.name),
                 detail,
                 repaired: None,
             });

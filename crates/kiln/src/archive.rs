@@ -550,19 +550,24 @@ impl Manager {
                 candidate.names = vec![tag.clone()];
                 candidate.note = None;
             }
-            if let Some(name) = candidate.names.iter().find(|name| {
-                name.digest()
-                    .is_some_and(|pinned| *pinned != candidate.digest)
-            }) {
-                return Err(Error::NameDigest {
-                    name: name.to_string(),
-                    detail: format!(
-                        "the name pins another digest than the image's ({})",
-                        candidate.digest
-                    ),
-                });
-            }
+            // A name may pin the image's manifest, or the index it came
+            // through; checked for the images that are loaded.
+            let index = candidate.index.as_ref().map(|index| &index.digest);
+            let misnamed = candidate
+                .names
+                .iter()
+                .find(|name| {
+                    name.digest()
+                        .is_some_and(|pinned| *pinned != candidate.digest && Some(pinned) != index)
+                })
+                .map(|name| (name.to_string(), candidate.digest.clone()));
             match self.check(&loader, candidate, options) {
+                Ok(Ok(_)) if let Some((name, digest)) = misnamed => {
+                    return Err(Error::NameDigest {
+                        name,
+                        detail: format!("the name pins another digest than the image's ({digest})"),
+                    });
+                }
                 Ok(Ok(image)) => checked.push(image),
                 Ok(Err(platform)) => skipped.push(platform),
                 Err(failure) => return Err(wrap(failure)),

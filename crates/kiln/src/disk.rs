@@ -9,8 +9,9 @@
 //! (without `--force`, which removes only its name) and the raw image an
 //! overlay reads stays until its last disk goes.
 //!
-//! A disk is made inside a locked scratch directory (a killed `disk create`
-//! leaves it to the next `prune`), then published: under `disks-v1/.lock`,
+//! A disk is made inside a locked scratch directory in `disks-v1/` (a
+//! killed `disk create` leaves it to the next `prune`), then published:
+//! under `disks-v1/.lock`,
 //! its directory is renamed into place and its catalog row added. `disk rm`
 //! takes the same lock to remove both, and `prune` takes it to remove a
 //! directory that has no row (a create killed between the two steps).
@@ -109,13 +110,21 @@ impl Manager {
         let _lock = self.lock_disks()?;
         let catalog = self.store.catalog();
         let (mut count, mut bytes) = (0, 0);
+        if !dry_run {
+            // Killed creates' scratch: at once once unlocked; a half-made
+            // one (`.making`) after an hour.
+            bytes += kiln_store::content::remove_stale_temps_in(
+                &directory,
+                kiln_store::fsutil::now() - 3600,
+            )?;
+        }
         for entry in fs_err::read_dir(&directory).map_err(kiln_store::StoreError::from)? {
             let entry = entry.map_err(kiln_store::StoreError::from)?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') || validate_disk_name(&name).is_err() {
                 continue;
             }
-            if catalog.disk(&name)?.is_some() {
+            if catalog.disk(&name)?.is_some() || !entry.path().is_dir() {
                 continue;
             }
             count += 1;
@@ -150,7 +159,11 @@ impl Manager {
                 query: query.to_string(),
             })?;
         let directory = self.disks_dir().join(name);
-        let scratch = crate::Scratch::new(self)?;
+        // Made beside the disks (their filesystem, whatever is mounted
+        // there), in a locked scratch a killed create leaves to `prune`.
+        fs_err::create_dir_all(self.disks_dir()).map_err(kiln_store::StoreError::from)?;
+        let (dir, lock) = kiln_store::content::locked_scratch(&self.disks_dir(), "making")?;
+        let scratch = crate::Scratch(dir, lock);
         let staging = scratch.0.join("disk");
         fs_err::create_dir_all(&staging).map_err(kiln_store::StoreError::from)?;
         let (file_name, disk_format, method) = make_disk(&base.path, &staging, format)?;

@@ -308,7 +308,8 @@ impl Error {
             ),
             Error::DiskExists { .. } => Some("choose another name, or `kiln disk rm` the old disk first".into()),
             Error::DiskNotFound { .. } => Some("`kiln disk ls` lists the disks".into()),
-            Error::DiskTool { detail, .. } if detail.contains("lock") => Some(
+            // QEMU's image locking: `Failed to get "write" lock`, or `shared "write" lock`.
+            Error::DiskTool { detail, .. } if detail.contains("\"write\" lock") => Some(
                 "a VM still has the disk open: stop it first".into(),
             ),
             Error::DiskTool { .. } => Some(

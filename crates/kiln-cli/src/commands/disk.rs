@@ -38,8 +38,7 @@ pub fn run(manager: &Manager, command: DiskCommand) -> anyhow::Result<ExitCode> 
                 if disk.method == "overlay" && args.format == DiskFormatArg::Auto {
                     printer::status(
                         "note: a qcow2 overlay, as the store's filesystem has no reflink: QEMU \
-                         and cloud-hypervisor open it; for Firecracker, which opens raw disks \
-                         only, pass --format raw",
+                         opens it; for Firecracker, which opens raw disks only, pass --format raw",
                     );
                 }
                 printer::out(disk.path.display())?;
