@@ -266,7 +266,7 @@ fn parse_into(
     changes: &mut Vec<Change>,
     stop: &AtomicBool,
 ) -> Result<()> {
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(crate::guard::TarGuard::new(reader));
     let entries = archive
         .entries()
         .map_err(|source| RootfsError::Tar { layer, source })?;

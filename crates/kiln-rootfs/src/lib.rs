@@ -28,6 +28,7 @@ mod erofs;
 mod error;
 mod ext4;
 mod ext4read;
+mod guard;
 mod initramfs;
 pub mod objects;
 mod ondisk;

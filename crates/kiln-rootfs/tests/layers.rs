@@ -470,6 +470,21 @@ fn truncated_absurd_and_garbage_layers_fail_cleanly() {
         "{error}"
     );
 
+    // PAX records the tar parser would read into memory whole: 2 MiB here,
+    // gigabytes from a small gzip in an attack.
+    let bloated = Layer::new()
+        .file("before", b"x", 0o644, (0, 0))
+        .xattr_file("after", "user.huge", &vec![b'v'; 2 << 20])
+        .bytes();
+    let piped = build_piped(vec![bloated.clone()]).unwrap_err().to_string();
+    let (_dir, _tree, _objects, result) = build(vec![bloated]);
+    let error = result.unwrap_err().to_string();
+    assert_eq!(piped, error, "the same error through a pipe");
+    assert!(
+        error.starts_with("layer 0: malformed tar: an extension header"),
+        "{error}"
+    );
+
     let (_dir, _tree, _objects, result) = build(vec![
         b"this is not a tar archive at all, just some text that goes on".repeat(20),
     ]);
