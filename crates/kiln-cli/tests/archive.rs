@@ -616,10 +616,10 @@ out.close()
     assert!(status.success());
 }
 
-#[test]
-fn bad_archives_are_refused_and_leave_nothing() {
+/// busybox:multi pulled into a store and saved (`kiln save -o`): the
+/// directory holding the archive, and its path.
+fn saved_multi() -> (tempfile::TempDir, PathBuf) {
     let env = env();
-    let digests = digests();
     let source = Kiln::new();
     let reference = format!("{}/busybox:multi", env.registry);
     source.run(&["pull", "-q", "--insecure", &reference]).ok();
@@ -628,6 +628,13 @@ fn bad_archives_are_refused_and_leave_nothing() {
     source
         .run(&["save", "-q", &reference, "-o", good.to_str().unwrap()])
         .ok();
+    (work, good)
+}
+
+#[test]
+fn bad_archives_are_refused_and_leave_nothing() {
+    let digests = digests();
+    let (work, good) = saved_multi();
     let layer = digests["busybox:multi"]["layers"][0]
         .as_str()
         .unwrap()
@@ -938,15 +945,7 @@ fn tar_members(archive: &[u8]) -> Vec<(usize, String, usize, usize)> {
 /// passes either way.
 #[test]
 fn randomly_damaged_archives_load_or_fail_cleanly() {
-    let env = env();
-    let source = Kiln::new();
-    let reference = format!("{}/busybox:multi", env.registry);
-    source.run(&["pull", "-q", "--insecure", &reference]).ok();
-    let work = tempfile::tempdir().unwrap();
-    let good = work.path().join("good.tar");
-    source
-        .run(&["save", "-q", &reference, "-o", good.to_str().unwrap()])
-        .ok();
+    let (work, good) = saved_multi();
     let pristine = std::fs::read(&good).unwrap();
     let members = tar_members(&pristine);
     let small: Vec<_> = members

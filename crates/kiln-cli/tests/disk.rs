@@ -25,6 +25,24 @@ fn qemu_img_info(path: &str) -> serde_json::Value {
     serde_json::from_slice(&output.stdout).unwrap()
 }
 
+/// A store holding `tag` (pulled from the test registry) and a raw disk
+/// `work` made from it: the store, the image's reference, the disk's path.
+fn raw_work_disk(tag: &str) -> (Kiln, String, String) {
+    let env = env();
+    let kiln = Kiln::new();
+    let reference = format!("{}/{tag}", env.registry);
+    kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
+    let disk = kiln
+        .run(&[
+            "disk", "create", "work", "--image", &reference, "--format", "raw",
+        ])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    (kiln, reference, disk)
+}
+
 #[test]
 fn raw_disks_are_isolated_from_each_other_and_from_the_base() {
     let env = env();
@@ -345,18 +363,7 @@ fn disk_names_and_errors() {
 
 #[test]
 fn snapshot_round_trip() {
-    let env = env();
-    let kiln = Kiln::new();
-    let reference = format!("{}/busybox:multi", env.registry);
-    kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
-    let disk = kiln
-        .run(&[
-            "disk", "create", "work", "--image", &reference, "--format", "raw",
-        ])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
+    let (kiln, reference, disk) = raw_work_disk("busybox:multi");
     let mnt = kiln.dir.path().join("mnt");
     mount(Path::new(&disk), &mnt, "loop,rw");
     std::fs::write(mnt.join("made-in-the-sandbox"), b"state").unwrap();
@@ -484,18 +491,7 @@ fn snapshot_round_trip() {
 /// nothing; once the file is gone, the snapshot goes through.
 #[test]
 fn a_sparse_file_larger_than_the_disk_is_refused_by_snapshot() {
-    let env = env();
-    let kiln = Kiln::new();
-    let reference = format!("{}/busybox:1", env.registry);
-    kiln.run(&["pull", "--insecure", "-q", &reference]).ok();
-    let disk = kiln
-        .run(&[
-            "disk", "create", "work", "--image", &reference, "--format", "raw",
-        ])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
+    let (kiln, _, disk) = raw_work_disk("busybox:1");
     let mnt = kiln.dir.path().join("mnt");
     mount(Path::new(&disk), &mnt, "loop,rw");
     let huge = std::fs::File::create(mnt.join("huge")).unwrap();
