@@ -447,8 +447,24 @@ fn multi_platform_layouts_and_names() {
         mine[0]["manifest_digest"],
         platforms["linux/arm64/v8"]["digest"]
     );
-    // A name may pin the index the image came through (a layout that lists
-    // only the index).
+    // A name may pin an index the image was listed through: in a layout
+    // that lists the manifest directly and through the index, and in one
+    // that lists only the index.
+    let both = Kiln::new();
+    both.run(&[
+        "load",
+        "-q",
+        "-i",
+        archive,
+        "--platform",
+        "linux/arm64",
+        "-t",
+        &format!(
+            "localhost/pinned@{}",
+            digests["multiarch:1"]["digest"].as_str().unwrap()
+        ),
+    ])
+    .ok();
     let only_index = work.path().join("only-index");
     sh(&format!(
         "cp -r {src} {dst} && jq '.manifests |= map(select(.mediaType | test(\"index\")))' {src}/index.json > {dst}/index.json && tar -C {dst} -cf {dst}.tar .",

@@ -658,26 +658,30 @@ fn parse_pax_number(value: &[u8]) -> Option<u32> {
 }
 
 /// Linux's limits: a path (or a symlink's target) under `PATH_MAX` bytes,
-/// each name at most `NAME_MAX`. Longer ones no kernel can create, and a
-/// hostile layer would use them to make every lookup costly.
+/// each name at most `NAME_MAX`, as system calls take them; a hostile
+/// layer would use longer ones to make every lookup costly.
 const PATH_MAX: usize = 4096;
 const NAME_MAX: usize = 255;
 
 /// Splits a tar path into components, refusing `..`, NUL bytes, and paths
 /// and names longer than Linux allows.
 fn split_path(path: &[u8]) -> std::result::Result<Vec<Vec<u8>>, &'static str> {
-    if path.len() >= PATH_MAX {
-        return Err("path longer than 4095 bytes");
-    }
-    let mut components = Vec::new();
+    let mut components: Vec<Vec<u8>> = Vec::new();
     for component in path.split(|b| *b == b'/') {
         match component {
             b"" | b"." => continue,
             b".." => return Err("path contains '..'"),
             name if name.contains(&0) => return Err("path contains a NUL byte"),
-            name if name.len() > NAME_MAX => return Err("a name longer than 255 bytes"),
+            // (A whiteout's name is the removed name behind `.wh.`.)
+            name if name.len() - usize::from(name.starts_with(b".wh.")) * 4 > NAME_MAX => {
+                return Err("a name longer than 255 bytes");
+            }
             name => components.push(name.to_vec()),
         }
+    }
+    let length: usize = components.iter().map(|c| c.len() + 1).sum();
+    if length >= PATH_MAX {
+        return Err("path longer than 4095 bytes");
     }
     Ok(components)
 }

@@ -13,13 +13,16 @@ use std::io::Read;
 pub const MAX_EXTENSION_HEADER: u64 = 1 << 20;
 
 const BLOCK: usize = 512;
+/// Most GNU sparse extension blocks one entry may have (1 MiB of them):
+/// the parser keeps ~1.3 KB of memory per block.
+const MAX_SPARSE_BLOCKS: u64 = 2048;
 
 /// What the next bytes of the stream are.
 enum Expect {
     /// A header block (or the zero blocks at the end).
     Header,
-    /// GNU sparse extension blocks, then `data` bytes of data.
-    SparseBlocks { data: u64 },
+    /// GNU sparse extension blocks (`blocks` seen), then `data` bytes of data.
+    SparseBlocks { data: u64, blocks: u64 },
 }
 
 pub(crate) struct TarGuard<R> {
@@ -67,10 +70,7 @@ impl<R: Read> TarGuard<R> {
                     records.extend_from_slice(&bytes[..take]);
                     *remaining -= take as u64;
                     if *remaining == 0 {
-                        self.pax_size = tar::PaxExtensions::new(records)
-                            .flatten()
-                            .find(|r| r.key_bytes() == b"size")
-                            .and_then(|r| std::str::from_utf8(r.value_bytes()).ok()?.parse().ok());
+                        self.pax_size = pax_size(records);
                         self.pax = None;
                     }
                 }
@@ -93,43 +93,74 @@ impl<R: Read> TarGuard<R> {
         Ok(())
     }
 
+    /// One block, read the way the tar crate reads it (`Archive::entries`
+    /// in tar 0.4): its own header parsing, extension headers recognised
+    /// only with ustar or GNU magic, a pending PAX `size` record for the
+    /// next entry it hands on, GNU sparse extension blocks while their flag
+    /// is 1.
     fn on_block(&mut self, block: &[u8]) -> std::io::Result<()> {
-        if let Expect::SparseBlocks { data } = self.expect {
-            // Each extension block says at byte 504 whether another follows.
-            if block[504] == 0 {
-                self.expect = Expect::Header;
-                self.data_left = data;
+        if let Expect::SparseBlocks { data, blocks } = self.expect {
+            if blocks >= MAX_SPARSE_BLOCKS {
+                return Err(refusal(format!(
+                    "a sparse file with more than {MAX_SPARSE_BLOCKS} extension blocks"
+                )));
             }
+            self.expect = if block[504] == 1 {
+                Expect::SparseBlocks {
+                    data,
+                    blocks: blocks + 1,
+                }
+            } else {
+                self.data_left = data;
+                Expect::Header
+            };
             return Ok(());
         }
         if block.iter().all(|b| *b == 0) {
-            return Ok(()); // the end-of-archive blocks
+            return Ok(()); // the end: the parser stops at the first zero block
         }
-        let Some(mut size) = header_size(&block[124..136]) else {
+        let header = tar::Header::from_byte_slice(block);
+        let Ok(mut size) = header.entry_size() else {
+            // The parser fails at this header too.
             self.lost = true;
             return Ok(());
         };
-        let kind = block[156];
-        let extension = matches!(kind, b'x' | b'g' | b'L' | b'K');
-        if extension {
+        let kind = header.entry_type();
+        let recognized = header.as_gnu().is_some() || header.as_ustar().is_some();
+        let held = recognized
+            && (kind.is_gnu_longname() || kind.is_gnu_longlink() || kind.is_pax_local_extensions());
+        if held {
+            // Read into memory whole by the parser.
             if size > MAX_EXTENSION_HEADER {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!(
-                        "an extension header (PAX records or a long name) of {size} bytes, more \
-                         than the {MAX_EXTENSION_HEADER} kiln reads"
-                    ),
-                ));
+                return Err(refusal(format!(
+                    "an extension header (PAX records or a long name) of {size} bytes, more \
+                     than the {MAX_EXTENSION_HEADER} kiln reads"
+                )));
             }
-            if kind == b'x' {
+            if kind.is_pax_local_extensions() {
                 self.pax = (size > 0).then(|| (Vec::with_capacity(size as usize), size));
             }
-        } else if let Some(pax_size) = self.pax_size.take() {
-            size = pax_size;
+        } else {
+            // An entry the parser hands on: it takes the pending PAX
+            // records, whose `size` stands for its own unless it is an
+            // extension header itself.
+            let extension_kind = kind.is_gnu_longname()
+                || kind.is_gnu_longlink()
+                || kind.is_pax_local_extensions()
+                || kind.is_pax_global_extensions();
+            if let Some(pax_size) = self.pax_size.take()
+                && !extension_kind
+            {
+                size = pax_size;
+            }
         }
         let padded = size.div_ceil(BLOCK as u64) * BLOCK as u64;
-        if kind == b'S' && block[482] != 0 {
-            self.expect = Expect::SparseBlocks { data: padded };
+        let sparse = kind.is_gnu_sparse() && header.as_gnu().is_some_and(|gnu| gnu.is_extended());
+        if sparse && !held {
+            self.expect = Expect::SparseBlocks {
+                data: padded,
+                blocks: 0,
+            };
         } else {
             self.data_left = padded;
         }
@@ -137,24 +168,20 @@ impl<R: Read> TarGuard<R> {
     }
 }
 
-/// A header's size field: octal digits, or GNU's base-256 (high bit set).
-fn header_size(field: &[u8]) -> Option<u64> {
-    if field[0] & 0x80 != 0 {
-        if field[0] != 0x80 || field[1..4].iter().any(|b| *b != 0) {
-            return None; // negative, or beyond 2^64
+fn refusal(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what)
+}
+
+/// A PAX record set's `size`, as the tar parser reads it: records up to the
+/// first malformed one.
+fn pax_size(records: &[u8]) -> Option<u64> {
+    for record in tar::PaxExtensions::new(records) {
+        let record = record.ok()?;
+        if record.key() == Ok("size") {
+            return record.value().ok()?.parse().ok();
         }
-        return Some(
-            field[4..]
-                .iter()
-                .fold(0u64, |n, b| (n << 8) | u64::from(*b)),
-        );
     }
-    let text = std::str::from_utf8(field).ok()?;
-    let digits = text.trim_matches(|c: char| c == ' ' || c == '\0');
-    if digits.is_empty() {
-        return Some(0);
-    }
-    u64::from_str_radix(digits, 8).ok()
+    None
 }
 
 impl<R: Read> Read for TarGuard<R> {
@@ -219,6 +246,33 @@ mod tests {
                 .unwrap();
         }
         builder.into_inner().unwrap()
+    }
+
+    /// Size fields written oddly but read by the tar parser, and a PAX
+    /// `size` a global header takes: the guard reads them as the parser
+    /// does, and stays in step.
+    #[test]
+    fn odd_headers_the_parser_reads_keep_the_guard_in_step() {
+        let reseal = |bytes: &mut [u8], at: usize| {
+            bytes[at + 148..at + 156].fill(b' ');
+            let sum: u32 = bytes[at..at + 512].iter().map(|b| u32::from(*b)).sum();
+            bytes[at + 148..at + 156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        };
+        // Octal cut at a NUL, then bytes that are not text.
+        let mut octal = layer(&[("a", 1000)], None);
+        octal[124..136].copy_from_slice(b"0001750\0\xff\xfe\x01\x02");
+        reseal(&mut octal, 0);
+        // Base-256 with a first byte other than 0x80 (the parser reads the last 8).
+        let mut wide = layer(&[("a", 1000)], None);
+        wide[124..136].copy_from_slice(&[0x81, 9, 9, 9, 0, 0, 0, 0, 0, 0, 0x03, 0xe8]);
+        reseal(&mut wide, 0);
+        for bytes in [octal, wide] {
+            let mut archive = tar::Archive::new(&bytes[..]);
+            let size = archive.entries().unwrap().next().unwrap().unwrap().size();
+            assert_eq!(size, 1000, "the parser reads it");
+            let refused = pass(&then_oversize(bytes)).unwrap_err().to_string();
+            assert!(refused.contains("extension header"), "{refused}");
+        }
     }
 
     #[test]
@@ -299,17 +353,5 @@ mod tests {
                 .to_string()
                 .contains("extension header")
         );
-    }
-
-    #[test]
-    fn sizes_parse_in_octal_and_base_256() {
-        assert_eq!(header_size(b"00000001750\0"), Some(1000));
-        assert_eq!(header_size(b"           \0"), Some(0));
-        let mut wide = [0u8; 12];
-        wide[0] = 0x80;
-        wide[11] = 5;
-        wide[10] = 1;
-        assert_eq!(header_size(&wide), Some(261));
-        assert_eq!(header_size(b"12x456789012"), None);
     }
 }

@@ -443,6 +443,21 @@ fn symlinks_on_the_way_are_followed_inside_the_root() {
     }
 }
 
+/// A name of 255 bytes, the most Linux allows, is removed by its whiteout,
+/// whose own name is 4 bytes longer.
+#[test]
+fn a_whiteout_of_the_longest_name_applies() {
+    let name = "n".repeat(255);
+    let base = Layer::new().long_name(&format!("d/{name}")).bytes();
+    let upper = Layer::new().long_name(&format!("d/.wh.{name}")).bytes();
+    let (_dir, tree, _objects, result) = build(vec![base.clone()]);
+    result.unwrap();
+    assert!(paths(&tree).contains(&format!("d/{name}")));
+    let (_dir, tree, _objects, result) = build(vec![base, upper]);
+    result.unwrap();
+    assert_eq!(paths(&tree), ["d"]);
+}
+
 #[test]
 fn a_parser_that_stops_early_does_not_hold_up_the_writer() {
     // The first header is garbage, so parsing stops there; 20 MB follow

@@ -425,6 +425,9 @@ struct Candidate {
     names: Vec<Reference>,
     note: Option<String>,
     index: Option<IndexRecord>,
+    /// The indexes it was listed through (merged listings): digests a
+    /// name may pin besides its own.
+    through: Vec<Digest>,
     descriptor_platform: Option<Platform>,
     referrer: String,
 }
@@ -524,6 +527,7 @@ impl Manager {
                             known.names.push(name);
                         }
                     }
+                    known.through.extend(candidate.through);
                 }
                 None => candidates.push(candidate),
             }
@@ -550,15 +554,15 @@ impl Manager {
                 candidate.names = vec![tag.clone()];
                 candidate.note = None;
             }
-            // A name may pin the image's manifest, or the index it came
-            // through; checked for the images that are loaded.
-            let index = candidate.index.as_ref().map(|index| &index.digest);
+            // A name may pin the image's manifest, or an index it was
+            // listed through; checked for the images that are loaded.
             let misnamed = candidate
                 .names
                 .iter()
                 .find(|name| {
-                    name.digest()
-                        .is_some_and(|pinned| *pinned != candidate.digest && Some(pinned) != index)
+                    name.digest().is_some_and(|pinned| {
+                        *pinned != candidate.digest && !candidate.through.contains(pinned)
+                    })
                 })
                 .map(|name| (name.to_string(), candidate.digest.clone()));
             match self.check(&loader, candidate, options) {
@@ -671,6 +675,7 @@ impl Manager {
                             names,
                             note,
                             index: None,
+                            through: Vec::new(),
                             descriptor_platform: descriptor.platform.clone(),
                             referrer: "index.json".into(),
                         }),
@@ -701,6 +706,7 @@ impl Manager {
                                     media_type: descriptor.media_type.clone(),
                                     size: descriptor.size,
                                 }),
+                                through: vec![descriptor.digest.clone()],
                                 descriptor_platform: chosen.platform.clone(),
                                 referrer: entry,
                             });
@@ -811,6 +817,7 @@ impl Manager {
             names,
             note,
             index: None,
+            through: Vec::new(),
             descriptor_platform: None,
             referrer: referrer.into(),
         })
