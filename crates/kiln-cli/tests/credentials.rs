@@ -45,12 +45,11 @@ fn kiln_with(kiln: &Kiln, args: &[&str], stdin: Option<&str>, vars: &[(&str, &st
         .stderr(Stdio::piped());
     let mut child = command.spawn().unwrap();
     if let Some(text) = stdin {
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
+        // A kiln that refuses before reading its input closes the pipe.
+        let written = child.stdin.take().unwrap().write_all(text.as_bytes());
+        if let Err(error) = written {
+            assert_eq!(error.kind(), std::io::ErrorKind::BrokenPipe, "{error}");
+        }
     }
     let output = child.wait_with_output().unwrap();
     let run = Run {
