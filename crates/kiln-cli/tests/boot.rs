@@ -1,4 +1,4 @@
-//! The flow a microVM user runs: pull → rootfs → disk → boot. QEMU (`-M
+//! The flow a microVM user runs: pull → rootfs → disk → boot → snapshot. QEMU (`-M
 //! microvm`) with Debian's kernel boots the initramfs, and the ext4 image
 //! and a sandbox disk made from it as the root device (through Debian's initrd, which loads virtio-blk and ext4), to the
 //! marker the image's /init prints; and the EROFS image as the root device
@@ -153,6 +153,38 @@ fn pulled_images_boot_as_initramfs_and_as_ext4_root() {
         check.status.success() || sandbox["format"] == "raw",
         "{check:?}"
     );
+
+    // What the VM writes is what a snapshot of its disk holds: a shell as
+    // init writes a file, remounts read-only (a clean journal) and stops.
+    let console = boot(
+        &newest("initrd.img-"),
+        &[&sandbox_disk],
+        true,
+        "root=/dev/vda rw init=/bin/busybox -- sh -c \"echo made-in-the-vm > /made; \
+         mount -o remount,ro /; echo KILN-WROTE; poweroff -f\"",
+    );
+    assert!(console.contains("KILN-WROTE"), "{console}");
+    let snapshot = kiln
+        .run(&["snapshot", "vm1", "localhost/vm1:1", "--json"])
+        .ok()
+        .json();
+    assert_eq!(snapshot["changed"], 1, "{snapshot}");
+    let image = kiln.dir.path().join("vm1.ext4");
+    kiln.run(&[
+        "rootfs",
+        "--format",
+        "ext4",
+        "localhost/vm1:1",
+        "-o",
+        image.to_str().unwrap(),
+    ])
+    .ok();
+    let made = Command::new("debugfs")
+        .args(["-R", "cat /made"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&made.stdout), "made-in-the-vm\n");
     kiln.run(&["fsck"]).ok();
 }
 
