@@ -730,6 +730,16 @@ impl Drop for LoopDevices {
 }
 
 /// The tree of a layered EROFS (`fsck.erofs` with its devices first),
+/// The layer files of a layered EROFS (`--json`), in device order.
+fn device_paths(built: &serde_json::Value) -> Vec<&Path> {
+    built["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| Path::new(d["path"].as_str().unwrap()))
+        .collect()
+}
+
 /// mounted with one `device=` per layer file, in order.
 fn layered_tree(metadata: &Path, devices: &[&Path], work: &Path) -> (Snapshot, XattrMap) {
     let mut check = Command::new("fsck.erofs");
@@ -778,12 +788,7 @@ fn layered_erofs_holds_the_same_tree_and_images_share_their_layer_files() {
 
     let built = layered(&multi);
     assert_eq!(built["cached"], false);
-    let devices: Vec<&Path> = built["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| Path::new(d["path"].as_str().unwrap()))
-        .collect();
+    let devices = device_paths(&built);
     assert!(!devices.is_empty(), "{built}");
     let metadata = Path::new(built["metadata"]["path"].as_str().unwrap());
     // The metadata image holds no content of a block or more.
@@ -891,20 +896,14 @@ fn layered_erofs_holds_the_same_tree_and_images_share_their_layer_files() {
         copied["metadata"]["path"],
         out.join("metadata.erofs").to_str().unwrap()
     );
-    let copies: Vec<PathBuf> = copied["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| PathBuf::from(d["path"].as_str().unwrap()))
-        .collect();
+    let copies = device_paths(&copied);
     assert_eq!(copies.len(), devices.len());
     for (copy, original) in copies.iter().zip(&devices) {
         assert!(copy.starts_with(&out), "{}", copy.display());
         assert_eq!(sha256(copy), sha256(original));
     }
-    let copy_refs: Vec<&Path> = copies.iter().map(PathBuf::as_path).collect();
     assert_eq!(
-        layered_tree(&out.join("metadata.erofs"), &copy_refs, kiln.dir.path()),
+        layered_tree(&out.join("metadata.erofs"), &copies, kiln.dir.path()),
         tree_of("erofs", &flat, kiln.dir.path()),
     );
     let taken = kiln
@@ -991,12 +990,7 @@ fn layered_erofs_holds_the_same_tree_and_images_share_their_layer_files() {
         (shared.as_str(), vec![0]),
     ] {
         let built = layered(reference);
-        let devices: Vec<&Path> = built["devices"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| Path::new(d["path"].as_str().unwrap()))
-            .collect();
+        let devices = device_paths(&built);
         let numbers: Vec<u64> = built["devices"]
             .as_array()
             .unwrap()

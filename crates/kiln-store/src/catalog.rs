@@ -1032,34 +1032,33 @@ impl Catalog {
         )
     }
 
+    /// Runs `sql` and returns its rows as `T` (a tuple of its columns); the
+    /// connection is free again before the caller converts them.
+    fn select<T>(&self, sql: &str, parameters: &[&dyn rusqlite::ToSql]) -> Result<Vec<T>>
+    where
+        T: for<'r> TryFrom<&'r rusqlite::Row<'r>, Error = rusqlite::Error>,
+    {
+        let connection = self.lock();
+        let mut statement = connection.prepare_cached(sql).map_err(self.wrap())?;
+        statement
+            .query_map(parameters, |row| T::try_from(row))
+            .map_err(self.wrap())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.wrap())
+    }
+
     fn query_artifacts(
         &self,
         tail: &str,
         parameters: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<ArtifactRecord>> {
         type Row = (i64, String, String, String, String, i64, i64);
-        let connection = self.lock();
-        let sql = format!(
-            "SELECT image_id, format, options, converter_version, digest, size, created_at FROM artifacts {tail}"
-        );
-        let mut statement = connection.prepare_cached(&sql).map_err(self.wrap())?;
-        let rows: Vec<Row> = statement
-            .query_map(parameters, |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            })
-            .map_err(self.wrap())?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.wrap())?;
-        drop(statement);
-        drop(connection);
+        let rows: Vec<Row> = self.select(
+            &format!(
+                "SELECT image_id, format, options, converter_version, digest, size, created_at FROM artifacts {tail}"
+            ),
+            parameters,
+        )?;
         rows.into_iter()
             .map(
                 |(image_id, format, options, converter_version, digest, size, created_at)| {
@@ -1133,29 +1132,12 @@ impl Catalog {
         parameters: &[&dyn rusqlite::ToSql],
     ) -> Result<Vec<DiskRecord>> {
         type Row = (String, i64, String, String, String, String, i64, i64);
-        let connection = self.lock();
-        let sql = format!(
-            "SELECT name, image_id, format, method, path, backing, size, created_at FROM disks {tail}"
-        );
-        let mut statement = connection.prepare_cached(&sql).map_err(self.wrap())?;
-        let rows: Vec<Row> = statement
-            .query_map(parameters, |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                ))
-            })
-            .map_err(self.wrap())?
-            .collect::<rusqlite::Result<Vec<_>>>()
-            .map_err(self.wrap())?;
-        drop(statement);
-        drop(connection);
+        let rows: Vec<Row> = self.select(
+            &format!(
+                "SELECT name, image_id, format, method, path, backing, size, created_at FROM disks {tail}"
+            ),
+            parameters,
+        )?;
         rows.into_iter()
             .map(
                 |(name, image_id, format, method, path, backing, size, created_at)| {

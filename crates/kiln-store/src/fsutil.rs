@@ -144,6 +144,37 @@ pub fn reflink(source: &std::fs::File, target: &std::fs::File) -> bool {
     }
 }
 
+/// How [`copy_file`] copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Copied {
+    /// A copy-on-write clone.
+    Reflink,
+    /// The data, holes kept as holes.
+    Sparse,
+}
+
+/// Copies the file `from` to a new file `to` (mode 0644, synced): a
+/// reflink where the filesystem can, else (unless `reflink_only`, when
+/// `to` is not left behind and the answer is `None`) a sparse copy.
+pub fn copy_file(from: &Path, to: &Path, reflink_only: bool) -> std::io::Result<Option<Copied>> {
+    let source = fs::File::open(from)?;
+    let target = fs::File::create(to)?;
+    let copied = if reflink(source.file(), target.file()) {
+        Copied::Reflink
+    } else if reflink_only {
+        drop(target);
+        let _ = std::fs::remove_file(to);
+        return Ok(None);
+    } else {
+        copy_sparse(source.file(), target.file())?;
+        Copied::Sparse
+    };
+    use std::os::unix::fs::PermissionsExt;
+    target.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    target.sync_all()?;
+    Ok(Some(copied))
+}
+
 /// Copies `source` into `target` (both open, `target` empty) leaving holes
 /// as holes, as `cp --sparse=auto` does: SEEK_DATA/SEEK_HOLE walk the
 /// source's data, which is all that is read and written. A filesystem that

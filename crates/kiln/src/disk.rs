@@ -121,10 +121,11 @@ impl Manager {
         for entry in fs_err::read_dir(&directory).map_err(kiln_store::StoreError::from)? {
             let entry = entry.map_err(kiln_store::StoreError::from)?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || validate_disk_name(&name).is_err() {
-                continue;
-            }
-            if catalog.disk(&name)?.is_some() || !entry.path().is_dir() {
+            // (Valid names never start with a dot: the lock and scratch do.)
+            if validate_disk_name(&name).is_err()
+                || !entry.path().is_dir()
+                || catalog.disk(&name)?.is_some()
+            {
                 continue;
             }
             count += 1;
@@ -158,12 +159,11 @@ impl Manager {
             .ok_or_else(|| Error::ImageNotFound {
                 query: query.to_string(),
             })?;
-        let directory = self.disks_dir().join(name);
+        let disks = self.disks_dir();
+        let directory = disks.join(name);
         // Made beside the disks (their filesystem, whatever is mounted
         // there), in a locked scratch a killed create leaves to `prune`.
-        fs_err::create_dir_all(self.disks_dir()).map_err(kiln_store::StoreError::from)?;
-        let (dir, lock) = kiln_store::content::locked_scratch(&self.disks_dir(), "making")?;
-        let scratch = crate::Scratch(dir, lock);
+        let scratch = crate::Scratch::in_dir(&disks, "making")?;
         let staging = scratch.0.join("disk");
         fs_err::create_dir_all(&staging).map_err(kiln_store::StoreError::from)?;
         let (file_name, disk_format, method) = make_disk(&base.path, &staging, format)?;
@@ -181,6 +181,7 @@ impl Manager {
             fs_err::remove_dir_all(&directory).map_err(kiln_store::StoreError::from)?;
         }
         fs_err::rename(&staging, &directory).map_err(kiln_store::StoreError::from)?;
+        kiln_store::fsutil::sync_dir(&disks).map_err(kiln_store::StoreError::from)?;
         let path = directory.join(file_name);
         let record = DiskRecord {
             name: name.to_string(),
@@ -309,8 +310,11 @@ fn make_disk(
     directory: &Path,
     format: DiskFormat,
 ) -> Result<(&'static str, &'static str, &'static str)> {
+    use kiln_store::fsutil::{Copied, copy_file};
     let raw = directory.join("disk.raw");
-    if format != DiskFormat::Qcow2 && reflink(base, &raw)? {
+    let copy =
+        |reflink_only| copy_file(base, &raw, reflink_only).map_err(kiln_store::StoreError::from);
+    if format != DiskFormat::Qcow2 && copy(true)? == Some(Copied::Reflink) {
         return Ok(("disk.raw", "raw", "reflink"));
     }
     if format != DiskFormat::Raw {
@@ -321,7 +325,12 @@ fn make_disk(
             .arg(&qcow2)
             .output();
         match output {
-            Ok(output) if output.status.success() => return Ok(("disk.qcow2", "qcow2", "overlay")),
+            Ok(output) if output.status.success() => {
+                fs_err::File::open(&qcow2)
+                    .and_then(|file| file.sync_all())
+                    .map_err(kiln_store::StoreError::from)?;
+                return Ok(("disk.qcow2", "qcow2", "overlay"));
+            }
             Ok(output) if format == DiskFormat::Qcow2 => {
                 return Err(Error::DiskTool {
                     tool: "qemu-img".into(),
@@ -337,34 +346,6 @@ fn make_disk(
             _ => {}
         }
     }
-    sparse_copy(base, &raw).map_err(kiln_store::StoreError::from)?;
+    copy(false)?;
     Ok(("disk.raw", "raw", "sparse-copy"))
-}
-
-/// A copy-on-write clone (FICLONE); false when the filesystem cannot.
-fn reflink(from: &Path, to: &Path) -> Result<bool> {
-    let clone = || -> std::io::Result<bool> {
-        let source = fs_err::File::open(from)?;
-        let target = fs_err::File::create(to)?;
-        if !kiln_store::fsutil::reflink(source.file(), target.file()) {
-            drop(target);
-            let _ = std::fs::remove_file(to);
-            return Ok(false);
-        }
-        use std::os::unix::fs::PermissionsExt;
-        target.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        target.sync_all()?;
-        Ok(true)
-    };
-    Ok(clone().map_err(kiln_store::StoreError::from)?)
-}
-
-/// Copies only the data of `from` (holes stay holes).
-fn sparse_copy(from: &Path, to: &Path) -> std::io::Result<()> {
-    let source = fs_err::File::open(from)?;
-    let target = fs_err::File::create(to)?;
-    kiln_store::fsutil::copy_sparse(source.file(), target.file())?;
-    use std::os::unix::fs::PermissionsExt;
-    target.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    target.sync_all()
 }

@@ -154,6 +154,13 @@ impl Scratch {
         let (dir, lock) = manager.store.content().scratch_dir()?;
         Ok(Scratch(dir, lock))
     }
+
+    /// A scratch directory in `parent` (made if missing), swept by
+    /// `kiln_store::content::remove_stale_temps_in` once its process dies.
+    pub(crate) fn in_dir(parent: &std::path::Path, prefix: &str) -> Result<Scratch> {
+        let (dir, lock) = kiln_store::content::locked_scratch(parent, prefix)?;
+        Ok(Scratch(dir, lock))
+    }
 }
 
 impl Drop for Scratch {

@@ -847,7 +847,8 @@ fn write_output(
 
 /// Copies `from` to `to`: a reflink (copy-on-write clone) where the
 /// filesystem supports it, else a copy of its data that keeps its holes
-/// (an ext4 image's free space stays unallocated). Atomic: temp + rename.
+/// (an ext4 image's free space stays unallocated). Atomic: temp, fsync,
+/// rename, fsync of the directory.
 pub fn copy_out(from: &Path, to: &Path) -> std::io::Result<()> {
     let directory = to
         .parent()
@@ -855,15 +856,9 @@ pub fn copy_out(from: &Path, to: &Path) -> std::io::Result<()> {
         .unwrap_or(Path::new("."));
     let temp = directory.join(kiln_store::fsutil::temp_name("kiln-out"));
     let result = (|| {
-        let source = fs_err::File::open(from)?;
-        let target = fs_err::File::create(&temp)?;
-        if !kiln_store::fsutil::reflink(source.file(), target.file()) {
-            kiln_store::fsutil::copy_sparse(source.file(), target.file())?;
-        }
-        use std::os::unix::fs::PermissionsExt;
-        target.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        target.sync_all()?;
-        fs_err::rename(&temp, to)
+        kiln_store::fsutil::copy_file(from, &temp, false)?;
+        fs_err::rename(&temp, to)?;
+        kiln_store::fsutil::sync_dir(directory)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&temp);
@@ -906,7 +901,7 @@ pub fn copy_layered_out(built: &LayeredRootfs, to: &Path) -> std::io::Result<Lay
             copy_out(&device.path, &temp.join(&name))?;
             device.path = to.join(name);
         }
-        kiln_store::fsutil::sync_dir(&temp)?;
+        // (copy_out synced each file and the directory.)
         // rename(2) replaces an empty directory.
         fs_err::rename(&temp, to)?;
         kiln_store::fsutil::sync_dir(parent)?;

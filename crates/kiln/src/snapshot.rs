@@ -150,58 +150,24 @@ impl Manager {
             ))
         };
         let stored = |role: &str| blobs.iter().find(|b| b.role == role);
+        let read_json = |blob: &ImageBlob, what: &str| -> Result<Value> {
+            serde_json::from_slice(&self.store.content().read_blob(&blob.digest)?)
+                .map_err(|_| malformed(what))
+        };
         let (mut config, config_media_type, mut manifest, manifest_media_type) =
-            match (stored("manifest"), stored("config")) {
-                (Some(manifest), Some(config))
-                    if matches!(base.kind.as_str(), "oci" | "snapshot") =>
-                {
-                    (
-                        serde_json::from_slice::<Value>(
-                            &self.store.content().read_blob(&config.digest)?,
-                        )
-                        .map_err(|_| malformed("config"))?,
-                        config.media_type.clone(),
-                        serde_json::from_slice::<Value>(
-                            &self.store.content().read_blob(&manifest.digest)?,
-                        )
-                        .map_err(|_| malformed("manifest"))?,
-                        manifest.media_type.clone(),
-                    )
-                }
-                _ if !matches!(base.kind.as_str(), "oci" | "snapshot") => {
-                    let platform = base
-                        .platform
-                        .as_deref()
-                        .and_then(|p| p.parse::<kiln_types::Platform>().ok())
-                        .unwrap_or_else(kiln_types::Platform::host);
-                    let mut config = serde_json::json!({
-                        "architecture": platform.architecture,
-                        "os": platform.os,
-                        "config": {},
-                        "rootfs": { "type": "layers", "diff_ids": [] },
-                        "history": [],
-                    });
-                    if let Some(variant) = &platform.variant {
-                        config["variant"] = Value::String(variant.clone());
-                    }
-                    let manifest = serde_json::json!({
-                        "schemaVersion": 2,
-                        "mediaType": media_type::OCI_MANIFEST,
-                        "config": {},
-                        "layers": [],
-                    });
-                    (
-                        config,
-                        media_type::OCI_CONFIG.to_string(),
-                        manifest,
-                        media_type::OCI_MANIFEST.to_string(),
-                    )
-                }
-                _ => {
-                    return Err(Error::ImageNotFound {
-                        query: format!("{disk}'s image (incomplete: pull it again)"),
-                    });
-                }
+            if !matches!(base.kind.as_str(), "oci" | "snapshot") {
+                empty_oci_image(base.platform.as_deref())
+            } else if let (Some(manifest), Some(config)) = (stored("manifest"), stored("config")) {
+                (
+                    read_json(config, "config")?,
+                    config.media_type.clone(),
+                    read_json(manifest, "manifest")?,
+                    manifest.media_type.clone(),
+                )
+            } else {
+                return Err(Error::ImageNotFound {
+                    query: format!("{disk}'s image (incomplete: pull it again)"),
+                });
             };
         let now = rfc3339(kiln_store::fsutil::now());
         config["created"] = Value::String(now.clone());
@@ -319,6 +285,37 @@ fn rfc3339(seconds: i64) -> String {
         rest / 3600,
         rest % 3600 / 60,
         rest % 60
+    )
+}
+
+/// The config and manifest (with their media types) of an OCI image with
+/// no layers yet, for `platform` (`os/arch[/variant]`; the host's if
+/// absent): what a snapshot of a non-OCI source image's disk extends.
+fn empty_oci_image(platform: Option<&str>) -> (Value, String, Value, String) {
+    let platform = platform
+        .and_then(|p| p.parse::<kiln_types::Platform>().ok())
+        .unwrap_or_else(kiln_types::Platform::host);
+    let mut config = serde_json::json!({
+        "architecture": platform.architecture,
+        "os": platform.os,
+        "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [] },
+        "history": [],
+    });
+    if let Some(variant) = &platform.variant {
+        config["variant"] = Value::String(variant.clone());
+    }
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_MANIFEST,
+        "config": {},
+        "layers": [],
+    });
+    (
+        config,
+        media_type::OCI_CONFIG.to_string(),
+        manifest,
+        media_type::OCI_MANIFEST.to_string(),
     )
 }
 
