@@ -127,8 +127,9 @@ impl<R: Read> TarGuard<R> {
         };
         let kind = header.entry_type();
         let recognized = header.as_gnu().is_some() || header.as_ustar().is_some();
-        let held = recognized
-            && (kind.is_gnu_longname() || kind.is_gnu_longlink() || kind.is_pax_local_extensions());
+        let extension =
+            kind.is_gnu_longname() || kind.is_gnu_longlink() || kind.is_pax_local_extensions();
+        let held = recognized && extension;
         if held {
             // Read into memory whole by the parser.
             if size > MAX_EXTENSION_HEADER {
@@ -144,12 +145,9 @@ impl<R: Read> TarGuard<R> {
             // An entry the parser hands on: it takes the pending PAX
             // records, whose `size` stands for its own unless it is an
             // extension header itself.
-            let extension_kind = kind.is_gnu_longname()
-                || kind.is_gnu_longlink()
-                || kind.is_pax_local_extensions()
-                || kind.is_pax_global_extensions();
             if let Some(pax_size) = self.pax_size.take()
-                && !extension_kind
+                && !extension
+                && !kind.is_pax_global_extensions()
             {
                 size = pax_size;
             }

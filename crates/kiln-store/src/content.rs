@@ -396,30 +396,34 @@ pub fn remove_stale_temps_in(dir: &Path, older_than: i64) -> Result<u64> {
         if !is_temp {
             continue;
         }
-        let metadata = entry.metadata()?;
+        let metadata = match entry.metadata() {
+            Ok(metadata) => metadata,
+            // Its process was done with it and removed it meanwhile.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
         let path = entry.path();
         let lock = path.join(SCRATCH_LOCK);
-        // A scratch with its lock goes when nobody holds the lock
-        // (whatever its age: a live one is never taken); anything
-        // else once it is older than `older_than`.
+        // A scratch with its lock goes when nobody holds the lock and it
+        // is a few seconds old (a live one is never taken, however old);
+        // anything else once it is older than `older_than`.
         let held = if name.ends_with(".tmp") && metadata.is_dir() && lock.exists() {
             if metadata.mtime() >= fsutil::now() - DEAD_SCRATCH_AGE {
                 continue;
             }
-            match LockFile::try_acquire(&lock, LockMode::Exclusive)? {
-                Some(held) => Some(held),
-                None => continue,
+            match LockFile::try_acquire(&lock, LockMode::Exclusive) {
+                Ok(Some(held)) => Some(held),
+                Ok(None) => continue,
+                // Its process was done with it and removed it meanwhile.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e.into()),
             }
         } else if metadata.mtime() < older_than {
             None
         } else {
             continue;
         };
-        let size = if metadata.is_dir() {
-            tree_size(&path)
-        } else {
-            metadata.len()
-        };
+        let size = fsutil::tree_bytes(&path, false);
         let removed = if metadata.is_dir() {
             fs::remove_dir_all(&path)
         } else {
@@ -434,21 +438,6 @@ pub fn remove_stale_temps_in(dir: &Path, older_than: i64) -> Result<u64> {
         }
     }
     Ok(freed)
-}
-
-/// Bytes of the files under `path` (what removing it frees).
-fn tree_size(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| match entry.metadata() {
-            Ok(m) if m.is_dir() => tree_size(&entry.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 /// Hashes everything `reader` yields.

@@ -224,3 +224,23 @@ pub fn copy_sparse(source: &std::fs::File, target: &std::fs::File) -> std::io::R
     }
     Ok(())
 }
+
+/// Bytes of the file `path`, or of the files under the directory `path`
+/// (what removing it frees): allocated on disk when `allocated`, else their
+/// lengths. 0 for what is gone.
+pub fn tree_bytes(path: &Path, allocated: bool) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|entry| tree_bytes(&entry.path(), allocated))
+                    .sum()
+            })
+            .unwrap_or(0),
+        Ok(meta) if allocated => meta.blocks() * 512,
+        Ok(meta) => meta.len(),
+        Err(_) => 0,
+    }
+}

@@ -108,7 +108,13 @@ impl Manager {
             return Ok((0, 0));
         }
         let _lock = self.lock_disks()?;
-        let catalog = self.store.catalog();
+        let recorded: std::collections::HashSet<String> = self
+            .store
+            .catalog()
+            .disks()?
+            .into_iter()
+            .map(|disk| disk.name)
+            .collect();
         let (mut count, mut bytes) = (0, 0);
         if !dry_run {
             // Killed creates' scratch: at once once unlocked; a half-made
@@ -124,12 +130,12 @@ impl Manager {
             // (Valid names never start with a dot: the lock and scratch do.)
             if validate_disk_name(&name).is_err()
                 || !entry.path().is_dir()
-                || catalog.disk(&name)?.is_some()
+                || recorded.contains(&name)
             {
                 continue;
             }
             count += 1;
-            bytes += allocated_bytes(&entry.path());
+            bytes += kiln_store::fsutil::tree_bytes(&entry.path(), true);
             if !dry_run {
                 fs_err::remove_dir_all(entry.path()).map_err(kiln_store::StoreError::from)?;
             }
@@ -167,8 +173,8 @@ impl Manager {
         let staging = scratch.0.join("disk");
         fs_err::create_dir_all(&staging).map_err(kiln_store::StoreError::from)?;
         let (file_name, disk_format, method) = make_disk(&base.path, &staging, format)?;
-        // Publish: the directory appears whole, then the catalog row; a
-        // concurrent create of the same name loses at the unique key.
+        // Publish, under the disks' lock: the directory appears whole, then
+        // the catalog row.
         let _lock = self.lock_disks()?;
         if directory.exists() {
             if catalog.disk(name)?.is_some() {
@@ -237,7 +243,7 @@ impl Manager {
             .into_iter()
             .map(|t| t.name)
             .collect();
-        let allocated = allocated_bytes(&record.path);
+        let allocated = kiln_store::fsutil::tree_bytes(&record.path, true);
         let kernel = match &image {
             Some(image) => self.source_kernel(image)?,
             None => None,
@@ -269,14 +275,12 @@ impl Manager {
     /// Removes a disk (its file, its row, its hold on the image).
     pub fn remove_disk(&self, name: &str) -> Result<()> {
         validate_disk_name(name)?;
-        let catalog = self.store.catalog();
-        if catalog.disk(name)?.is_none() {
+        let _lock = self.lock_disks()?;
+        if !self.store.catalog().remove_disk(name)? {
             return Err(Error::DiskNotFound {
                 name: name.to_string(),
             });
         }
-        let _lock = self.lock_disks()?;
-        catalog.remove_disk(name)?;
         let directory = self.disks_dir().join(name);
         match std::fs::remove_dir_all(&directory) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
@@ -287,22 +291,8 @@ impl Manager {
     }
 }
 
-/// Bytes allocated to `path` (a file, or a directory's files), 0 if gone.
-fn allocated_bytes(path: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
-            .map(|entries| {
-                entries
-                    .filter_map(|e| e.ok())
-                    .map(|e| allocated_bytes(&e.path()))
-                    .sum()
-            })
-            .unwrap_or(0),
-        Ok(meta) => meta.blocks() * 512,
-        Err(_) => 0,
-    }
-}
+/// What a disk tool error says when `qemu-img` is not there.
+pub(crate) const QEMU_IMG_MISSING: &str = "not installed (Debian package qemu-utils)";
 
 /// Makes the disk file in `directory`; returns (file name, format, method).
 fn make_disk(
@@ -340,7 +330,7 @@ fn make_disk(
             Err(_) if format == DiskFormat::Qcow2 => {
                 return Err(Error::DiskTool {
                     tool: "qemu-img".into(),
-                    detail: "not installed (Debian package qemu-utils)".into(),
+                    detail: QEMU_IMG_MISSING.into(),
                 });
             }
             _ => {}

@@ -868,7 +868,7 @@ pub fn copy_out(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// Copies a layered EROFS image into the directory `to` (made, or empty):
 /// `metadata.erofs` and `layer-N.erofs` for each layer file (N its
-/// position in the image), each as [`copy_out`] copies. Atomic: the files
+/// position in the image), each copied as [`copy_out`] copies. Atomic: the files
 /// are copied into a temporary directory beside `to`, which then takes its
 /// name. Returns the image with the copies' paths.
 pub fn copy_layered_out(built: &LayeredRootfs, to: &Path) -> std::io::Result<LayeredRootfs> {
@@ -894,14 +894,14 @@ pub fn copy_layered_out(built: &LayeredRootfs, to: &Path) -> std::io::Result<Lay
     let result = (|| {
         fs_err::create_dir(&temp)?;
         let mut copied = built.clone();
-        copy_out(&built.metadata.path, &temp.join("metadata.erofs"))?;
-        copied.metadata.path = to.join("metadata.erofs");
+        let copy = |from: &Path, name: &str| {
+            kiln_store::fsutil::copy_file(from, &temp.join(name), false).map(|_| to.join(name))
+        };
+        copied.metadata.path = copy(&built.metadata.path, "metadata.erofs")?;
         for device in &mut copied.devices {
-            let name = format!("layer-{}.erofs", device.layer);
-            copy_out(&device.path, &temp.join(&name))?;
-            device.path = to.join(name);
+            device.path = copy(&device.path, &format!("layer-{}.erofs", device.layer))?;
         }
-        // (copy_out synced each file and the directory.)
+        kiln_store::fsutil::sync_dir(&temp)?;
         // rename(2) replaces an empty directory.
         fs_err::rename(&temp, to)?;
         kiln_store::fsutil::sync_dir(parent)?;

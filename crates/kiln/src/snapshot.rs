@@ -42,7 +42,7 @@ fn run(tool: &str, command: &mut Command) -> Result<()> {
     let output = command.output().map_err(|e| Error::DiskTool {
         tool: tool.into(),
         detail: if e.kind() == std::io::ErrorKind::NotFound {
-            "not installed (Debian package qemu-utils)".into()
+            crate::disk::QEMU_IMG_MISSING.into()
         } else {
             e.to_string()
         },
