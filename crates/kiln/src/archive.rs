@@ -566,13 +566,17 @@ impl Manager {
                 })
                 .map(|name| (name.to_string(), candidate.digest.clone()));
             match self.check(&loader, candidate, options) {
-                Ok(Ok(_)) if let Some((name, digest)) = misnamed => {
-                    return Err(Error::NameDigest {
-                        name,
-                        detail: format!("the name pins another digest than the image's ({digest})"),
-                    });
-                }
-                Ok(Ok(image)) => checked.push(image),
+                Ok(Ok(image)) => match misnamed {
+                    Some((name, digest)) => {
+                        return Err(Error::NameDigest {
+                            name,
+                            detail: format!(
+                                "the name pins another digest than the image's ({digest})"
+                            ),
+                        });
+                    }
+                    None => checked.push(image),
+                },
                 Ok(Err(platform)) => skipped.push(platform),
                 Err(failure) => return Err(wrap(failure)),
             }
