@@ -64,6 +64,9 @@ pub struct BlobFile {
     pub digest: Digest,
     /// Its size.
     pub size: u64,
+    /// What it takes on disk (allocated blocks: less than `size` for a
+    /// sparse root filesystem image), which removing it frees.
+    pub allocated: u64,
 }
 
 /// One ingest directory entry (for garbage collection).
@@ -102,8 +105,20 @@ impl ContentStore {
 
     /// The size of a committed blob, or `None` when it is absent.
     pub fn blob_size(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self.blob_metadata(digest)?.map(|metadata| metadata.len()))
+    }
+
+    /// What a committed blob takes on disk (allocated blocks), or `None`
+    /// when it is not in the store.
+    pub fn blob_allocated(&self, digest: &Digest) -> Result<Option<u64>> {
+        Ok(self
+            .blob_metadata(digest)?
+            .map(|metadata| metadata.blocks() * 512))
+    }
+
+    fn blob_metadata(&self, digest: &Digest) -> Result<Option<std::fs::Metadata>> {
         match std::fs::metadata(self.blob_path(digest)) {
-            Ok(metadata) => Ok(Some(metadata.len())),
+            Ok(metadata) => Ok(Some(metadata)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(std::io::Error::new(
                 e.kind(),
@@ -251,9 +266,11 @@ impl ContentStore {
                 let Ok(digest) = format!("{}:{name}", algorithm.as_str()).parse::<Digest>() else {
                     continue;
                 };
+                let metadata = entry.metadata()?;
                 blobs.push(BlobFile {
                     digest,
-                    size: entry.metadata()?.len(),
+                    size: metadata.len(),
+                    allocated: metadata.blocks() * 512,
                 });
             }
         }
@@ -423,7 +440,7 @@ pub fn remove_stale_temps_in(dir: &Path, older_than: i64) -> Result<u64> {
         } else {
             continue;
         };
-        let size = fsutil::tree_bytes(&path, false);
+        let size = fsutil::tree_bytes(&path);
         let removed = if metadata.is_dir() {
             fs::remove_dir_all(&path)
         } else {

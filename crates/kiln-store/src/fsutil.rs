@@ -225,22 +225,20 @@ pub fn copy_sparse(source: &std::fs::File, target: &std::fs::File) -> std::io::R
     Ok(())
 }
 
-/// Bytes of the file `path`, or of the files under the directory `path`
-/// (what removing it frees): allocated on disk when `allocated`, else their
-/// lengths. 0 for what is gone.
-pub fn tree_bytes(path: &Path, allocated: bool) -> u64 {
+/// Bytes the file `path`, or the files under the directory `path`, take on
+/// disk (allocated blocks: what removing it frees). 0 for what is gone.
+pub fn tree_bytes(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
             .map(|entries| {
                 entries
                     .flatten()
-                    .map(|entry| tree_bytes(&entry.path(), allocated))
+                    .map(|entry| tree_bytes(&entry.path()))
                     .sum()
             })
             .unwrap_or(0),
-        Ok(meta) if allocated => meta.blocks() * 512,
-        Ok(meta) => meta.len(),
+        Ok(meta) => meta.blocks() * 512,
         Err(_) => 0,
     }
 }

@@ -51,7 +51,8 @@ pub struct GcReport {
     pub images_removed: Vec<Digest>,
     /// Blobs removed.
     pub blobs_removed: u64,
-    /// Bytes of those blobs.
+    /// Bytes those blobs took on disk (allocated blocks: a sparse root
+    /// filesystem image frees less than its size).
     pub blob_bytes: u64,
     /// Abandoned ingests removed.
     pub ingests_removed: u64,
@@ -69,7 +70,7 @@ pub struct GcReport {
 }
 
 impl GcReport {
-    /// Everything reclaimed.
+    /// Everything reclaimed on disk.
     pub fn bytes_reclaimed(&self) -> u64 {
         self.blob_bytes + self.ingest_bytes + self.orphan_bytes
     }
@@ -101,7 +102,7 @@ impl Store {
             .content
             .list_blobs()?
             .into_iter()
-            .map(|file| (file.digest.to_string(), file.size))
+            .map(|file| (file.digest.to_string(), file.allocated))
             .collect();
         {
             let mut connection = self.catalog.lock();
@@ -154,26 +155,20 @@ impl Store {
                 )
                 .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
                 .map_err(&wrap)?;
-            let rows: Vec<(String, i64)> = transaction
-                .prepare("SELECT digest, size FROM blobs")
-                .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+            let rows: Vec<String> = transaction
+                .prepare("SELECT digest FROM blobs")
+                .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
                 .map_err(&wrap)?;
-            let mut dead: Vec<(String, u64)> = rows
-                .into_iter()
-                .filter(|(d, _)| !live.contains(d))
-                .map(|(d, s)| (d, s as u64))
-                .collect();
-            let recorded: HashSet<String> = dead.iter().map(|(d, _)| d.clone()).collect();
-            for (name, size) in &files {
+            let mut dead: Vec<String> = rows.into_iter().filter(|d| !live.contains(d)).collect();
+            let recorded: HashSet<String> = dead.iter().cloned().collect();
+            for name in files.keys() {
                 if !live.contains(name) && !recorded.contains(name) {
-                    dead.push((name.clone(), *size));
+                    dead.push(name.clone());
                 }
             }
-            for (digest, size) in &dead {
+            for digest in &dead {
                 report.blobs_removed += 1;
-                if files.contains_key(digest) {
-                    report.blob_bytes += size;
-                }
+                report.blob_bytes += files.get(digest).copied().unwrap_or(0);
                 if !options.dry_run {
                     transaction
                         .execute("DELETE FROM blobs WHERE digest = ?1", params![digest])
@@ -240,7 +235,7 @@ impl Store {
             transaction
                 .execute("DELETE FROM blobs WHERE digest = ?1", params![text])
                 .map_err(&wrap)?;
-            if let Some(size) = self.content.blob_size(digest)? {
+            if let Some(size) = self.content.blob_allocated(digest)? {
                 self.content.remove_blob(digest)?;
                 count += 1;
                 bytes += size;

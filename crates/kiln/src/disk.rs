@@ -135,7 +135,7 @@ impl Manager {
                 continue;
             }
             count += 1;
-            bytes += kiln_store::fsutil::tree_bytes(&entry.path(), true);
+            bytes += kiln_store::fsutil::tree_bytes(&entry.path());
             if !dry_run {
                 fs_err::remove_dir_all(entry.path()).map_err(kiln_store::StoreError::from)?;
             }
@@ -243,7 +243,7 @@ impl Manager {
             .into_iter()
             .map(|t| t.name)
             .collect();
-        let allocated = kiln_store::fsutil::tree_bytes(&record.path, true);
+        let allocated = kiln_store::fsutil::tree_bytes(&record.path);
         let kernel = match &image {
             Some(image) => self.source_kernel(image)?,
             None => None,
