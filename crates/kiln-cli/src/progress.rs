@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kiln::{Event, Progress};
+use kiln::{ConvertStage, Event, Progress};
 
 use crate::printer::{size, status};
 
@@ -51,7 +51,13 @@ impl Reporter {
     fn bar(&self, key: String, label: String, size: u64, offset: u64) {
         if let Reporter::Bars { multi, bars } = self {
             let bar = multi.add(ProgressBar::new(size));
-            let style = ProgressStyle::with_template("{prefix} {bar:30} {decimal_bytes:>10}/{decimal_total_bytes:<10} {decimal_bytes_per_sec:>12} {msg}")
+            // A size not known ahead (0): how far, without a bar.
+            let template = if size == 0 {
+                "{prefix} {spinner} {decimal_bytes:>10} {decimal_bytes_per_sec:>12} {msg}"
+            } else {
+                "{prefix} {bar:30} {decimal_bytes:>10}/{decimal_total_bytes:<10} {decimal_bytes_per_sec:>12} {msg}"
+            };
+            let style = ProgressStyle::with_template(template)
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");
             bar.set_style(style);
@@ -213,6 +219,23 @@ impl Progress for Reporter {
                 self.start(name.clone(), name, total.unwrap_or(0), 0, line);
             }
             Event::FileProgress { name, position } => self.advance(&name, position),
+            Event::ConvertStarted { stage, total } => {
+                let (key, label) = stage_names(stage);
+                let line = match total {
+                    0 => format!("{label}: {}", stage_doing(stage)),
+                    _ => format!("{label}: {} {}", stage_doing(stage), size(total)),
+                };
+                // One line without bars: the command's own line ends it.
+                self.start(key, label, total, 0, line);
+            }
+            Event::ConvertProgress { stage, done } => self.advance(&stage_names(stage).0, done),
+            Event::ConvertDone { stage, total } => {
+                let key = stage_names(stage).0;
+                self.advance(&key, total);
+                if let Reporter::Bars { .. } = self {
+                    self.finish(&key, "done", String::new());
+                }
+            }
             Event::ArchiveEntry { name, size: total } => {
                 self.line(format!("{name} ({})", size(total)))
             }
@@ -224,6 +247,23 @@ impl Progress for Reporter {
                 self.finish(&name, "verified", line)
             }
         }
+    }
+}
+
+/// A conversion stage's bar key and label.
+fn stage_names(stage: ConvertStage) -> (String, String) {
+    let label = match stage {
+        ConvertStage::Layers => "layers".to_string(),
+        ConvertStage::Image(format) => format.as_str().to_string(),
+        ConvertStage::LayerFile(index) => format!("layer {index}"),
+    };
+    (format!("convert {label}"), label)
+}
+
+fn stage_doing(stage: ConvertStage) -> &'static str {
+    match stage {
+        ConvertStage::Layers => "reading",
+        ConvertStage::Image(_) | ConvertStage::LayerFile(_) => "writing",
     }
 }
 

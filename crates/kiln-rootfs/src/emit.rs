@@ -25,6 +25,14 @@ const BUFFER: usize = 1 << 20;
 /// Without `O_DIRECT`, writeback is started every this many bytes.
 const WRITEBACK: u64 = 16 << 20;
 static ZEROS: [u8; 64 << 10] = [0; 64 << 10];
+/// Progress is told at most once per this many bytes hashed.
+const TELL_EVERY: u64 = 8 << 20;
+
+/// Told how far the writing of an image is: `(done, total)` in bytes, once
+/// before it starts, then from the hashing thread (the last stage a byte
+/// goes through) every few MiB and once at the end. The image's holes
+/// count as they are hashed.
+pub type OnWritten = std::sync::Arc<dyn Fn(u64, u64) + Send + Sync>;
 
 /// A byte buffer whose start is 4 KiB aligned (what `O_DIRECT` needs).
 struct Aligned {
@@ -93,6 +101,24 @@ enum Write {
     Hole(u64),
 }
 
+/// The hashing thread's progress reports.
+struct Tell {
+    tell: OnWritten,
+    total: u64,
+    done: u64,
+    told: u64,
+}
+
+impl Tell {
+    fn add(&mut self, bytes: u64) {
+        self.done += bytes;
+        if self.done - self.told >= TELL_EVERY {
+            self.told = self.done;
+            (self.tell)(self.done, self.total.max(self.done));
+        }
+    }
+}
+
 /// An image being written in offset order. The caller fills buffers; a
 /// writing thread writes them while the next one fills, then hands them to
 /// a hashing thread, so copying, writing and hashing overlap.
@@ -108,39 +134,62 @@ pub(crate) struct Emitter {
 }
 
 impl Emitter {
-    /// Creates (truncating) the image file at `path`.
-    pub(crate) fn create(path: &Path) -> std::io::Result<Emitter> {
+    /// Creates (truncating) the image file at `path`, of `total` bytes,
+    /// telling `on_written` how far it is.
+    pub(crate) fn create(
+        path: &Path,
+        total: u64,
+        on_written: Option<OnWritten>,
+    ) -> std::io::Result<Emitter> {
         let direct = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .custom_flags(libc::O_DIRECT)
             .open(path);
+        let tell = on_written.map(|tell| {
+            tell(0, total);
+            Tell {
+                tell,
+                total,
+                done: 0,
+                told: 0,
+            }
+        });
         Ok(match direct {
-            Ok(file) => Emitter::new(fs::File::from_parts(file, path), true),
-            Err(_) => Emitter::new(fs::File::create(path)?, false),
+            Ok(file) => Emitter::new(fs::File::from_parts(file, path), true, tell),
+            Err(_) => Emitter::new(fs::File::create(path)?, false, tell),
         })
     }
 
-    fn new(file: fs::File, direct: bool) -> Emitter {
+    fn new(file: fs::File, direct: bool, mut tell: Option<Tell>) -> Emitter {
         let (hash, work) = std::sync::mpsc::sync_channel::<Hash>(4);
         let (recycle, recycled) = std::sync::mpsc::channel();
         let hasher = std::thread::spawn(move || {
             let mut hasher = Hasher::new(Algorithm::Sha256);
+            let mut hashed = |hasher: &mut Hasher, bytes: &[u8]| {
+                hasher.update(bytes);
+                if let Some(tell) = &mut tell {
+                    tell.add(bytes.len() as u64);
+                }
+            };
             for item in work {
                 match item {
                     Hash::Bytes(buffer, length) => {
-                        hasher.update(&buffer.bytes()[..length]);
+                        hashed(&mut hasher, &buffer.bytes()[..length]);
                         let _ = recycle.send(buffer);
                     }
                     Hash::Zeros(mut count) => {
                         while count > 0 {
                             let n = count.min(ZEROS.len() as u64) as usize;
-                            hasher.update(&ZEROS[..n]);
+                            hashed(&mut hasher, &ZEROS[..n]);
                             count -= n as u64;
                         }
                     }
                 }
+            }
+            if let Some(tell) = &tell {
+                (tell.tell)(tell.done, tell.total.max(tell.done));
             }
             hasher.finish()
         });
@@ -393,7 +442,7 @@ mod tests {
     fn pieces_holes_and_digest_match_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("image");
-        let mut emitter = Emitter::create(&path).unwrap();
+        let mut emitter = Emitter::create(&path, 0, None).unwrap();
         emitter.bytes(10, b"head").unwrap();
         emitter.bytes(5000, b"after a short gap").unwrap();
         let big = vec![7u8; 3 << 20];
@@ -416,7 +465,7 @@ mod tests {
     #[test]
     fn a_failed_write_is_an_error() {
         // /dev/full takes no O_DIRECT and fails every write with ENOSPC.
-        let mut emitter = Emitter::create(Path::new("/dev/full")).unwrap();
+        let mut emitter = Emitter::create(Path::new("/dev/full"), 0, None).unwrap();
         let big = vec![1u8; 5 << 20];
         let error = emitter
             .bytes(0, &big)
@@ -434,7 +483,7 @@ mod tests {
     #[test]
     fn a_short_reader_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let mut emitter = Emitter::create(&dir.path().join("i")).unwrap();
+        let mut emitter = Emitter::create(&dir.path().join("i"), 0, None).unwrap();
         let error = emitter.copy(0, &mut &b"abc"[..], 10).unwrap_err();
         assert_eq!(error.kind(), std::io::ErrorKind::UnexpectedEof);
     }

@@ -34,7 +34,7 @@ use std::path::Path;
 
 use kiln_types::{Algorithm, Digest, Hasher};
 
-use crate::emit::Emitter;
+use crate::emit::{Emitter, OnWritten};
 use crate::error::{Result, RootfsError};
 use crate::objects::{ContentRef, ObjectDir};
 use crate::ondisk::{dirent_type, encode_device, put16, put32, put64, uuid_from, xattr_split};
@@ -133,11 +133,12 @@ pub fn write_layer_data(
     contents: &[ContentRef],
     objects: &ObjectDir,
     output: &Path,
+    on_written: Option<OnWritten>,
 ) -> Result<Option<LayerData>> {
     let Some((placed, blocks)) = plan_layer_data(contents)? else {
         return Ok(None);
     };
-    let mut emitter = Emitter::create(output)?;
+    let mut emitter = Emitter::create(output, blocks * BLOCK, on_written)?;
     for content in contents.iter().filter(|c| c.size >= BLOCK) {
         let at = u64::from(placed[&content.offset]) * BLOCK;
         emitter.copy(at, &mut objects.reader(content, 0), content.size)?;
@@ -170,8 +171,9 @@ pub fn write_erofs(
     objects: &ObjectDir,
     output: &Path,
     identity: &[u8],
+    on_written: Option<OnWritten>,
 ) -> Result<(Digest, u64)> {
-    write_erofs_layered(tree, objects, output, identity, &[])
+    write_erofs_layered(tree, objects, output, identity, &[], on_written)
 }
 
 /// [`write_erofs`] with the contents `devices` hold kept there: the image
@@ -184,6 +186,7 @@ pub fn write_erofs_layered(
     output: &Path,
     identity: &[u8],
     devices: &[LayerDevice],
+    on_written: Option<OnWritten>,
 ) -> Result<(Digest, u64)> {
     let order = tree.order();
     let extra = u16::try_from(devices.len())
@@ -366,7 +369,7 @@ pub fn write_erofs_layered(
 
     // Front to back: the superblock, the inode records (each built as it is
     // written, so memory does not grow with the tree), then the data blocks.
-    let mut emitter = Emitter::create(output)?;
+    let mut emitter = Emitter::create(output, u64::from(blocks) * BLOCK, on_written)?;
     emitter.bytes(SUPERBLOCK as u64, &superblock)?;
     if extra > 0 {
         let mut table = vec![0u8; DEVICE_SLOT as usize * devices.len()];

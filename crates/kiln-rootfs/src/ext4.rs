@@ -29,7 +29,7 @@ use std::path::Path;
 
 use kiln_types::{Algorithm, Digest, Hasher};
 
-use crate::emit::Emitter;
+use crate::emit::{Emitter, OnWritten};
 use crate::error::{Result, RootfsError};
 use crate::objects::ObjectDir;
 use crate::ondisk::{dirent_type, encode_device, put16, put32, u32_at, uuid_from, xattr_split};
@@ -254,6 +254,7 @@ pub fn write_ext4(
     output: &Path,
     size: Option<u64>,
     identity: &[u8],
+    on_written: Option<OnWritten>,
 ) -> Result<(Digest, u64)> {
     let order = tree.order();
     let size = size.unwrap_or_else(|| default_size(tree, &order));
@@ -619,7 +620,7 @@ pub fn write_ext4(
 
     // Front to back.
     pieces.sort_by_key(|(start, _)| *start);
-    let mut emitter = Emitter::create(output)?;
+    let mut emitter = Emitter::create(output, size, on_written)?;
     for (start, piece) in pieces {
         let at = start * BLOCK;
         match piece {

@@ -39,6 +39,7 @@ pub use apply::{
     layer_reader_ahead, parse_layer, parse_layer_unless, read_layers_with_contents,
 };
 pub use diff::{DiffStats, FsView, Stat, write_diff_layer};
+pub use emit::OnWritten;
 pub use erofs::{
     LayerDevice, erofs_device_tags, plan_layer_data, write_erofs, write_erofs_layered,
     write_layer_data,

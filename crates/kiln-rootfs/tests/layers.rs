@@ -729,9 +729,9 @@ fn randomly_damaged_layers_are_refused_or_give_a_valid_tree_never_a_panic() {
             check_names(&tree, &case);
             write_cpio(&tree, &objects, &mut std::io::sink()).expect(&case);
             if seed % 6 == 0 {
-                kiln_rootfs::write_erofs(&tree, &objects, &dir.path().join("e"), b"t")
+                kiln_rootfs::write_erofs(&tree, &objects, &dir.path().join("e"), b"t", None)
                     .expect(&case);
-                kiln_rootfs::write_ext4(&tree, &objects, &dir.path().join("x"), None, b"t")
+                kiln_rootfs::write_ext4(&tree, &objects, &dir.path().join("x"), None, b"t", None)
                     .expect(&case);
             }
             true

@@ -207,7 +207,7 @@ fn ext4_with_large_directories_symlinks_devices_xattr_blocks_and_an_extent_tree(
     let mut objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
     let tree = build(&mut objects, true);
     let image = dir.path().join("image.ext4");
-    let (digest, size) = write_ext4(&tree, &objects, &image, None, b"test").unwrap();
+    let (digest, size) = write_ext4(&tree, &objects, &image, None, b"test", None).unwrap();
     assert_eq!(std::fs::metadata(&image).unwrap().len(), size);
     assert!(size > BIG);
     assert!(digest.matches(&std::fs::read(&image).unwrap()));
@@ -281,7 +281,7 @@ fn ext4_with_large_directories_symlinks_devices_xattr_blocks_and_an_extent_tree(
 
     // The same tree and identity give the same bytes.
     let again = dir.path().join("again.ext4");
-    let (second, _) = write_ext4(&tree, &objects, &again, None, b"test").unwrap();
+    let (second, _) = write_ext4(&tree, &objects, &again, None, b"test", None).unwrap();
     assert_eq!(digest, second);
 
     // Mounted read-write, a directory the guest fills is indexed by the
@@ -317,7 +317,7 @@ fn erofs_with_large_directories_symlinks_devices_and_large_xattrs() {
     let mut objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
     let tree = build(&mut objects, false);
     let image = dir.path().join("image.erofs");
-    let (digest, _) = write_erofs(&tree, &objects, &image, b"test").unwrap();
+    let (digest, _) = write_erofs(&tree, &objects, &image, b"test", None).unwrap();
     assert!(digest.matches(&std::fs::read(&image).unwrap()));
     let out = dir.path().join("out");
     run(Command::new("fsck.erofs")
@@ -326,11 +326,46 @@ fn erofs_with_large_directories_symlinks_devices_and_large_xattrs() {
         .arg(&image));
     check_extracted(&out, false);
     check_mounted(&image, "erofs", false);
-    let (second, _) = write_erofs(&tree, &objects, &dir.path().join("again"), b"test").unwrap();
+    let (second, _) =
+        write_erofs(&tree, &objects, &dir.path().join("again"), b"test", None).unwrap();
     assert_eq!(
         digest, second,
         "the same tree and identity give the same bytes"
     );
+}
+
+/// The writers tell how far they are: (0, total) first, then growing
+/// counts, then (total, total), where total is the image's size, holes
+/// included (an ext4 image of 64 MiB holding 40 MiB).
+#[test]
+fn writers_tell_their_progress_from_zero_to_the_image_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut objects = ObjectDir::open(&dir.path().join("objects")).unwrap();
+    let mut tree = build(&mut objects, false);
+    let content = objects
+        .put(&mut Pattern(0).take(40 << 20), 40 << 20)
+        .unwrap();
+    add(&mut tree, ROOT, "forty", inode(Kind::File(content)));
+    for format in ["ext4", "erofs"] {
+        let told = std::sync::Arc::new(std::sync::Mutex::new(Vec::<(u64, u64)>::new()));
+        let record = told.clone();
+        let tell: kiln_rootfs::OnWritten =
+            std::sync::Arc::new(move |done, total| record.lock().unwrap().push((done, total)));
+        let output = dir.path().join(format);
+        let (_, size) = match format {
+            "ext4" => write_ext4(&tree, &objects, &output, Some(64 << 20), b"t", Some(tell)),
+            _ => write_erofs(&tree, &objects, &output, b"t", Some(tell)),
+        }
+        .unwrap();
+        let told = told.lock().unwrap().clone();
+        assert_eq!(told.first(), Some(&(0, size)), "{format}: {told:?}");
+        assert_eq!(told.last(), Some(&(size, size)), "{format}: {told:?}");
+        assert!(told.len() >= 4, "{format}: told every few MiB: {told:?}");
+        assert!(
+            told.windows(2).all(|w| w[0].0 <= w[1].0 && w[1].1 == size),
+            "{format}: {told:?}"
+        );
+    }
 }
 
 #[test]
@@ -343,8 +378,15 @@ fn a_size_too_small_is_an_error_naming_both_sizes() {
         .unwrap();
     add(&mut tree, ROOT, "forty", inode(Kind::File(content)));
     for size in [32 << 20, 1 << 20] {
-        let error =
-            write_ext4(&tree, &objects, &dir.path().join("small"), Some(size), b"t").unwrap_err();
+        let error = write_ext4(
+            &tree,
+            &objects,
+            &dir.path().join("small"),
+            Some(size),
+            b"t",
+            None,
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("does not fit"), "{error}");
         assert!(error.hint().unwrap().contains("--size"));
     }
@@ -373,7 +415,7 @@ fn the_default_ext4_size_holds_more_inodes_than_one_group_can() {
         }
     }
     let image = dir.path().join("many.ext4");
-    write_ext4(&tree, &objects, &image, None, b"many").unwrap();
+    write_ext4(&tree, &objects, &image, None, b"many", None).unwrap();
     run(Command::new("e2fsck").arg("-fn").arg(&image));
     let reader = kiln_rootfs::Ext4Image::open(&image).unwrap();
     let root = reader.inode(2).unwrap();
@@ -408,14 +450,14 @@ fn the_ext4_reader_refuses_cycles_and_absurd_sizes() {
     };
 
     let looped = dir.path().join("loop.ext4");
-    write_ext4(&tree, &objects, &looped, None, b"t").unwrap();
+    write_ext4(&tree, &objects, &looped, None, b"t", None).unwrap();
     assert_eq!(diff(&looped).unwrap().changed, 0, "an unchanged disk");
     debugfs(&looped, "ln / /d/up");
     let error = diff(&looped).unwrap_err().to_string();
     assert!(error.contains("ancestors"), "{error}");
 
     let huge = dir.path().join("huge.ext4");
-    write_ext4(&tree, &objects, &huge, None, b"t").unwrap();
+    write_ext4(&tree, &objects, &huge, None, b"t", None).unwrap();
     debugfs(&huge, "sif /d size 0x7fffffffffff");
     let error = diff(&huge).unwrap_err().to_string();
     assert!(error.contains("claims"), "{error}");
@@ -434,7 +476,7 @@ fn an_erofs_root_with_large_xattrs_mounts() {
     let content = objects.put(&mut &b"hello"[..], 5).unwrap();
     add(&mut tree, ROOT, "file", inode(Kind::File(content)));
     let image = dir.path().join("root.erofs");
-    write_erofs(&tree, &objects, &image, b"t").unwrap();
+    write_erofs(&tree, &objects, &image, b"t", None).unwrap();
     run(Command::new("fsck.erofs").arg(&image));
     let target = tempfile::tempdir().unwrap();
     run(Command::new("mount")
@@ -463,7 +505,7 @@ fn a_layer_data_file_is_laid_out_as_planned_and_named_in_the_device_table() {
         .collect();
     let (placed, blocks) = kiln_rootfs::plan_layer_data(&contents).unwrap().unwrap();
     let output = dir.path().join("layer");
-    let (digest, size, written) = kiln_rootfs::write_layer_data(&contents, &objects, &output)
+    let (digest, size, written) = kiln_rootfs::write_layer_data(&contents, &objects, &output, None)
         .unwrap()
         .unwrap();
     assert_eq!(written, placed, "the plan is what is written");
@@ -493,7 +535,7 @@ fn a_layer_data_file_is_laid_out_as_planned_and_named_in_the_device_table() {
     let small = [contents[0].clone(), contents[3].clone()];
     assert!(kiln_rootfs::plan_layer_data(&small).unwrap().is_none());
     assert!(
-        kiln_rootfs::write_layer_data(&small, &objects, &dir.path().join("none"))
+        kiln_rootfs::write_layer_data(&small, &objects, &dir.path().join("none"), None)
             .unwrap()
             .is_none()
     );
@@ -512,7 +554,7 @@ fn a_layer_data_file_is_laid_out_as_planned_and_named_in_the_device_table() {
         placed,
     };
     let metadata = dir.path().join("metadata.erofs");
-    kiln_rootfs::write_erofs_layered(&tree, &objects, &metadata, b"test", &[device]).unwrap();
+    kiln_rootfs::write_erofs_layered(&tree, &objects, &metadata, b"test", &[device], None).unwrap();
     assert_eq!(
         kiln_rootfs::erofs_device_tags(&metadata).unwrap(),
         [digest.hex().to_string()]
@@ -522,7 +564,7 @@ fn a_layer_data_file_is_laid_out_as_planned_and_named_in_the_device_table() {
         None
     );
     let flat = dir.path().join("flat.erofs");
-    write_erofs(&tree, &objects, &flat, b"test").unwrap();
+    write_erofs(&tree, &objects, &flat, b"test", None).unwrap();
     assert!(kiln_rootfs::erofs_device_tags(&flat).unwrap().is_empty());
 }
 
@@ -608,7 +650,7 @@ fn randomly_damaged_ext4_disks_give_an_error_or_a_diff_never_a_panic_or_a_hang()
     add(&mut tree, ROOT, "large", inode(Kind::File(content)));
 
     let image = dir.path().join("disk.ext4");
-    write_ext4(&tree, &objects, &image, None, b"t").unwrap();
+    write_ext4(&tree, &objects, &image, None, b"t", None).unwrap();
     let pristine = std::fs::read(&image).unwrap();
     // Damage goes where the reader looks: the superblock and the group
     // descriptors, the inode of every path, the xattr block, and the

@@ -151,6 +151,7 @@ impl Manager {
         platform: Option<&Platform>,
         format: DiskFormat,
         size: Option<u64>,
+        progress: std::sync::Arc<dyn crate::Progress>,
     ) -> Result<Disk> {
         validate_disk_name(name)?;
         let catalog = self.store.catalog();
@@ -159,7 +160,7 @@ impl Manager {
                 name: name.to_string(),
             });
         }
-        let base = self.rootfs(query, platform, RootfsFormat::Ext4, size)?;
+        let base = self.rootfs(query, platform, RootfsFormat::Ext4, size, progress)?;
         let image = catalog
             .image_by_digest(&base.image)?
             .ok_or_else(|| Error::ImageNotFound {

@@ -49,7 +49,7 @@ pub use kiln_store::fsutil::write_atomic_with;
 pub use kiln_store::{FsckReport, GcReport, Problem, Store};
 pub use kiln_types::SourceReference;
 pub use kiln_types::{Digest, ErrorKind, Platform, Reference};
-pub use progress::{Event, NoProgress, Progress};
+pub use progress::{ConvertStage, Event, NoProgress, Progress};
 pub use pull::{DEFAULT_CONCURRENCY, PullOptions, PullPolicy, PulledImage};
 pub use push::{
     EMPTY_CONFIG_MEDIA_TYPE, PushOptions, PushedImage, PushedReferrer, rootfs_artifact_type,

@@ -144,6 +144,29 @@ pub enum Event {
         /// Its manifest digest.
         manifest: Digest,
     },
+    /// A stage of building a root filesystem starts: `total` bytes to go
+    /// through (0 when not known ahead: an initramfs is compressed as it is
+    /// written).
+    ConvertStarted {
+        /// Which stage.
+        stage: ConvertStage,
+        /// Its bytes.
+        total: u64,
+    },
+    /// Bytes of that stage so far.
+    ConvertProgress {
+        /// Which stage.
+        stage: ConvertStage,
+        /// Bytes so far.
+        done: u64,
+    },
+    /// The stage is done.
+    ConvertDone {
+        /// Which stage.
+        stage: ConvertStage,
+        /// Its bytes.
+        total: u64,
+    },
     /// An archive entry is read (`load`) or written (`save`).
     ArchiveEntry {
         /// Its path in the archive.
@@ -151,6 +174,19 @@ pub enum Event {
         /// Its size.
         size: u64,
     },
+}
+
+/// A stage of building a root filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConvertStage {
+    /// Reading the image's stored layers into the tree (their compressed
+    /// bytes). A `pull --rootfs` has no such stage: its download is it.
+    Layers,
+    /// Writing the image (its bytes, holes included: they are hashed).
+    Image(crate::RootfsFormat),
+    /// Writing the data file of the image's layer at this index (a
+    /// layered EROFS).
+    LayerFile(usize),
 }
 
 /// Receives [`Event`]s. Must be cheap: it is called for every chunk.

@@ -432,7 +432,7 @@ impl Manager {
             let query = image.manifest_digest.to_string();
             let platform = options.platform.clone();
             let size = options.rootfs_size;
-            let convert = || self.rootfs(&query, platform.as_ref(), format, size);
+            let convert = || self.rootfs(&query, platform.as_ref(), format, size, progress.clone());
             // A conversion is long blocking work: tell a multi-threaded
             // runtime so it moves other tasks away from this thread.
             match tokio::runtime::Handle::current().runtime_flavor() {

@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use kiln_rootfs::{
     ContentRef, LayerDevice, LayerPipe, ObjectDir, ParsedLayer, ReadAhead, Tree, layer_pipe,
@@ -21,13 +21,13 @@ use kiln_types::{Algorithm, Digest, Hasher, Platform};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::{Manager, Scratch};
+use crate::{ConvertStage, Event, Manager, Progress, Scratch};
 
 /// Bumped whenever a writer's output for the same input changes.
 pub const CONVERTER_VERSION: &str = "kiln-rootfs-3";
 
 /// What to build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RootfsFormat {
     /// gzip-compressed newc cpio, for `-initrd`.
@@ -154,16 +154,18 @@ impl Drop for Unpacker {
 
 impl Manager {
     /// Builds (or finds) the root filesystem of the image `query` names.
-    /// `size` (ext4 only) is the image size in bytes; default: content plus headroom.
+    /// `size` (ext4 only) is the image size in bytes; default: content plus
+    /// headroom. A build tells `progress` how far it is ([`ConvertStage`]).
     pub fn rootfs(
         &self,
         query: &str,
         platform: Option<&Platform>,
         format: RootfsFormat,
         size: Option<u64>,
+        progress: Arc<dyn Progress>,
     ) -> Result<RootfsArtifact> {
         let image = self.one_image(query, platform)?;
-        let mut artifacts = self.rootfs_of(query, &image, &[(format, size)], None)?;
+        let mut artifacts = self.rootfs_of(query, &image, &[(format, size)], None, &progress)?;
         Ok(artifacts.remove(0))
     }
 
@@ -177,6 +179,7 @@ impl Manager {
         image: &kiln_store::ImageRecord,
         formats: &[(RootfsFormat, Option<u64>)],
         parsed: Option<(Vec<ParsedLayer>, &Unpacker)>,
+        progress: &Arc<dyn Progress>,
     ) -> Result<Vec<RootfsArtifact>> {
         if image.media_type == crate::RECORD_MEDIA_TYPE {
             return formats
@@ -208,13 +211,14 @@ impl Manager {
                 reading = crate::LeaseGuard::new(self)?;
                 own_scratch = Scratch::new(self)?;
                 let (tree, objects, _) =
-                    self.image_tree(image, query, reading.lease(), &own_scratch.0)?;
+                    self.image_tree(image, query, reading.lease(), &own_scratch.0, progress)?;
                 (tree, Arc::new(objects), own_scratch.0.as_path())
             }
         };
         for (artifact, &(format, size)) in artifacts.iter_mut().zip(formats) {
             if artifact.is_none() {
-                let mut built = self.build_rootfs(image, &tree, &objects, format, size, scratch)?;
+                let mut built =
+                    self.build_rootfs(image, &tree, &objects, (format, size), scratch, progress)?;
                 built.unpacked_while_pulling = unpacked_while_pulling;
                 *artifact = Some(built);
             }
@@ -260,21 +264,31 @@ impl Manager {
         image: &kiln_store::ImageRecord,
         tree: &Tree,
         objects: &ObjectDir,
-        format: RootfsFormat,
-        size: Option<u64>,
+        (format, size): (RootfsFormat, Option<u64>),
         scratch: &Path,
+        progress: &Arc<dyn Progress>,
     ) -> Result<RootfsArtifact> {
         let mut guard = crate::LeaseGuard::new(self)?;
         let catalog = self.store.catalog();
         let output = scratch.join(format!("output-{}", format.as_str()));
         let identity = image.manifest_digest.to_string();
+        let tell = telling(progress, ConvertStage::Image(format));
         let (digest, written) = match format {
-            RootfsFormat::Initramfs => {
-                write_output(&output, |writer| write_initramfs(tree, objects, writer))
-                    .map_err(kiln_store::StoreError::from)?
+            RootfsFormat::Initramfs => write_output(&output, tell, |writer| {
+                write_initramfs(tree, objects, writer)
+            })
+            .map_err(kiln_store::StoreError::from)?,
+            RootfsFormat::Erofs => {
+                write_erofs(tree, objects, &output, identity.as_bytes(), Some(tell))?
             }
-            RootfsFormat::Erofs => write_erofs(tree, objects, &output, identity.as_bytes())?,
-            RootfsFormat::Ext4 => write_ext4(tree, objects, &output, size, identity.as_bytes())?,
+            RootfsFormat::Ext4 => write_ext4(
+                tree,
+                objects,
+                &output,
+                size,
+                identity.as_bytes(),
+                Some(tell),
+            )?,
         };
         guard.keep(&output, &digest, written)?;
         let record = converted(
@@ -315,7 +329,7 @@ impl Manager {
             Some(Unpacker::new(self)?)
         };
         let (pulled, parsed) = self
-            .pull_unpacking(reference, options, progress, unpacker.as_ref())
+            .pull_unpacking(reference, options, progress.clone(), unpacker.as_ref())
             .await?;
         if formats.is_empty() {
             return Ok((pulled, Vec::new()));
@@ -324,8 +338,13 @@ impl Manager {
         let platform = pulled.platform.parse::<Platform>().ok();
         let image = self.one_image(&query, platform.as_ref())?;
         // (The user's reference, not the digest, in what errors say.)
-        let artifacts =
-            self.rootfs_of(reference, &image, formats, parsed.zip(unpacker.as_ref()))?;
+        let artifacts = self.rootfs_of(
+            reference,
+            &image,
+            formats,
+            parsed.zip(unpacker.as_ref()),
+            &progress,
+        )?;
         Ok((pulled, artifacts))
     }
 
@@ -465,6 +484,7 @@ impl Manager {
         &self,
         query: &str,
         platform: Option<&Platform>,
+        progress: Arc<dyn Progress>,
     ) -> Result<LayeredRootfs> {
         let image = self.one_image(query, platform)?;
         if image.media_type == crate::RECORD_MEDIA_TYPE {
@@ -482,8 +502,8 @@ impl Manager {
         let reading = crate::LeaseGuard::new(self)?;
         let scratch = Scratch::new(self)?;
         let (tree, objects, contents) =
-            self.image_tree(&image, query, reading.lease(), &scratch.0)?;
-        self.build_layered(&image, &tree, &objects, &contents, &scratch.0)
+            self.image_tree(&image, query, reading.lease(), &scratch.0, &progress)?;
+        self.build_layered(&image, &tree, &objects, &contents, &scratch.0, &progress)
     }
 
     /// Pulls `reference` and builds its layered EROFS from the layers as
@@ -498,7 +518,7 @@ impl Manager {
     ) -> Result<(crate::PulledImage, LayeredRootfs)> {
         let unpacker = Unpacker::new(self)?;
         let (pulled, parsed) = self
-            .pull_unpacking(reference, options, progress, Some(&unpacker))
+            .pull_unpacking(reference, options, progress.clone(), Some(&unpacker))
             .await?;
         let query = pulled.manifest_digest.to_string();
         let platform = pulled.platform.parse::<Platform>().ok();
@@ -522,9 +542,10 @@ impl Manager {
                     &unpacker.objects,
                     &contents,
                     &unpacker.scratch.0,
+                    &progress,
                 )?
             }
-            _ => self.rootfs_layered(&query, platform.as_ref())?,
+            _ => self.rootfs_layered(&query, platform.as_ref(), progress)?,
         };
         Ok((pulled, layered))
     }
@@ -538,6 +559,7 @@ impl Manager {
         objects: &ObjectDir,
         contents: &[Vec<ContentRef>],
         scratch: &Path,
+        progress: &Arc<dyn Progress>,
     ) -> Result<LayeredRootfs> {
         let catalog = self.store.catalog();
         let content = self.store.content();
@@ -597,7 +619,10 @@ impl Manager {
                 Some(found) => found,
                 None => {
                     let output = scratch.join(format!("layer-{layer}"));
-                    let Some((digest, size, _)) = write_layer_data(list, objects, &output)? else {
+                    let tell = telling(progress, ConvertStage::LayerFile(layer));
+                    let Some((digest, size, _)) =
+                        write_layer_data(list, objects, &output, Some(tell))?
+                    else {
                         continue;
                     };
                     guard.keep(&output, &digest, size)?;
@@ -623,8 +648,14 @@ impl Manager {
         }
         let output = scratch.join("metadata-erofs");
         let identity = image.manifest_digest.to_string();
-        let (digest, size) =
-            write_erofs_layered(tree, objects, &output, identity.as_bytes(), &layer_devices)?;
+        let (digest, size) = write_erofs_layered(
+            tree,
+            objects,
+            &output,
+            identity.as_bytes(),
+            &layer_devices,
+            Some(telling(progress, ConvertStage::Image(RootfsFormat::Erofs))),
+        )?;
         guard.keep(&output, &digest, size)?;
         // The devices first (rows an earlier conversion left go), then the
         // metadata, whose device table says which rows belong to it.
@@ -748,6 +779,7 @@ impl Manager {
         query: &str,
         lease: &kiln_store::Lease,
         scratch: &Path,
+        progress: &Arc<dyn Progress>,
     ) -> Result<(Tree, ObjectDir, Vec<Vec<ContentRef>>)> {
         if !image.complete {
             return Err(Error::ImageNotFound {
@@ -763,6 +795,12 @@ impl Manager {
             .into_iter()
             .filter(|b| b.role == "layer")
             .collect();
+        let read = Arc::new(LayersRead {
+            progress: progress.clone(),
+            done: AtomicU64::new(0),
+            told: AtomicU64::new(0),
+        });
+        let total = layers.iter().map(|layer| layer.size).sum();
         let mut blobs = Vec::with_capacity(layers.len());
         for (index, layer) in layers.iter().enumerate() {
             catalog.lease_blob(lease, &layer.digest)?;
@@ -774,11 +812,15 @@ impl Manager {
                         media_type: layer.media_type.clone(),
                     }
                 })?;
-            blobs.push((self.store.content().open_blob(&layer.digest)?, compression));
+            let blob = self.store.content().open_blob(&layer.digest)?;
+            blobs.push((Counted(blob, read.clone()), compression));
         }
+        let stage = ConvertStage::Layers;
+        progress.event(Event::ConvertStarted { stage, total });
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
         let (tree, contents) = read_layers_with_contents(blobs, &objects, workers)
             .map_err(|e| self.layer_error(image, query, e))?;
+        progress.event(Event::ConvertDone { stage, total });
         Ok((tree, objects, contents))
     }
 
@@ -832,17 +874,92 @@ pub(crate) fn converted(
 /// Writes a file through `write`, hashing it; returns digest and size.
 fn write_output(
     path: &Path,
+    tell: kiln_rootfs::OnWritten,
     write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
 ) -> std::io::Result<(Digest, u64)> {
     let file = fs_err::File::create(path)?;
     let mut writer = HashingWriter {
-        inner: std::io::BufWriter::with_capacity(1 << 20, file),
+        inner: std::io::BufWriter::with_capacity(1 << 20, Telling(file, tell.clone(), 0)),
         hasher: Hasher::new(Algorithm::Sha256),
         size: 0,
     };
+    tell(0, u64::MAX);
     write(&mut writer)?;
     writer.flush()?;
+    tell(writer.size, writer.size);
     Ok((writer.hasher.finish(), writer.size))
+}
+
+/// A writer telling how many bytes went through it (in 1 MiB writes, from
+/// the buffer in front of it): the size of an initramfs is known only once
+/// it is compressed.
+struct Telling<W>(W, kiln_rootfs::OnWritten, u64);
+
+impl<W: Write> Write for Telling<W> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let n = self.0.write(bytes)?;
+        self.2 += n as u64;
+        // Not done until the caller says: the total is not known.
+        (self.1)(self.2, u64::MAX);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// What the writers tell, as [`Event`]s of `stage`: the first call starts
+/// it (its total; `u64::MAX`: not known, told as 0), one at the total ends
+/// it.
+fn telling(progress: &Arc<dyn Progress>, stage: ConvertStage) -> kiln_rootfs::OnWritten {
+    let progress = progress.clone();
+    let started = AtomicBool::new(false);
+    Arc::new(move |done, total| {
+        if !started.swap(true, Ordering::Relaxed) {
+            let known = if total == u64::MAX { 0 } else { total };
+            progress.event(Event::ConvertStarted {
+                stage,
+                total: known,
+            });
+        }
+        if done >= total {
+            progress.event(Event::ConvertDone { stage, total });
+        } else if done > 0 {
+            progress.event(Event::ConvertProgress { stage, done });
+        }
+    })
+}
+
+/// The stored layers' compressed bytes read so far, told every few MiB.
+struct LayersRead {
+    progress: Arc<dyn Progress>,
+    done: AtomicU64,
+    told: AtomicU64,
+}
+
+/// A stored layer blob counted into [`LayersRead`] as it is read.
+struct Counted<R>(R, Arc<LayersRead>);
+
+impl<R: std::io::Read> std::io::Read for Counted<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buffer)?;
+        let read = &self.1;
+        let done = read.done.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
+        let told = read.told.load(Ordering::Relaxed);
+        if done >= told + (8 << 20)
+            && read
+                .told
+                .compare_exchange(told, done, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            read.progress.event(Event::ConvertProgress {
+                stage: ConvertStage::Layers,
+                done,
+            });
+        }
+        Ok(n)
+    }
 }
 
 /// Copies `from` to `to`: a reflink (copy-on-write clone) where the

@@ -64,7 +64,12 @@ fn run(tool: &str, command: &mut Command) -> Result<()> {
 
 impl Manager {
     /// Makes disk `disk`'s content the image `new_reference`.
-    pub fn snapshot(&self, disk: &str, new_reference: &str) -> Result<Snapshot> {
+    pub fn snapshot(
+        &self,
+        disk: &str,
+        new_reference: &str,
+        progress: std::sync::Arc<dyn crate::Progress>,
+    ) -> Result<Snapshot> {
         let reference: Reference = new_reference.parse()?;
         if reference.digest().is_some() {
             // As `docker commit`: the snapshot's digest is known only once it is made.
@@ -105,7 +110,8 @@ impl Manager {
             disk: disk.to_string(),
             detail: error.to_string(),
         })?;
-        let (tree, objects, _) = self.image_tree(&base, disk, guard.lease(), &scratch.0)?;
+        let (tree, objects, _) =
+            self.image_tree(&base, disk, guard.lease(), &scratch.0, &progress)?;
 
         // The layer: tar → (diff_id hash) → gzip → (blob hash) → file.
         let layer_path = scratch.0.join("layer.tar.gz");

@@ -20,6 +20,7 @@ pub fn run(manager: &Manager, command: DiskCommand) -> anyhow::Result<ExitCode> 
                 platform.as_ref(),
                 format,
                 args.size,
+                std::sync::Arc::new(crate::progress::Reporter::new(args.json)),
             )?;
             if args.json {
                 printer::json(&disk)?;
@@ -108,7 +109,8 @@ pub fn snapshot(
     reference: &str,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
-    let snapshot = manager.snapshot(disk, reference)?;
+    let reporter = std::sync::Arc::new(crate::progress::Reporter::new(json));
+    let snapshot = manager.snapshot(disk, reference, reporter)?;
     if json {
         printer::json(&snapshot)?;
     } else {

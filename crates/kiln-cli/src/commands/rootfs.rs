@@ -47,7 +47,13 @@ pub fn run(manager: &Manager, args: RootfsArgs) -> anyhow::Result<ExitCode> {
     let from_referrer = fetched.is_some();
     let artifact = match fetched {
         Some(artifact) => artifact,
-        None => manager.rootfs(&args.reference, platform.as_ref(), format, args.size)?,
+        None => manager.rootfs(
+            &args.reference,
+            platform.as_ref(),
+            format,
+            args.size,
+            std::sync::Arc::new(crate::progress::Reporter::new(args.json)),
+        )?,
     };
     let path = match &args.output {
         Some(output) => {
@@ -93,7 +99,8 @@ fn layered(
     if format != RootfsFormat::Erofs {
         anyhow::bail!("--layered applies to EROFS only (--format erofs)");
     }
-    let mut built = manager.rootfs_layered(&args.reference, platform)?;
+    let reporter = std::sync::Arc::new(crate::progress::Reporter::new(args.json));
+    let mut built = manager.rootfs_layered(&args.reference, platform, reporter)?;
     if let Some(output) = &args.output {
         built = kiln::copy_layered_out(&built, output)
             .with_context(|| format!("cannot write {}", output.display()))?;

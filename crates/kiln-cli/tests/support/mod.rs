@@ -110,7 +110,8 @@ impl Run {
     }
 
     /// The error output is one `error:` line (plus optional `caused by:`
-    /// and `hint:` lines, and the `resolving` status of a pull).
+    /// and `hint:` lines, the `resolving` status of a pull, and the stage
+    /// a conversion reached: `layers: reading …`, `ext4: writing …`).
     pub fn assert_one_error(&self) {
         let errors: Vec<&str> = self
             .stderr
@@ -126,7 +127,8 @@ impl Run {
                 "resolving "
             ]
             .iter()
-            .any(|p| l.starts_with(p))),
+            .any(|p| l.starts_with(p))
+                || conversion_stage(l)),
             "{}",
             self.stderr
         );
@@ -395,4 +397,16 @@ impl Nobody {
         );
         String::from_utf8(output.stdout).unwrap()
     }
+}
+
+/// A line of a conversion's progress without a terminal (`layers:
+/// reading 1.1MB`, `ext4: writing 2.1GB`, `layer 3: writing 5MB`).
+fn conversion_stage(line: &str) -> bool {
+    line.split_once(": ").is_some_and(|(stage, doing)| {
+        let known = ["layers", "ext4", "erofs", "initramfs"].contains(&stage)
+            || stage
+                .strip_prefix("layer ")
+                .is_some_and(|n| n.parse::<usize>().is_ok());
+        known && (doing.starts_with("reading") || doing.starts_with("writing"))
+    })
 }
